@@ -1,0 +1,327 @@
+"""Datasets as uint8 tensors in memory; augmentation and normalisation as batched ops.
+
+    data = load_dataset("digits")                     # embedded, no files needed
+    data = load_dataset("cifar10", root="~/data")     # torchvision files under root
+    for x, y in data.batches("train", batch_size=128, device="cuda", seed=0, epoch=3):
+        ...                                           # x: normalised float, on the device
+
+Every dataset becomes a :class:`TensorData`: ``train_x``/``test_x`` uint8 ``(N, C, H, W)``,
+int64 labels, class names, and the per-channel mean/std of its training images. The data
+moves to the device once; a batch is cropped (zero padding), flipped and normalised there,
+with random numbers from a generator seeded by ``(seed, epoch)`` so that an epoch is
+reproducible on its own (which is what makes ``--resume`` exact).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError
+
+__all__ = ["TensorData", "load_dataset", "DATASETS", "augment"]
+
+
+@dataclass(frozen=True)
+class TensorData:
+    name: str
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+    pad: int = 0  # random-crop padding (0: no crop)
+    flip: bool = False  # random horizontal flip
+    train_fraction: float = 1.0
+    _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def describe(self) -> dict:
+        """What a checkpoint card records about the data."""
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "input_shape": list(self.input_shape),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "train_fraction": self.train_fraction,
+            "train_size": len(self.train_y),
+            "test_size": len(self.test_y),
+        }
+
+    def on(self, device) -> tuple[torch.Tensor, ...]:
+        """(train_x, train_y, test_x, test_y, mean, std) on ``device``, moved once."""
+        device = torch.device(device)
+        if device not in self._device_cache:
+            shape = (1, -1, 1, 1)
+            self._device_cache[device] = (
+                *(t.to(device, non_blocking=True) for t in (self.train_x, self.train_y, self.test_x, self.test_y)),
+                torch.tensor(self.mean, device=device).view(shape) * 255,
+                torch.tensor(self.std, device=device).view(shape) * 255,
+            )
+        return self._device_cache[device]
+
+    def batches(self, split: str, *, batch_size: int, device="cpu", seed: int = 0, epoch: int = 0,
+                shuffle: bool | None = None, augment_train: bool = True, drop_last: bool | None = None,
+                shard: tuple[int, int] = (0, 1)):
+        """Yield ``(x, y)`` batches: normalised float images and labels, on ``device``.
+
+        The training split is shuffled and augmented by default; the test split is not.
+        ``shard=(rank, world)`` keeps every world-th sample of the (shuffled) order.
+        """
+        train = split == "train"
+        shuffle = train if shuffle is None else shuffle
+        drop_last = train if drop_last is None else drop_last
+        xs, ys, xt, yt, mean, std = self.on(device)
+        x_all, y_all = (xs, ys) if train else (xt, yt)
+        n = len(y_all)
+        gen = torch.Generator().manual_seed(_mix(seed, epoch))
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+        rank, world = shard
+        order = order[rank::world].to(x_all.device)
+        dev_gen = torch.Generator(device=x_all.device).manual_seed(_mix(seed, epoch, 1))
+        stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
+        for i in range(0, stop, batch_size):
+            idx = order[i : i + batch_size]
+            x = x_all[idx]
+            if train and augment_train:
+                x = augment(x, pad=self.pad, flip=self.flip, generator=dev_gen)
+            x = (x.float() - mean) / std
+            if x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y_all[idx]
+
+    def subset(self, fraction: float, *, seed: int = 0) -> "TensorData":
+        """A stratified ``fraction`` of the training set (same test set, same normalisation)."""
+        if not 0.0 < fraction <= 1.0:
+            raise DataError(f"--train-fraction must be in (0, 1], got {fraction}")
+        if fraction == 1.0:
+            return self
+        from sklearn.model_selection import train_test_split
+
+        y = self.train_y.numpy()
+        try:
+            keep, _ = train_test_split(np.arange(len(y)), train_size=fraction, stratify=y, random_state=seed)
+        except ValueError:
+            raise DataError(
+                f"--train-fraction {fraction} keeps too few of {len(y)} training images to have every "
+                f"one of {self.num_classes} classes; use a larger fraction"
+            ) from None
+        keep = torch.from_numpy(np.sort(keep))
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
+                       train_fraction=fraction, _device_cache={})
+
+
+def _mix(*ints: int) -> int:
+    """A stable 63-bit seed from a few integers."""
+    h = 0x9E3779B97F4A7C15
+    for v in ints:
+        h = (h ^ (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per sample, as batched ops."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
+        rows = (dy + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (dx + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+        bi = torch.arange(b, device=dev)[:, None, None, None]
+        ci = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+        x = xp[bi, ci, rows, cols]
+    if flip:
+        mask = torch.rand(b, device=dev, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _digits(root=None, download=False):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    tr, te = train_test_split(np.arange(len(d.target)), test_size=0.25, stratify=d.target, random_state=0)
+    tr, te = np.sort(tr), np.sort(te)
+    y = d.target.astype(np.int64)
+    return images[tr], y[tr], images[te], y[te], tuple(str(c) for c in range(10))
+
+
+def _need(root, name, files, hint):
+    """Raise a one-line DataError naming the files that are missing under root."""
+    if root is None:
+        raise DataError(f"dataset '{name}' needs --data-root DIR holding {hint} (or add --download to fetch it)")
+    root = Path(root).expanduser()
+    missing = [f for f in files if not (root / f).exists()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+        raise DataError(f"dataset '{name}' not found: missing {shown} under {root}; put {hint} there, "
+                        f"or add --download to fetch it")
+
+
+def _torchvision(name, cls_name, root, download, files, hint, split_kw):
+    import torchvision.datasets as tvd
+
+    if not download:
+        _need(root, name, files, hint)
+    root = Path(root or "data").expanduser()
+    cls = getattr(tvd, cls_name)
+    out = []
+    for split in ("train", "test"):
+        try:
+            ds = cls(str(root), download=download, **split_kw(split))
+        except (RuntimeError, OSError, ValueError) as e:  # corrupted files, failed download
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"dataset '{name}' could not be loaded from {root}: {msg}") from None
+        x = ds.data
+        x = x.numpy() if torch.is_tensor(x) else np.asarray(x)
+        if x.ndim == 3:  # (N, H, W) grey
+            x = x[:, None]
+        elif x.shape[-1] == 3:  # (N, H, W, 3)
+            x = x.transpose(0, 3, 1, 2)
+        y = getattr(ds, "targets", None)
+        y = ds.labels if y is None else y
+        out += [np.ascontiguousarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64)]
+    classes = tuple(getattr(ds, "classes", None) or (str(c) for c in range(int(out[1].max()) + 1)))
+    return (*out, classes)
+
+
+def _mnist_like(folder, cls_name, name):
+    files = [f"{folder}/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    hint = f"{folder}/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
+    return lambda root=None, download=False: _torchvision(
+        name, cls_name, root, download, files, hint, lambda s: {"train": s == "train"})
+
+
+def _cifar10(root=None, download=False):
+    files = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)] + ["cifar-10-batches-py/test_batch"]
+    hint = "cifar-10-batches-py/{data_batch_1..5,test_batch} (from cifar-10-python.tar.gz)"
+    return _torchvision("cifar10", "CIFAR10", root, download, files, hint, lambda s: {"train": s == "train"})
+
+
+def _cifar100(root=None, download=False):
+    files = ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]
+    hint = "cifar-100-python/{train,test,meta} (from cifar-100-python.tar.gz)"
+    return _torchvision("cifar100", "CIFAR100", root, download, files, hint, lambda s: {"train": s == "train"})
+
+
+def _svhn(root=None, download=False):
+    files = ["train_32x32.mat", "test_32x32.mat"]
+    x = _torchvision("svhn", "SVHN", root, download, files, "train_32x32.mat and test_32x32.mat",
+                     lambda s: {"split": s})
+    return (*x[:4], tuple(str(c) for c in range(10)))
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _imagefolder(root=None, download=False, image_size: int | None = None):
+    """``root/train/<class>/**/image`` and ``root/val`` as either ``<class>/**/image`` or
+    Tiny-ImageNet's ``images/`` + ``val_annotations.txt``. Decoded once into memory."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    if download:
+        raise DataError("dataset 'imagefolder' cannot be downloaded; point --data-root at a folder with train/ and val/")
+    _need(root, "imagefolder", ["train", "val"], "train/<class>/... and val/<class>/... (or Tiny-ImageNet's val/images + val_annotations.txt)")
+    root = Path(root).expanduser()
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"dataset 'imagefolder': no class folders in {root / 'train'}")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def files_under(folder):
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+
+    train = [(p, index[c]) for c in classes for p in files_under(root / "train" / c)]
+    ann = root / "val" / "val_annotations.txt"
+    if ann.exists():
+        val = []
+        for line in ann.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                val.append((root / "val" / "images" / parts[0], index[parts[1]]))
+    else:
+        val = [(p, index[c]) for c in classes if (root / "val" / c).is_dir() for p in files_under(root / "val" / c)]
+    if not train or not val:
+        raise DataError(f"dataset 'imagefolder': found {len(train)} training and {len(val)} validation images under {root}")
+
+    size = image_size
+    if size is None:
+        with Image.open(train[0][0]) as im:
+            size = im.size[0]
+
+    def decode(items, what):
+        x = np.empty((len(items), 3, size, size), dtype=np.uint8)
+        for i, (p, _) in enumerate(tqdm(items, desc=f"decode {what}", leave=False, disable=None)):
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                x[i] = np.asarray(im).transpose(2, 0, 1)
+        return x, np.array([c for _, c in items], dtype=np.int64)
+
+    return (*decode(train, "train"), *decode(val, "val"), tuple(classes))
+
+
+# name -> (loader, crop padding, horizontal flip)
+DATASETS = {
+    "digits": (_digits, 0, False),
+    "mnist": (_mnist_like("MNIST", "MNIST", "mnist"), 0, False),
+    "fashionmnist": (_mnist_like("FashionMNIST", "FashionMNIST", "fashionmnist"), 2, True),
+    "cifar10": (_cifar10, 4, True),
+    "cifar100": (_cifar100, 4, True),
+    "svhn": (_svhn, 4, False),
+    "imagefolder": (_imagefolder, 8, True),
+}
+
+
+def _channel_stats(x: np.ndarray, chunk: int = 4096):
+    """Per-channel mean and std of uint8 images on the 0..1 scale, in chunks (float64 sums)."""
+    s = np.zeros(x.shape[1]); s2 = np.zeros(x.shape[1])
+    for i in range(0, len(x), chunk):
+        c = x[i : i + chunk].astype(np.float64) / 255.0
+        s += c.sum(axis=(0, 2, 3)); s2 += (c * c).sum(axis=(0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-6))
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
+                 train_fraction: float = 1.0) -> TensorData:
+    """Load a dataset by name into memory. See :data:`DATASETS` for the names."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+    if not 0.0 < train_fraction <= 1.0:
+        raise DataError(f"--train-fraction must be in (0, 1], got {train_fraction}")
+    loader, pad, flip = DATASETS[key]
+    xtr, ytr, xte, yte, classes = loader(root=root, download=download)
+    mean, std = _channel_stats(xtr)
+    data = TensorData(name=key, train_x=torch.from_numpy(xtr), train_y=torch.from_numpy(ytr),
+                      test_x=torch.from_numpy(xte), test_y=torch.from_numpy(yte), classes=tuple(classes),
+                      mean=mean, std=std, pad=pad, flip=flip)
+    return data.subset(train_fraction)

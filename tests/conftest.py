@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from nasty.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory):
+    """A normal and a nasty digits teacher made with the CLI defaults, shared by tests."""
+    from nasty.runs import harden, train
+
+    root = tmp_path_factory.mktemp("teachers")
+    normal = train(dataset="digits", out=root / "normal", quiet=True, device="cpu")
+    nasty = harden(teacher=root / "normal", out=root / "nasty", quiet=True, device="cpu")
+    return {"root": root, "normal": normal, "nasty": nasty}
