@@ -1,0 +1,42 @@
+"""The contract every model in the zoo keeps: penultimate features, then a linear head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """``forward(x) == head(forward_features(x))``; ``num_features`` is the feature width.
+
+    Subclasses build ``self.head`` (an ``nn.Linear``) and implement ``forward_features``,
+    which returns pooled, flat penultimate features ``(B, num_features)``.
+    """
+
+    head: nn.Linear
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def init_weights(model: nn.Module) -> nn.Module:
+    """Kaiming-normal convolutions, unit BatchNorm, small linear layers (the usual CIFAR init)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model

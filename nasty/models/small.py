@@ -1,0 +1,73 @@
+"""Small nets sized for 8x8 digits (they also run on MNIST-sized inputs)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ._base import Classifier, init_weights
+from ._registry import register_model
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class SmallCNN(Classifier):
+    def __init__(self, *, num_classes: int, in_chans: int = 1, widths=(32, 64, 128)):
+        super().__init__()
+        a, b, c = widths
+        self.features = nn.Sequential(
+            conv_bn(in_chans, a), conv_bn(a, b), nn.MaxPool2d(2), conv_bn(b, c),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(c, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+
+class TinyCNN(Classifier):
+    def __init__(self, *, num_classes: int, in_chans: int = 1, widths=(16, 32)):
+        super().__init__()
+        a, b = widths
+        self.features = nn.Sequential(
+            conv_bn(in_chans, a), nn.MaxPool2d(2), conv_bn(a, b), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(b, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+
+class MLP(Classifier):
+    """Two hidden layers on the image average-pooled to ``grid`` x ``grid``."""
+
+    def __init__(self, *, num_classes: int, in_chans: int = 1, hidden: int = 128, grid: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+            nn.Linear(in_chans * grid * grid, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        )
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+
+@register_model("small-cnn", doc="3-conv BN CNN (32/64/128), the digits teacher (~94k params)")
+def small_cnn(*, num_classes, in_chans=1, **kw):
+    return SmallCNN(num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+@register_model("tiny-cnn", doc="2-conv BN CNN (16/32), a digits student (~5k params)")
+def tiny_cnn(*, num_classes, in_chans=1, **kw):
+    return TinyCNN(num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+@register_model("mlp", doc="2-hidden-layer MLP on the image pooled to 8x8, a digits student")
+def mlp(*, num_classes, in_chans=1, **kw):
+    return MLP(num_classes=num_classes, in_chans=in_chans, **kw)
