@@ -1,0 +1,256 @@
+"""Checkpoints: ``DIR/model.safetensors`` + ``DIR/card.json`` (+ ``DIR/train_state.pt`` to resume).
+
+Writing: every file goes to a temporary name in the same folder, is flushed to disk and
+renamed over the old one, so a reader never sees half a file. The card is written last and
+holds the sha256 of the weights, so a card always describes weights that exist in full.
+
+Loading other people's weights (``load_model``), safest first:
+  1. a run directory or ``.safetensors`` file (no code can run while loading);
+  2. a ``.pt``/``.pth``/``.bin`` state dict through ``torch.load(weights_only=True)``;
+  3. full unpickling only with ``unsafe_pickle=True`` (``--unsafe-pickle``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ModelError
+
+WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.pt", "metrics.jsonl"
+PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+__all__ = ["atomic_write", "save_release", "save_state", "load_state", "read_card", "load_weights",
+           "load_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``. Errors become one line."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_json(path, obj) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_release(out, model: nn.Module, card: dict) -> dict:
+    """Write weights then card (with the weights' sha256); return the card written."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    sd = _plain_state_dict(model)
+    meta = {"format": "nasty", "arch": str(card.get("arch", "")), "num_classes": str(card.get("num_classes", "")),
+            "input_shape": json.dumps(card.get("input_shape"))}
+    atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata=meta))
+    card = {**card, "sha256": sha256_file(out / WEIGHTS)}
+    write_json(out / CARD, card)
+    return card
+
+
+def save_state(out, state: dict) -> None:
+    """The resume state: model, optimizer and scheduler state, epoch, run config."""
+    atomic_write(Path(out) / STATE, lambda p: torch.save(state, p))
+
+
+def load_state(out) -> dict | None:
+    path = Path(out) / STATE
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - anything unreadable is reported the same way
+        raise CheckpointError(f"cannot read {path} to resume ({_first_line(e)}); remove it or use another --out") from None
+
+
+def read_card(path) -> dict:
+    path = Path(path)
+    path = path / CARD if path.is_dir() else path
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"no {CARD} in {path.parent}; is it a run directory of `nasty train`/`harden`?") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a state dict from a run dir, ``.safetensors`` or a pickle-based file, safely.
+
+    Returns ``(state_dict, card)``; ``card`` is what is known about the weights (the run's
+    card.json, a card.json beside the file, or the safetensors metadata), possibly empty.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"--teacher {path}: no such file or directory")
+    card: dict = {}
+    if path.is_dir():
+        card = read_card(path)
+        weights = path / WEIGHTS
+        if not weights.exists():
+            raise CheckpointError(f"{path} has {CARD} but no {WEIGHTS}; the run did not finish an epoch")
+        if card.get("sha256") and sha256_file(weights) != card["sha256"]:
+            raise CheckpointError(f"{weights} does not match the sha256 in {path / CARD} (an interrupted write "
+                                  f"or a modified file); re-run with --resume to rewrite it")
+        path = weights
+    elif (path.parent / CARD).exists() and path.name == WEIGHTS:
+        card = read_card(path.parent)
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
+            raise CheckpointError(f"{path} is not a valid safetensors file ({_first_line(e)})") from None
+        if not card and meta.get("format") == "nasty":
+            card = {"arch": meta.get("arch") or None, "num_classes": int(meta["num_classes"]) if meta.get("num_classes") else None,
+                    "input_shape": json.loads(meta["input_shape"]) if meta.get("input_shape") else None}
+        return sd, card
+
+    if path.suffix.lower() not in PICKLE_EXTS:
+        raise CheckpointError(f"{path}: expected a run directory, a .safetensors file or a "
+                              f"{'/'.join(PICKLE_EXTS)} state dict")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not unsafe_pickle:
+            raise CheckpointError(
+                f"{path} refused: it holds Python objects beyond tensors, and unpickling them could run "
+                f"arbitrary code; convert it to safetensors, or pass --unsafe-pickle if you trust its source "
+                f"({_first_line(e)})") from None
+        obj = _unsafe_load(path)
+    except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
+        raise CheckpointError(f"{path} could not be read as a PyTorch file ({_first_line(e)})") from None
+    return _find_state_dict(obj, path), card
+
+
+def _unsafe_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path} could not be unpickled ({_first_line(e)})") from None
+
+
+def _find_state_dict(obj, path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, dict) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
+        if tensors and len(tensors) == len(obj):
+            return tensors
+    raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def fit_state_dict(model: nn.Module, sd: dict, *, arch: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line account of what does not fit."""
+    sd = _strip_prefixes(sd)
+    if hasattr(model, "remap_state_dict"):
+        sd = model.remap_state_dict(sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {list(sd[k].shape)} vs {list(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def some(xs):
+            return ", ".join(xs[:3]) + (f", +{len(xs) - 3} more" if len(xs) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
+                 f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
+        raise ModelError(f"weights do not fit --arch {arch}: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(sd)
+
+
+def load_model(source, *, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
+               unsafe_pickle: bool = False, device="cpu") -> tuple[nn.Module, dict]:
+    """Build the architecture and load weights into it; returns ``(model.eval(), card)``.
+
+    ``arch``/``num_classes``/``in_chans`` default to what the card or file metadata says;
+    given explicitly, they must agree with it.
+    """
+    from .models import create_model
+
+    sd, card = load_weights(source, unsafe_pickle=unsafe_pickle)
+    arch = arch or card.get("arch")
+    if not arch:
+        raise ModelError(f"{source}: the architecture is not recorded with these weights; pass --arch")
+    if card.get("arch") and arch != card["arch"]:
+        raise ModelError(f"--arch {arch} does not match the architecture recorded with {source} ({card['arch']})")
+    if num_classes is None:
+        num_classes = card.get("num_classes") or _guess_num_classes(sd, source)
+    elif card.get("num_classes") and int(card["num_classes"]) != num_classes:
+        raise ModelError(f"{source} has {card['num_classes']} classes but the dataset has {num_classes}")
+    shape = card.get("input_shape")
+    if in_chans is None:
+        in_chans = shape[0] if shape else 3
+    elif shape and shape[0] != in_chans:
+        raise ModelError(f"{source} expects {shape[0]}-channel input but the dataset has {in_chans} channels")
+    model = create_model(arch, num_classes=int(num_classes), in_chans=int(in_chans))
+    fit_state_dict(model, sd, arch=arch)
+    return model.to(device).eval(), card
+
+
+def _guess_num_classes(sd: dict, source) -> int:
+    last = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
+    if not last:
+        raise ModelError(f"{source}: cannot tell the number of classes from the weights; pass --dataset")
+    return int(last[-1].shape[0])
