@@ -1,0 +1,258 @@
+"""One training loop for every model this toolkit trains.
+
+    normal teacher : objective = cross_entropy,             reference = None
+    nasty teacher  : objective = self_undermining (omega),   reference = frozen adversary
+    KD student     : objective = kd_loss (alpha, tau),       reference = frozen teacher
+
+The reference model stays in ``eval()`` and runs under ``torch.inference_mode()``: one
+extra forward per batch, no graph. SGD with momentum and a step schedule (x0.1 at 50% and
+75% of the epochs, the paper's 80/120 of 160). Each epoch seeds its data order, augmentation
+and dropout from ``(seed, epoch)``, so a run resumed from its last checkpoint ends exactly
+where an uninterrupted one would (on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import TensorData, _mix
+from .errors import NastyError, TrainingStopped
+from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
+
+__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+
+    def check(self) -> None:
+        for name, ok in (("--epochs", self.epochs >= 1), ("--batch-size", self.batch_size >= 1), ("--lr", self.lr > 0)):
+            if not ok:
+                raise NastyError(f"{name} must be positive, got {getattr(self, name[2:].replace('-', '_'))}")
+
+
+def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9) -> Callable:
+    """``f(logits, labels, reference_logits) -> (loss, terms)`` for 'normal', 'nasty' or 'kd'."""
+    if kind == "normal":
+        return lambda z, y, _ref: cross_entropy(z, y)
+    if kind == "nasty":
+        return lambda z, y, ref: self_undermining_loss(z, ref, y, omega=omega, tau=tau)
+    if kind == "kd":
+        return lambda z, y, ref: kd_loss(z, ref, y, alpha=alpha, tau=tau)
+    raise ValueError(f"unknown objective {kind!r}")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NastyError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NastyError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    return dev
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA; the CPU path keeps exact fp32 numerics.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, *, device, reference: nn.Module | None = None,
+             tau: float | None = None, batch_size: int = 1000) -> dict:
+    """Test accuracy in percent; with ``reference`` and ``tau`` also KL(p_model || p_reference)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct, kl_sum, n = 0, 0.0, 0
+    for x, y in data.batches("test", batch_size=batch_size, device=device):
+        with _autocast(device):
+            z = model(x).float()
+            zr = reference(x).float() if reference is not None and tau else None
+        correct += int((z.argmax(1) == y).sum())
+        if zr is not None:
+            kl_sum += float(kl_tau(z, zr, tau)) * len(y)
+        n += len(y)
+    model.train(was_training)
+    out = {"accuracy": 100.0 * correct / n}
+    if reference is not None and tau:
+        out["kl"] = kl_sum / n
+    return out
+
+
+@dataclass
+class Guard:
+    """Stops a hardening run that collapses.
+
+    From epoch ``early_start`` on: accuracy at chance level (<= 1.5 x ``chance``).
+    From epoch ``start`` on (after the first LR drop, when a healthy run is near its final
+    accuracy): accuracy more than ``margin`` points below the reference model's.
+    """
+
+    reference_accuracy: float
+    margin: float = 20.0
+    start: int = 1
+    chance: float = 0.0
+    early_start: int | None = None
+    hint: str = "try a smaller --omega"
+
+    def check(self, epoch: int, accuracy: float) -> None:
+        n = epoch + 1
+        if self.early_start and n >= self.early_start and accuracy <= 1.5 * self.chance:
+            raise TrainingStopped(f"collapsed at epoch {n}: test accuracy {accuracy:.2f}% is at chance level; {self.hint}")
+        if n >= self.start and accuracy < self.reference_accuracy - self.margin:
+            raise TrainingStopped(
+                f"collapsed at epoch {n}: test accuracy {accuracy:.2f}% is more than {self.margin:g} points "
+                f"below the adversary's {self.reference_accuracy:.2f}%; {self.hint}")
+
+
+def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: Callable = None,
+        reference: nn.Module | None = None, eval_tau: float | None = None, device="cpu", out=None,
+        card: dict | None = None, resume: bool = False, quiet: bool = False, guard: Guard | None = None,
+        divergence_hint: str = "try a smaller --lr", desc: str = "train") -> dict:
+    """Train ``model`` in place; checkpoint every epoch to ``out`` if given; return the final card.
+
+    ``card`` holds what the caller knows about the run (arch, omega, ...); the trainer adds
+    the data description, accuracy, epoch, seconds and sha256.
+    """
+    from tqdm.auto import tqdm
+
+    config.check()
+    device = torch.device(device)
+    objective = objective or objective_for("normal")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    if reference is not None:
+        reference.to(device).eval().requires_grad_(False)
+        if device.type == "cuda":
+            reference.to(memory_format=torch.channels_last)
+
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=False)
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
+    run_config = {"train": asdict(config), "card": {k: v for k, v in (card or {}).items() if not isinstance(v, dict)}}
+    start, seconds, last = 0, 0.0, None
+    out = Path(out) if out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    if out is not None and resume:
+        state = ckpt.load_state(out)
+        if state is not None:
+            _check_same_run(state.get("config", {}), run_config, out)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, seconds, last = int(state["epoch"]), float(state["seconds"]), state.get("last")
+            _truncate_metrics(out / ckpt.METRICS, start)
+
+    base_card = {**(card or {}), **data.describe(), "epochs": config.epochs, "batch_size": config.batch_size,
+                 "lr": config.lr, "seed": config.seed, "device": device.type}
+    if out is not None and start > 0:  # rewrite the release files from the resume state
+        last_card = {**base_card, **(last or {})}
+        ckpt.save_release(out, model, last_card)
+    steps = len(data.train_y) // config.batch_size or 1
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=True if quiet else None, unit="step",
+               dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(_mix(config.seed, epoch, 2))  # dropout and any other global randomness
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            count = 0
+            for step, (x, y) in enumerate(data.batches("train", batch_size=config.batch_size, device=device,
+                                                       seed=config.seed, epoch=epoch)):
+                ref_logits = None
+                if reference is not None:
+                    with torch.inference_mode(), _autocast(device):
+                        ref_logits = reference(x)
+                    ref_logits = ref_logits.float().clone()  # a normal tensor, usable by autograd
+                with _autocast(device):
+                    logits = model(x)
+                loss, terms = objective(logits.float(), y, ref_logits)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in (("loss", loss.detach()), *terms.items()):
+                    sums[k] = sums.get(k, 0.0) + v * len(y)
+                count += len(y)
+                if step % 25 == 0 and not math.isfinite(float(loss.detach())):
+                    break
+                bar.update(1)
+            train = {k: float(v) / max(count, 1) for k, v in sums.items()}
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            if not all(math.isfinite(v) for v in train.values()):
+                raise TrainingStopped(f"diverged at epoch {epoch + 1}: the training loss became NaN/inf; "
+                                      f"{divergence_hint}" + (f"; the last good checkpoint is kept in {out}" if out and epoch else ""))
+            metrics = evaluate(model, data, device=device, reference=reference, tau=eval_tau)
+            seconds += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "lr": lr,
+                   **{f"train_{k}": round(v, 6) for k, v in train.items()},
+                   "test_accuracy": round(metrics["accuracy"], 4), "seconds": round(seconds, 3)}
+            if "kl" in metrics:
+                row["test_kl"] = round(metrics["kl"], 6)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
+            if guard is not None:
+                guard.check(epoch, metrics["accuracy"])
+            last = {"accuracy": round(metrics["accuracy"], 4), "epoch": epoch + 1, "seconds": round(seconds, 2),
+                    "status": "complete" if epoch + 1 == config.epochs else "running"}
+            if "kl" in metrics:
+                last["kl_to_adversary"] = round(metrics["kl"], 6)
+            if out is not None:
+                with open(out / ckpt.METRICS, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                ckpt.save_state(out, {"model": ckpt._plain_state_dict(model), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
+                                      "last": last, "config": run_config})
+                ckpt.save_release(out, model, {**base_card, **last})
+    finally:
+        bar.close()
+    final = {**base_card, **(last or {})}
+    if out is not None and (out / ckpt.CARD).exists():
+        final = ckpt.read_card(out)
+    return final
+
+
+def _check_same_run(saved: dict, now: dict, out) -> None:
+    for section in ("train", "card"):
+        a, b = saved.get(section, {}), now.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if key in ("seconds",):
+                continue
+            va, vb = a.get(key), b.get(key)
+            if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
+                va, vb = list(va or []), list(vb or [])
+            if va != vb:
+                raise NastyError(f"--resume: the run in {out} was made with {key}={va!r}, not {vb!r}; "
+                                 f"repeat its options or choose another --out")
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    if not path.exists():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["epoch"] <= epochs_done]
+    ckpt.atomic_write(path, lambda p: Path(p).write_text("".join(r + "\n" for r in rows)))
+
