@@ -50,3 +50,20 @@ def test_timm_model_behind_the_contract():
 def test_unknown_model_lists_choices():
     with pytest.raises(ModelError, match="unknown architecture 'resnet1000'.*resnet18"):
         create_model("resnet1000", num_classes=10)
+
+
+def test_register_model_makes_it_creatable():
+    from nasty.models import _registry
+    from nasty.models.small import TinyCNN
+
+    @_registry.register_model("test-undocumented")
+    def undocumented(*, num_classes, in_chans=1):
+        return TinyCNN(num_classes=num_classes, in_chans=in_chans)
+
+    try:
+        assert list_models()["test-undocumented"] == ""
+        assert create_model("test-undocumented", num_classes=4, in_chans=1)(torch.randn(1, 1, 8, 8)).shape == (1, 4)
+        with pytest.raises(ValueError, match="registered twice"):
+            _registry.register_model("test-undocumented")(undocumented)
+    finally:
+        del _registry._MODELS["test-undocumented"]

@@ -17,7 +17,7 @@ def register_model(name: str, *, doc: str = ""):
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model '{name}' registered twice")
-        _MODELS[name] = (fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        _MODELS[name] = (fn, doc or next(iter((fn.__doc__ or "").strip().splitlines()), ""))
         return fn
 
     return deco
