@@ -67,7 +67,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError:
         raise NastyError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NastyError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+        raise NastyError(f"--device {device}: no CUDA device is available here; use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise NastyError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+    if dev.type not in ("cpu", "cuda"):
+        raise NastyError(f"--device {device}: only cpu and cuda are supported")
     return dev
 
 
