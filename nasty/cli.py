@@ -1,0 +1,133 @@
+"""The ``nasty`` command line: ``nasty train``, ``nasty harden``, ``nasty models``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+from .data import DATASETS
+from .errors import NastyError
+
+
+def _fail_cleanly(fn):
+    """Our errors print as one line (exit 1); Ctrl-C says how to resume (exit 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NastyError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; the last finished epoch is saved: run the same command with --resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _data_options(fn):
+    for opt in reversed([
+        click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default=None,
+                     help="Dataset [train: digits; harden: the teacher's]."),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the dataset's files (torchvision layout)."),
+        click.option("--download", is_flag=True, help="Download the dataset into --data-root if it is missing."),
+        click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     help="Stratified fraction of the training set to use."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _run_options(default_out):
+    def deco(fn):
+        for opt in reversed([
+            click.option("--arch", default=None, help="Architecture (see `nasty models`), tv:<name> or timm:<name>."),
+            click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [dataset recipe]."),
+            click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [dataset recipe]."),
+            click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help="Initial SGD learning rate [dataset recipe]."),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            click.option("--out", type=click.Path(), default=default_out, show_default=True, help="Run directory."),
+            click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch."),
+            click.option("--force", is_flag=True, help="Overwrite a finished or unrelated run in --out."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary (errors still print)."),
+        ]):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nasty")
+def main():
+    """Make a released classifier undistillable (Nasty Teacher) and audit its KD-immunity."""
+
+
+@main.command()
+@_data_options
+@_run_options("runs/normal")
+@_fail_cleanly
+def train(dataset, **kw):
+    """Train a normal teacher with cross-entropy."""
+    from .runs import train as run_train
+
+    card = run_train(dataset=dataset or "digits", **kw)
+    if not kw["quiet"]:
+        click.echo(f"normal teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
+                   f"after {card['epoch']} epochs, {card['seconds']:.1f}s -> {kw['out']}")
+
+
+@main.command()
+@click.option("--teacher", required=True, type=click.Path(),
+              help="The released model (the adversary): a run directory, .safetensors, or .pt/.pth state dict.")
+@_data_options
+@_run_options("runs/nasty")
+@click.option("--omega", type=click.FloatRange(min=0), default=None,
+              help="Weight of the self-undermining KL term [dataset recipe].")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Temperature of the softened outputs [dataset recipe].")
+@click.option("--init", type=click.Choice(["scratch", "teacher"]), default="scratch", show_default=True,
+              help="Start from random weights (the paper) or fine-tune the teacher's weights.")
+@click.option("--collapse-margin", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Stop if test accuracy falls this many points below the adversary's (after the first LR drop).")
+@click.option("--unsafe-pickle", is_flag=True,
+              help="Allow full unpickling of a .pt/.pth teacher. Runs code from the file: only for files you trust.")
+@_fail_cleanly
+def harden(**kw):
+    """Train a nasty teacher against the frozen --teacher."""
+    from .runs import harden as run_harden
+
+    card = run_harden(**kw)
+    if not kw["quiet"]:
+        click.echo(f"nasty teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
+                   f"(adversary {card['adversary']['accuracy']:.2f}%, cost {card['teacher_cost']:+.2f} points), "
+                   f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "
+                   f"{card['seconds']:.1f}s -> {kw['out']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(as_json):
+    """List the architectures in the zoo."""
+    from .models import list_models
+
+    names = list_models()
+    if as_json:
+        click.echo(json.dumps(names, indent=2))
+        return
+    width = max(map(len, names))
+    for name, doc in names.items():
+        click.echo(f"{name:<{width}}  {doc}")
+    click.echo(f"{'tv:<name>':<{width}}  any torchvision.models classifier, e.g. tv:resnet50")
+    click.echo(f"{'timm:<name>':<{width}}  any timm model (pip install 'nasty[timm]')")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from nasty.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_train_then_harden_with_the_cli(tmp_path):
+    code, out = run("train", "--epochs", 3, "--out", tmp_path / "n", "--device", "cpu")
+    assert code == 0, out
+    assert "normal teacher small-cnn on digits: test accuracy" in out
+    code, out = run("harden", "--teacher", tmp_path / "n", "--epochs", 3, "--omega", 0.04, "--out", tmp_path / "x")
+    assert code == 0, out
+    card = json.loads((tmp_path / "x" / "card.json").read_text())
+    assert card["kind"] == "nasty" and card["omega"] == 0.04 and card["tau"] == 4.0 and card["epochs"] == 3
+    assert card["dataset"] == "digits" and card["adversary"]["arch"] == "small-cnn" and card["kl_to_adversary"] > 0
+    assert f"cost {card['teacher_cost']:+.2f} points" in out
+
+
+def test_quiet_prints_nothing_and_resume_continues(tmp_path):
+    code, out = run("train", "--epochs", 2, "--arch", "mlp", "--out", tmp_path, "--quiet")
+    assert code == 0 and out == ""
+    code, out = run("train", "--epochs", 2, "--arch", "mlp", "--out", tmp_path)
+    assert code == 1 and "already holds a run" in out and "--resume" in out
+    code, out = run("train", "--epochs", 2, "--arch", "mlp", "--out", tmp_path, "--resume")
+    assert code == 0 and "after 2 epochs" in out
+    code, out = run("train", "--epochs", 3, "--arch", "mlp", "--out", tmp_path, "--resume")
+    assert code == 1 and "epochs=2, not 3" in out
+    code, out = run("train", "--epochs", 1, "--arch", "mlp", "--out", tmp_path, "--force", "-q")
+    assert code == 0 and json.loads((tmp_path / "card.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["train", "--dataset", "imagenet99"], 2, "imagenet99"),
+    (["train", "--epochs", "0"], 2, "--epochs"),
+    (["train", "--train-fraction", "1.5"], 2, "--train-fraction"),
+    (["train", "--lr", "-1"], 2, "--lr"),
+    (["train", "--arch", "resnet1000", "--epochs", "1"], 1, "unknown architecture 'resnet1000'"),
+    (["train", "--device", "cuda:7", "--epochs", "1"], 1, "--device"),
+    (["train", "--dataset", "cifar10", "--data-root", "{tmp}"], 1, "cifar-10-batches-py"),
+    (["harden", "--teacher", "{tmp}/nope"], 1, "no such file"),
+    (["harden", "--teacher", "{tmp}", "--omega", "-0.1"], 2, "--omega"),
+    (["harden", "--teacher", "{tmp}", "--tau", "0"], 2, "--tau"),
+    (["harden", "--teacher", "{tmp}", "--init", "random"], 2, "--init"),
+    (["harden"], 2, "--teacher"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, code, words):
+    got, out = run(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert got == code, out
+    assert words in out and "Traceback" not in out
+    assert len([line for line in out.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_models_lists_the_zoo():
+    code, out = run("models")
+    assert code == 0 and "resnet18" in out and "tv:<name>" in out
+    code, out = run("models", "--json")
+    assert "small-cnn" in json.loads(out)
