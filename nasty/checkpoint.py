@@ -27,7 +27,7 @@ WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.p
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 __all__ = ["atomic_write", "save_release", "save_state", "load_state", "read_card", "load_weights",
-           "load_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
+           "load_model", "build_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -62,7 +62,7 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     model = getattr(model, "module", model)  # DDP
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -73,7 +73,7 @@ def save_release(out, model: nn.Module, card: dict) -> dict:
     from safetensors.torch import save_file
 
     out = Path(out)
-    sd = _plain_state_dict(model)
+    sd = plain_state_dict(model)
     meta = {"format": "nasty", "arch": str(card.get("arch", "")), "num_classes": str(card.get("num_classes", "")),
             "input_shape": json.dumps(card.get("input_shape"))}
     atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata=meta))
@@ -128,16 +128,15 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
     card: dict = {}
     if path.is_dir():
         card = read_card(path)
-        weights = path / WEIGHTS
-        if not weights.exists():
+        if not (path / WEIGHTS).exists():
             raise CheckpointError(f"{path} has {CARD} but no {WEIGHTS}; the run did not finish an epoch")
-        if card.get("sha256") and sha256_file(weights) != card["sha256"]:
-            raise CheckpointError(f"{weights} does not match the sha256 in {path / CARD} (an interrupted write "
-                                  f"or a modified file); re-run with --resume to rewrite it")
-        path = weights
+        path = path / WEIGHTS
     elif (path.parent / CARD).exists() and path.name == WEIGHTS:
         card = read_card(path.parent)
-
+    file_sha = sha256_file(path)
+    if card.get("sha256") and file_sha != card["sha256"]:
+        raise CheckpointError(f"{path} does not match the sha256 in {path.parent / CARD} (an interrupted write "
+                              f"or a modified file); re-run with --resume to rewrite it")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -150,7 +149,7 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
         if not card and meta.get("format") == "nasty":
             card = {"arch": meta.get("arch") or None, "num_classes": int(meta["num_classes"]) if meta.get("num_classes") else None,
                     "input_shape": json.loads(meta["input_shape"]) if meta.get("input_shape") else None}
-        return sd, card
+        return sd, {**card, "sha256": file_sha}
 
     if path.suffix.lower() not in PICKLE_EXTS:
         raise CheckpointError(f"{path}: expected a run directory, a .safetensors file or a "
@@ -166,7 +165,7 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
         obj = _unsafe_load(path)
     except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
         raise CheckpointError(f"{path} could not be read as a PyTorch file ({_first_line(e)})") from None
-    return _find_state_dict(obj, path), card
+    return _find_state_dict(obj, path), {**card, "sha256": file_sha}
 
 
 def _unsafe_load(path):
@@ -227,9 +226,15 @@ def load_model(source, *, arch: str | None = None, num_classes: int | None = Non
     ``arch``/``num_classes``/``in_chans`` default to what the card or file metadata says;
     given explicitly, they must agree with it.
     """
+    sd, card = load_weights(source, unsafe_pickle=unsafe_pickle)
+    model = build_model(sd, card, source=source, arch=arch, num_classes=num_classes, in_chans=in_chans)
+    return model.to(device).eval(), card
+
+
+def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in_chans=None) -> nn.Module:
+    """The architecture named by ``arch`` or ``card``, with the state dict ``sd`` loaded."""
     from .models import create_model
 
-    sd, card = load_weights(source, unsafe_pickle=unsafe_pickle)
     arch = arch or card.get("arch")
     if not arch:
         raise ModelError(f"{source}: the architecture is not recorded with these weights; pass --arch")
@@ -246,7 +251,7 @@ def load_model(source, *, arch: str | None = None, num_classes: int | None = Non
         raise ModelError(f"{source} expects {shape[0]}-channel input but the dataset has {in_chans} channels")
     model = create_model(arch, num_classes=int(num_classes), in_chans=int(in_chans))
     fit_state_dict(model, sd, arch=arch)
-    return model.to(device).eval(), card
+    return model
 
 
 def _guess_num_classes(sd: dict, source) -> int:

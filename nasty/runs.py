@@ -87,7 +87,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     """
     if init not in ("scratch", "teacher"):
         raise NastyError(f"--init must be 'scratch' or 'teacher', got {init!r}")
-    _, known = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)  # fail fast on unsafe or bad files
+    weights, known = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)  # fail fast, before loading data
     dataset = dataset or known.get("dataset")
     if not dataset:
         raise NastyError(f"--teacher {teacher} does not record its dataset; pass --dataset")
@@ -101,9 +101,9 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     if tau <= 0:
         raise NastyError(f"--tau must be > 0, got {tau}")
     dev = resolve_device(device)
-    adversary, card = ckpt.load_model(teacher, arch=arch, num_classes=data.num_classes,
-                                      in_chans=data.input_shape[0], unsafe_pickle=unsafe_pickle, device=dev)
-    arch = arch or card["arch"]
+    adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
+                                 in_chans=data.input_shape[0]).to(dev).eval()
+    arch = arch or known["arch"]
     adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
     model = _seeded_model(arch, data, seed)
     if init == "teacher":
