@@ -228,7 +228,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             if out is not None:
                 with open(out / ckpt.METRICS, "a") as f:
                     f.write(json.dumps(row) + "\n")
-                ckpt.save_state(out, {"model": ckpt._plain_state_dict(model), "optimizer": opt.state_dict(),
+                ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
                                       "last": last, "config": run_config})
                 ckpt.save_release(out, model, {**base_card, **last})
@@ -244,7 +244,7 @@ def _check_same_run(saved: dict, now: dict, out) -> None:
     for section in ("train", "card"):
         a, b = saved.get(section, {}), now.get(section, {})
         for key in sorted(set(a) | set(b)):
-            if key in ("seconds",):
+            if key in ("seconds", "nasty_version"):
                 continue
             va, vb = a.get(key), b.get(key)
             if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
