@@ -107,7 +107,7 @@ def harden(**kw):
     card = run_harden(**kw)
     if not kw["quiet"]:
         click.echo(f"nasty teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
-                   f"(adversary {card['adversary']['accuracy']:.2f}%, cost {card['teacher_cost']:+.2f} points), "
+                   f"(adversary {card['adversary']['accuracy']:.2f}%, cost {round(card['teacher_cost'], 2) + 0.0:+.2f} points), "
                    f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "
                    f"{card['seconds']:.1f}s -> {kw['out']}")
 
