@@ -45,6 +45,12 @@ def test_timm_model_behind_the_contract():
     x = torch.randn(2, 3, 32, 32)
     assert m.forward_features(x).shape == (2, m.num_features)
     assert torch.allclose(m.forward_head(m.forward_features(x)), m(x), atol=1e-5)
+    # a released timm state dict (timm's own key names) loads into our wrapper
+    from nasty.checkpoint import fit_state_dict
+
+    fresh = create_model("timm:resnet18", num_classes=5).eval()
+    fit_state_dict(fresh, m.body.state_dict(), arch="timm:resnet18")
+    assert torch.allclose(fresh(x), m(x), atol=1e-5)
 
 
 def test_unknown_model_lists_choices():
