@@ -191,6 +191,8 @@ def _torchvision(name, cls_name, root, download, files, hint, split_kw):
     for split in ("train", "test"):
         try:
             ds = cls(str(root), download=download, **split_kw(split))
+        except ImportError as e:  # svhn reads .mat files with scipy
+            raise DataError(f"dataset '{name}' needs the package {e.name or 'scipy'}: pip install {e.name or 'scipy'}") from None
         except (RuntimeError, OSError, ValueError) as e:  # corrupted files, failed download
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"dataset '{name}' could not be loaded from {root}: {msg}") from None
