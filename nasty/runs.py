@@ -88,6 +88,8 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     if init not in ("scratch", "teacher"):
         raise NastyError(f"--init must be 'scratch' or 'teacher', got {init!r}")
     weights, known = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)  # fail fast, before loading data
+    if not (arch or known.get("arch")):
+        raise NastyError(f"--teacher {teacher} does not record its architecture; pass --arch (see `nasty models`)")
     dataset = dataset or known.get("dataset")
     if not dataset:
         raise NastyError(f"--teacher {teacher} does not record its dataset; pass --dataset")

@@ -78,3 +78,21 @@ def test_console_script_and_module_entry_points(tmp_path):
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 0 and "nasty teacher small-cnn on digits" in done.stdout, done.stderr
     assert done.stderr == ""  # no progress bar noise when not on a terminal
+
+
+def test_harden_a_plain_state_dict_with_init_teacher(tmp_path):
+    import torch
+
+    from nasty.checkpoint import load_model
+
+    code, out = run("train", "--epochs", 3, "--out", tmp_path / "n", "-q")
+    assert code == 0, out
+    model, card = load_model(tmp_path / "n")
+    torch.save(model.state_dict(), tmp_path / "released.pth")  # what an owner might have: weights only
+    code, out = run("harden", "--teacher", tmp_path / "released.pth", "--epochs", 1, "--out", tmp_path / "x")
+    assert code == 1 and "--arch" in out  # a bare state dict does not say what it is
+    code, out = run("harden", "--teacher", tmp_path / "released.pth", "--arch", "small-cnn", "--dataset", "digits",
+                    "--init", "teacher", "--omega", 0, "--lr", 1e-4, "--epochs", 1, "--out", tmp_path / "x")
+    assert code == 0, out
+    hardened = json.loads((tmp_path / "x" / "card.json").read_text())
+    assert hardened["init"] == "teacher" and abs(hardened["accuracy"] - card["accuracy"]) <= 1.0
