@@ -76,12 +76,10 @@ class TensorData:
         return self._device_cache[device]
 
     def batches(self, split: str, *, batch_size: int, device="cpu", seed: int = 0, epoch: int = 0,
-                shuffle: bool | None = None, augment_train: bool = True, drop_last: bool | None = None,
-                shard: tuple[int, int] = (0, 1)):
+                shuffle: bool | None = None, augment_train: bool = True, drop_last: bool | None = None):
         """Yield ``(x, y)`` batches: normalised float images and labels, on ``device``.
 
         The training split is shuffled and augmented by default; the test split is not.
-        ``shard=(rank, world)`` keeps every world-th sample of the (shuffled) order.
         """
         train = split == "train"
         shuffle = train if shuffle is None else shuffle
@@ -90,9 +88,7 @@ class TensorData:
         x_all, y_all = (xs, ys) if train else (xt, yt)
         n = len(y_all)
         gen = torch.Generator().manual_seed(_mix(seed, epoch))
-        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-        rank, world = shard
-        order = order[rank::world].to(x_all.device)
+        order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(x_all.device)
         dev_gen = torch.Generator(device=x_all.device).manual_seed(_mix(seed, epoch, 1))
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
         for i in range(0, stop, batch_size):

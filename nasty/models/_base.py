@@ -29,6 +29,12 @@ class Classifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
+    """Conv (no bias, 'same' padding) + BatchNorm (+ ReLU)."""
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
 def init_weights(model: nn.Module) -> nn.Module:
     """Kaiming-normal convolutions, unit BatchNorm, small linear layers (the usual CIFAR init)."""
     for m in model.modules():

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import Classifier, init_weights
+from ._base import Classifier, conv_bn, init_weights
 from ._registry import register_model
-from .small import conv_bn
 
 
 class PlainCNN(Classifier):

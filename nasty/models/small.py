@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._base import Classifier, init_weights
+from ._base import Classifier, conv_bn, init_weights
 from ._registry import register_model
-
-
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class SmallCNN(Classifier):
