@@ -155,7 +155,10 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                           weight_decay=config.weight_decay, nesterov=False)
     milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
-    run_config = {"train": asdict(config), "card": {k: v for k, v in (card or {}).items() if not isinstance(v, dict)}}
+    # what must match for --resume: the schedule, the card's scalars, and nested sha256s (the adversary's)
+    run_config = {"train": asdict(config),
+                  "card": {(f"{k}.sha256" if isinstance(v, dict) else k): (v.get("sha256") if isinstance(v, dict) else v)
+                           for k, v in (card or {}).items()}}
     start, seconds, last = 0, 0.0, None
     out = Path(out) if out else None
     if out is not None:

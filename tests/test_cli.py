@@ -96,3 +96,13 @@ def test_harden_a_plain_state_dict_with_init_teacher(tmp_path):
     assert code == 0, out
     hardened = json.loads((tmp_path / "x" / "card.json").read_text())
     assert hardened["init"] == "teacher" and abs(hardened["accuracy"] - card["accuracy"]) <= 1.0
+
+
+def test_harden_resume_refuses_another_teacher(tmp_path):
+    assert run("train", "--epochs", 1, "--out", tmp_path / "a", "-q")[0] == 0
+    assert run("train", "--epochs", 1, "--seed", 1, "--out", tmp_path / "b", "-q")[0] == 0
+    assert run("harden", "--teacher", tmp_path / "a", "--epochs", 2, "--out", tmp_path / "x", "-q")[0] == 0
+    code, out = run("harden", "--teacher", tmp_path / "b", "--epochs", 2, "--out", tmp_path / "x", "--resume")
+    assert code == 1 and "adversary.sha256" in out
+    code, out = run("harden", "--teacher", tmp_path / "a", "--epochs", 2, "--out", tmp_path / "x", "--resume")
+    assert code == 0 and "after" not in out and "nasty teacher" in out
