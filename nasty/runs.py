@@ -111,7 +111,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     if init == "teacher":
         model.load_state_dict(adversary.state_dict())
     out = prepare_out(out, resume=resume, force=force)
-    first_drop = max(1, round(0.5 * cfg.epochs))
+    first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))  # the guard's margin applies after the first LR drop
     guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
                   chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
                   hint=f"try a smaller --omega than {omega:g}")
