@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import DataError
 
-__all__ = ["TensorData", "load_dataset", "DATASETS", "augment"]
+__all__ = ["TensorData", "load_dataset", "DATASETS", "augment", "mix_seed"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class TensorData:
         return self._device_cache[device]
 
     def batches(self, split: str, *, batch_size: int, device="cpu", seed: int = 0, epoch: int = 0,
-                shuffle: bool | None = None, augment_train: bool = True, drop_last: bool | None = None):
+                shuffle: bool | None = None, drop_last: bool | None = None):
         """Yield ``(x, y)`` batches: normalised float images and labels, on ``device``.
 
         The training split is shuffled and augmented by default; the test split is not.
@@ -87,14 +87,14 @@ class TensorData:
         xs, ys, xt, yt, mean, std = self.on(device)
         x_all, y_all = (xs, ys) if train else (xt, yt)
         n = len(y_all)
-        gen = torch.Generator().manual_seed(_mix(seed, epoch))
+        gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
         order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(x_all.device)
-        dev_gen = torch.Generator(device=x_all.device).manual_seed(_mix(seed, epoch, 1))
+        dev_gen = torch.Generator(device=x_all.device).manual_seed(mix_seed(seed, epoch, 1))
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
         for i in range(0, stop, batch_size):
             idx = order[i : i + batch_size]
             x = x_all[idx]
-            if train and augment_train:
+            if train:
                 x = augment(x, pad=self.pad, flip=self.flip, generator=dev_gen)
             x = (x.float() - mean) / std
             if x.is_cuda:
@@ -122,7 +122,7 @@ class TensorData:
                        train_fraction=fraction, _device_cache={})
 
 
-def _mix(*ints: int) -> int:
+def mix_seed(*ints: int) -> int:
     """A stable 63-bit seed from a few integers."""
     h = 0x9E3779B97F4A7C15
     for v in ints:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .data import TensorData, _mix
+from .data import TensorData, mix_seed
 from .errors import NastyError, TrainingStopped
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
@@ -185,7 +185,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     try:
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(_mix(config.seed, epoch, 2))  # dropout and any other global randomness
+            torch.manual_seed(mix_seed(config.seed, epoch, 2))  # dropout and any other global randomness
             model.train()
             sums: dict[str, torch.Tensor] = {}
             count = 0
