@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ModelError
+from .errors import CheckpointError, ModelError, first_line
 
 WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.pt", "metrics.jsonl"
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -94,7 +94,7 @@ def load_state(out) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - anything unreadable is reported the same way
-        raise CheckpointError(f"cannot read {path} to resume ({_first_line(e)}); remove it or use another --out") from None
+        raise CheckpointError(f"cannot read {path} to resume ({first_line(e)}); remove it or use another --out") from None
 
 
 def read_card(path) -> dict:
@@ -105,12 +105,7 @@ def read_card(path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"no {CARD} in {path.parent}; is it a run directory of `nasty train`/`harden`?") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -145,7 +140,7 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
                 meta = f.metadata() or {}
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
-            raise CheckpointError(f"{path} is not a valid safetensors file ({_first_line(e)})") from None
+            raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)})") from None
         if not card and meta.get("format") == "nasty":
             card = {"arch": meta.get("arch") or None, "num_classes": int(meta["num_classes"]) if meta.get("num_classes") else None,
                     "input_shape": json.loads(meta["input_shape"]) if meta.get("input_shape") else None}
@@ -161,10 +156,10 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
             raise CheckpointError(
                 f"{path} refused: it holds Python objects beyond tensors, and unpickling them could run "
                 f"arbitrary code; convert it to safetensors, or pass --unsafe-pickle if you trust its source "
-                f"({_first_line(e)})") from None
+                f"({first_line(e)})") from None
         obj = _unsafe_load(path)
     except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
-        raise CheckpointError(f"{path} could not be read as a PyTorch file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path} could not be read as a PyTorch file ({first_line(e)})") from None
     return _find_state_dict(obj, path), {**card, "sha256": file_sha}
 
 
@@ -172,7 +167,7 @@ def _unsafe_load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path} could not be unpickled ({_first_line(e)})") from None
+        raise CheckpointError(f"{path} could not be unpickled ({first_line(e)})") from None
 
 
 def _find_state_dict(obj, path) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 __all__ = ["TensorData", "load_dataset", "DATASETS", "augment", "mix_seed"]
 
@@ -190,8 +190,7 @@ def _torchvision(name, cls_name, root, download, files, hint, split_kw):
         except ImportError as e:  # svhn reads .mat files with scipy
             raise DataError(f"dataset '{name}' needs the package {e.name or 'scipy'}: pip install {e.name or 'scipy'}") from None
         except (RuntimeError, OSError, ValueError) as e:  # corrupted files, failed download
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"dataset '{name}' could not be loaded from {root}: {msg}") from None
+            raise DataError(f"dataset '{name}' could not be loaded from {root}: {first_line(e)}") from None
         x = ds.data
         x = x.numpy() if torch.is_tensor(x) else np.asarray(x)
         if x.ndim == 3:  # (N, H, W) grey

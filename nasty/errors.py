@@ -1,6 +1,12 @@
 """Errors that the CLI prints as one line (no traceback)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
 class NastyError(Exception):
     """Base class: a problem the user can fix; ``str(e)`` says what and how."""
 
