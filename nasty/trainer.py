@@ -176,9 +176,9 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
 
     base_card = {**(card or {}), **data.describe(), "epochs": config.epochs, "batch_size": config.batch_size,
                  "lr": config.lr, "seed": config.seed, "device": device.type}
+    written = None  # the card last written to out
     if out is not None and start > 0:  # rewrite the release files from the resume state
-        last_card = {**base_card, **(last or {})}
-        ckpt.save_release(out, model, last_card)
+        written = ckpt.save_release(out, model, {**base_card, **(last or {})})
     steps = len(data.train_y) // config.batch_size or 1
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
@@ -234,13 +234,10 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                 ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
                                       "last": last, "config": run_config})
-                ckpt.save_release(out, model, {**base_card, **last})
+                written = ckpt.save_release(out, model, {**base_card, **last})
     finally:
         bar.close()
-    final = {**base_card, **(last or {})}
-    if out is not None and (out / ckpt.CARD).exists():
-        final = ckpt.read_card(out)
-    return final
+    return written or {**base_card, **(last or {})}
 
 
 def _check_same_run(saved: dict, now: dict, out) -> None:
