@@ -1,4 +1,4 @@
-"""The ``nasty`` command line: ``nasty train``, ``nasty harden``, ``nasty models``."""
+"""The ``nasty`` command line: ``train``, ``harden``, ``audit``, ``demo``, ``models``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,103 @@ def harden(**kw):
                    f"(adversary {card['adversary']['accuracy']:.2f}%, cost {round(card['teacher_cost'], 2) + 0.0:+.2f} points), "
                    f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "
                    f"{card['seconds']:.1f}s -> {kw['out']}")
+
+
+def _names(option: str):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not names:
+            raise click.BadParameter(f"give a comma-separated list, got {value!r}")
+        return names
+    return parse
+
+
+def _seeds(ctx, param, value):
+    """``3`` means seeds 0, 1, 2; ``0,5,7`` means those seeds."""
+    try:
+        seeds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"a count (3) or a comma-separated list of integers (0,1,2), got {value!r}") from None
+    if len(seeds) == 1 and "," not in value:
+        if seeds[0] < 1:
+            raise click.BadParameter(f"the number of seeds must be at least 1, got {seeds[0]}")
+        seeds = list(range(seeds[0]))
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return seeds
+
+
+def _audit_options(fn):
+    from attacks import ATTACKS
+
+    for opt in reversed([
+        click.option("--attacks", default=",".join(ATTACKS), show_default=True, callback=_names("--attacks"),
+                     help=f"Comma-separated attacks: {', '.join(ATTACKS)}."),
+        click.option("--students", default=None, callback=_names("--students"),
+                     help="Comma-separated student architectures [dataset recipe; digits: tiny-cnn,mlp]."),
+        click.option("--seeds", default="3", show_default=True, callback=_seeds,
+                     help="Number of seeds (3 = 0,1,2) or a comma-separated list."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Student epochs [dataset recipe]."),
+        click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+                     help="KD weight of the soft term."),
+        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Attack temperature [4; 20 for 100+ classes]."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@main.command()
+@click.option("--teacher", required=True, type=click.Path(), help="The audited (nasty) teacher's run directory.")
+@click.option("--reference", required=True, type=click.Path(),
+              help="The normal teacher it was hardened against (run directory).")
+@_audit_options
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the dataset's files (torchvision layout).")
+@click.option("--download", is_flag=True, help="Download the dataset into --data-root if it is missing.")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="The attacker's share of the training set (stratified).")
+@click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
+@click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
+@click.option("--unsafe-pickle", is_flag=True,
+              help="Allow full unpickling of .pt/.pth teachers. Runs code from the file: only for files you trust.")
+@_fail_cleanly
+def audit(**kw):
+    """Attack the nasty and the normal teacher alike; report how much a thief gets from each."""
+    from attacks.audit import audit as run_audit
+
+    report = run_audit(**kw)
+    _print_summary(report, kw["out"])
+
+
+def _print_summary(report: dict, out) -> None:
+    from attacks.audit import format_table
+
+    t = report["teachers"]
+    click.echo(f"{report['dataset']}: normal {t['normal']['arch']} {t['normal']['accuracy']:.2f}%, "
+               f"nasty {t['nasty']['accuracy']:.2f}% (cost {report['teacher_cost']:+.2f} points); "
+               f"final-epoch student accuracy, mean ± std over seeds")
+    click.echo(format_table(report))
+    click.echo(f"report: {out}/report.md, {out}/report.json")
+
+
+@main.command()
+@click.option("--out", type=click.Path(), default="runs/demo", show_default=True,
+              help="Folder for the two teachers and the audit (re-running reuses what is finished).")
+@click.option("--quick", is_flag=True, help="A tiny budget (1 seed, few epochs): checks the pipeline in seconds.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints).")
+@_fail_cleanly
+def demo(out, quick, device, quiet):
+    """Digits end to end: train a normal teacher, harden it, audit it with every attack."""
+    from .demo import run_demo
+
+    report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)
+    _print_summary(report, f"{out}/audit")
 
 
 @main.command()

@@ -19,16 +19,21 @@ class Recipe:
     lr: float
     tau: float  # hardening temperature (also the KD attack's default)
     omega: float  # self-undermining weight
+    students: tuple[str, ...] = ("tiny-cnn", "mlp")  # the audit's default student architectures
 
 
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe(arch="small-cnn", epochs=20, batch_size=64, lr=0.05, tau=4.0, omega=0.04),
     "mnist": Recipe(arch="small-cnn", epochs=15, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
     "fashionmnist": Recipe(arch="small-cnn", epochs=30, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
-    "svhn": Recipe(arch="resnet18", epochs=40, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
-    "cifar10": Recipe(arch="resnet18", epochs=160, batch_size=128, lr=0.1, tau=4.0, omega=0.04),
-    "cifar100": Recipe(arch="resnet18", epochs=200, batch_size=128, lr=0.1, tau=20.0, omega=0.005),
-    "imagefolder": Recipe(arch="resnet18", epochs=200, batch_size=128, lr=0.1, tau=20.0, omega=0.01),
+    "svhn": Recipe(arch="resnet18", epochs=40, batch_size=128, lr=0.05, tau=4.0, omega=0.04,
+                   students=("cnn", "resnetc20")),
+    "cifar10": Recipe(arch="resnet18", epochs=160, batch_size=128, lr=0.1, tau=4.0, omega=0.04,
+                      students=("cnn", "resnetc20")),
+    "cifar100": Recipe(arch="resnet18", epochs=200, batch_size=128, lr=0.1, tau=20.0, omega=0.005,
+                       students=("cnn", "resnetc20")),
+    "imagefolder": Recipe(arch="resnet18", epochs=200, batch_size=128, lr=0.1, tau=20.0, omega=0.01,
+                          students=("cnn", "resnetc20")),
 }
 
 

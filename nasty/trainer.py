@@ -28,7 +28,7 @@ from .data import TensorData, mix_seed
 from .errors import NastyError, TrainingStopped
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
-__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for"]
+__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer", "autocast"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,13 @@ def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: flo
     raise ValueError(f"unknown objective {kind!r}")
 
 
+def make_optimizer(params, config: TrainConfig):
+    """SGD with momentum and weight decay; the LR drops by ``gamma`` at each milestone (per epoch)."""
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +82,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     # bf16 on CUDA; the CPU path keeps exact fp32 numerics.
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -89,7 +96,7 @@ def evaluate(model: nn.Module, data: TensorData, *, device, reference: nn.Module
     model.eval()
     correct, kl_sum, n = 0, 0.0, 0
     for x, y in data.batches("test", batch_size=batch_size, device=device):
-        with _autocast(device):
+        with autocast(device):
             z = model(x).float()
             zr = reference(x).float() if reference is not None and tau else None
         correct += int((z.argmax(1) == y).sum())
@@ -151,10 +158,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
         if device.type == "cuda":
             reference.to(memory_format=torch.channels_last)
 
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay, nesterov=False)
-    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
+    opt, sched = make_optimizer(model.parameters(), config)
     # what must match for --resume: the schedule, the card's scalars, and nested sha256s (the adversary's)
     run_config = {"train": asdict(config),
                   "card": {(f"{k}.sha256" if isinstance(v, dict) else k): (v.get("sha256") if isinstance(v, dict) else v)
@@ -177,8 +181,8 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     base_card = {**(card or {}), **data.describe(), "epochs": config.epochs, "batch_size": config.batch_size,
                  "lr": config.lr, "seed": config.seed, "device": device.type}
     written = None  # the card last written to out
-    if out is not None and start > 0:  # rewrite the release files from the resume state
-        written = ckpt.save_release(out, model, {**base_card, **(last or {})})
+    if out is not None and start > 0:  # the release files must describe the resume state
+        written = _intact_release(out, start) or ckpt.save_release(out, model, {**base_card, **(last or {})})
     steps = len(data.train_y) // config.batch_size or 1
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
@@ -193,10 +197,10 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                                                        seed=config.seed, epoch=epoch)):
                 ref_logits = None
                 if reference is not None:
-                    with torch.inference_mode(), _autocast(device):
+                    with torch.inference_mode(), autocast(device):
                         ref_logits = reference(x)
                     ref_logits = ref_logits.float().clone()  # a normal tensor, usable by autograd
-                with _autocast(device):
+                with autocast(device):
                     logits = model(x)
                 loss, terms = objective(logits.float(), y, ref_logits)
                 opt.zero_grad(set_to_none=True)
@@ -238,6 +242,20 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     finally:
         bar.close()
     return written or {**base_card, **(last or {})}
+
+
+def _intact_release(out: Path, epoch: int) -> dict | None:
+    """The card in ``out`` if it and its weights are the ones written at ``epoch``.
+
+    Kept rather than rewritten: safetensors does not order its metadata, so rewriting the same
+    weights can change the file's sha256, which a nasty teacher records for its adversary.
+    """
+    try:
+        card = json.loads((out / ckpt.CARD).read_text())
+        same = card.get("epoch") == epoch and card.get("sha256") == ckpt.sha256_file(out / ckpt.WEIGHTS)
+    except (OSError, ValueError):
+        return None
+    return card if same else None
 
 
 def _check_same_run(saved: dict, now: dict, out) -> None:

@@ -1,0 +1,225 @@
+"""The KD-immunity audit: attack the normal and the nasty teacher the same way, compare students.
+
+    from attacks.audit import audit
+    report = audit(teacher="runs/nasty", reference="runs/normal", out="runs/audit")
+
+The grid is cells of (attack, seed), plus one ``scratch`` cell per seed (students trained on
+the real labels, the baseline every attack is compared with). A cell trains every student
+architecture against both teachers in one loop (one teacher forward per batch per teacher)
+and is written to ``out/cells/`` as soon as it finishes; running the same audit again skips
+the cells that are done. Accuracies are final-epoch test accuracies in percent (never the best
+epoch). ``report.json`` and ``report.md`` are rewritten after every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from nasty import __version__
+from nasty import checkpoint as ckpt
+from nasty.data import load_dataset
+from nasty.errors import NastyError
+from nasty.models import create_model
+from nasty.recipes import RECIPES
+from nasty.trainer import TrainConfig, evaluate, resolve_device
+
+from . import ATTACKS, create_attack
+from .base import Scratch, run_students
+
+__all__ = ["audit", "summarize", "format_table", "default_tau"]
+
+SOURCES = ("normal", "nasty")
+
+
+def default_tau(num_classes: int) -> float:
+    """The KD temperature of the paper: 4, and 20 for 100 classes or more."""
+    return 20.0 if num_classes >= 100 else 4.0
+
+
+def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0, 1, 2), epochs: int | None = None,
+          alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
+          download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
+          unsafe_pickle: bool = False, attack_options: dict | None = None) -> dict:
+    """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
+
+    ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
+    against. ``train_fraction`` is the attacker's share of the training set. ``attack_options``
+    maps an attack name to extra constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``).
+    """
+    attacks = list(attacks)
+    for name in attacks:
+        create_attack(name)  # unknown names fail here, before anything is loaded
+    if not 0.0 <= alpha <= 1.0:
+        raise NastyError(f"--alpha must be in [0, 1], got {alpha}")
+    if tau is not None and tau <= 0:
+        raise NastyError(f"--tau must be > 0, got {tau}")
+    seeds = list(seeds)
+    if not seeds:
+        raise NastyError("--seeds: give at least one seed")
+
+    nasty_model, nasty_card = ckpt.load_model(teacher, unsafe_pickle=unsafe_pickle)
+    normal_model, normal_card = ckpt.load_model(reference, unsafe_pickle=unsafe_pickle)
+    dataset = nasty_card.get("dataset") or normal_card.get("dataset")
+    if not dataset:
+        raise NastyError(f"--teacher {teacher} does not record its dataset; audit run directories of `nasty harden`")
+    if normal_card.get("dataset") and normal_card["dataset"] != dataset:
+        raise NastyError(f"--reference {reference} was trained on {normal_card['dataset']}, "
+                         f"but --teacher {teacher} on {dataset}; audit a teacher against its own normal model")
+    data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
+    recipe = RECIPES[data.name]
+    students = list(dict.fromkeys(students or recipe.students))  # each architecture once
+    for s in students:  # unknown or unbuildable architectures fail before any training
+        create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0])
+    tau = default_tau(data.num_classes) if tau is None else tau
+    dev = resolve_device(device)
+    models = {"normal": normal_model, "nasty": nasty_model}
+    accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
+
+    out = Path(out).expanduser()
+    cells_dir = out / "cells"
+    try:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
+    epochs = epochs or recipe.epochs
+    common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
+              "batch_size": recipe.batch_size, "lr": recipe.lr,
+              "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
+    opts = attack_options or {}
+    plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
+    cells = []
+    report = None
+    for name, seed in plan:
+        attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts.get(name, {}))
+        key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
+        path = cells_dir / f"{name}-seed{seed}.json"
+        cell = _load_cell(path, key, force=force)
+        if cell is None:
+            t0 = time.perf_counter()
+            teachers = {"scratch": None} if name == "scratch" else models
+            cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
+            acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
+                               desc=f"{name} seed {seed}")
+            cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
+                    "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
+                             for (src, s), a in acc.items()]}
+            ckpt.write_json(path, cell)
+            if not quiet:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"{name} seed {seed} ({cell['seconds']:.1f}s): " + ", ".join(
+                    f"{r['student']}<-{r['source']} {r['accuracy']:.2f}" for r in cell["runs"]))
+        cells.append(cell)
+        report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction)
+        ckpt.write_json(out / "report.json", report)
+        ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+    return report
+
+
+def _load_cell(path: Path, key: dict, *, force: bool):
+    if not path.exists():
+        return None
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable (cannot happen with atomic writes, but never trust it): run it again
+    if cell.get("key") == key:
+        return cell
+    if force:
+        return None
+    saved = cell.get("key", {})
+    diff = next((k for k in sorted(set(saved) | set(key)) if saved.get(k) != key.get(k)), "?")
+    raise NastyError(f"--out {path.parent.parent} holds results of another audit ({diff} differs: "
+                     f"{saved.get(diff)!r} there, {key.get(diff)!r} now); use another --out or --force to redo them")
+
+
+def _mean_std(xs):
+    return {"mean": round(statistics.mean(xs), 4), "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0}
+
+
+def summarize(runs: list[dict], attacks, students) -> list[dict]:
+    """Mean/std per (attack, student) and source; immunity and below_scratch from the means."""
+    rows = []
+    for attack in attacks:
+        for student in students:
+            acc = {src: [r["accuracy"] for r in runs if r["attack"] == attack and r["student"] == student
+                         and r["source"] == src] for src in ("scratch", *SOURCES)}
+            if not all(acc.values()):
+                continue
+            m = {src: _mean_std(v) for src, v in acc.items()}
+            rows.append({"attack": attack, "student": student, "seeds": len(acc["nasty"]),
+                         "acc_scratch": m["scratch"], "acc_from_normal": m["normal"], "acc_from_nasty": m["nasty"],
+                         "immunity": round(m["normal"]["mean"] - m["nasty"]["mean"], 4),
+                         "below_scratch": round(m["scratch"]["mean"] - m["nasty"]["mean"], 4)})
+    return rows
+
+
+def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction) -> dict:
+    key = cells[0]["key"]
+    runs = []
+    for cell in cells:
+        for r in cell["runs"]:
+            if r["source"] == "scratch":  # the baseline is trained once per seed and listed under every attack
+                runs += [{**r, "attack": a} for a in attacks]
+            else:
+                runs.append(r)
+    return {
+        "nasty_version": __version__,
+        "dataset": data.name,
+        "train_fraction": train_fraction,
+        "teachers": {
+            "normal": {"arch": normal_card.get("arch"), "accuracy": round(accuracy["normal"], 4),
+                       "sha256": key["teachers"]["normal"]},
+            "nasty": {"arch": nasty_card.get("arch"), "accuracy": round(accuracy["nasty"], 4),
+                      "omega": nasty_card.get("omega"), "tau": nasty_card.get("tau"),
+                      "sha256": key["teachers"]["nasty"]},
+        },
+        "teacher_cost": round(accuracy["normal"] - accuracy["nasty"], 4),
+        "settings": {"students": key["students"], "epochs": epochs, "batch_size": key["batch_size"],
+                     "lr": key["lr"], "alpha": alpha, "tau": tau,
+                     "attacks": {c["key"]["attack"]: c["key"]["settings"] for c in cells}},
+        "seconds": round(sum(c["seconds"] for c in cells), 2),
+        "runs": runs,
+        "summary": summarize(runs, attacks, key["students"]),
+    }
+
+
+def _pm(m: dict) -> str:
+    return f"{m['mean']:.2f} ± {m['std']:.2f}"
+
+
+def format_table(report: dict) -> str:
+    """The summary as a markdown table (what ``nasty audit`` prints)."""
+    lines = ["| attack | student | scratch | from normal | from nasty | immunity | below scratch |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["summary"]:
+        lines.append(f"| {r['attack']} | {r['student']} | {_pm(r['acc_scratch'])} | {_pm(r['acc_from_normal'])} | "
+                     f"{_pm(r['acc_from_nasty'])} | {r['immunity']:+.2f} | {r['below_scratch']:+.2f} |")
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    t, s = report["teachers"], report["settings"]
+    seeds = sorted({r["seed"] for r in report["runs"]})
+    return "\n".join([
+        f"# KD-immunity audit: {report['dataset']}",
+        "",
+        f"- normal teacher: {t['normal']['arch']}, test accuracy {t['normal']['accuracy']:.2f}%",
+        f"- nasty teacher: {t['nasty']['arch']}, test accuracy {t['nasty']['accuracy']:.2f}% "
+        f"(omega {t['nasty']['omega']}, tau {t['nasty']['tau']}); teacher cost {report['teacher_cost']:+.2f} points",
+        f"- students: {', '.join(s['students'])}; seeds {seeds}; {s['epochs']} epochs, batch {s['batch_size']}, "
+        f"lr {s['lr']}; KD alpha {s['alpha']}, tau {s['tau']}; attacker's share of the training set "
+        f"{report['train_fraction']:g}",
+        "",
+        "Final-epoch test accuracy (%), mean ± std over seeds. immunity = from normal - from nasty "
+        "(large is good); below scratch = scratch - from nasty (positive: distilling the nasty teacher "
+        "is worse than training without a teacher).",
+        "",
+        format_table(report),
+        "",
+        f"{report['seconds']:.1f} s of training in {len(report['runs'])} rows.",
+        "",
+    ])

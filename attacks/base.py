@@ -1,0 +1,142 @@
+"""The interface every attack keeps, and the one loop that runs them all.
+
+An attack is a way for a thief to teach a student from a frozen teacher. It decides three
+things, and nothing else:
+
+    ctx = attack.setup(teacher, data, seed=..., batch_size=..., device=...)  # per teacher (DI: image pool)
+    x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
+    loss, terms = attack.loss(student_logits, teacher_logits, y)     # what they learn from it
+
+:func:`run_students` trains students for several teachers at once ("sources": ``scratch``,
+``normal``, ``nasty``). Per batch, each teacher runs one forward, shared by every student
+that learns from it; every source sees the same data order, the same student initialisation
+and the same number of steps, so the only difference between the sides is the teacher.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+
+from nasty.data import TensorData, mix_seed
+from nasty.errors import NastyError
+from nasty.models import create_model
+from nasty.objectives import cross_entropy
+from nasty.trainer import TrainConfig, autocast, evaluate, make_optimizer
+
+__all__ = ["Attack", "Scratch", "StudentBank", "run_students"]
+
+
+class Attack:
+    """Base class. Subclasses set ``name`` and override :meth:`loss` (and maybe the others).
+
+    ``data_free`` attacks never touch the real training images: the loop only counts steps.
+    """
+
+    name = ""
+    data_free = False
+
+    def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, device,
+              quiet: bool = True):
+        """Per-teacher state (a generator, an image pool); ``None`` when there is none."""
+        return None
+
+    def inputs(self, ctx, x: torch.Tensor | None, y: torch.Tensor | None, *, step: int, epoch: int):
+        """The batch the students see and, if the attack already has them, the teacher's logits."""
+        return x, None
+
+    def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor | None):
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What identifies this attack's results (goes into the audit's cell keys)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class Scratch(Attack):
+    """The baseline: no teacher, cross-entropy on the real labels."""
+
+    name = "scratch"
+
+    def loss(self, student_logits, teacher_logits, y):
+        return cross_entropy(student_logits, y)
+
+
+class StudentBank(nn.Module):
+    """Several independent students behind one forward: ``(S, B, C)`` logits.
+
+    They share no parameters, and SGD (momentum, weight decay) works per parameter, so each
+    student gets exactly the updates it would get if it were trained alone.
+    """
+
+    def __init__(self, students: dict[str, nn.Module]):
+        super().__init__()
+        self.names = list(students)
+        self.students = nn.ModuleList(students.values())
+
+    def forward(self, x):
+        return torch.stack([s(x) for s in self.students])
+
+
+def make_students(archs: list[str], data: TensorData, *, seed: int) -> StudentBank:
+    """The same initial weights for a given (architecture, seed), whichever teacher they face."""
+    made = {}
+    for arch in archs:
+        torch.manual_seed(mix_seed(seed, zlib.crc32(arch.encode()), 11))  # not the position: alone == in a bank
+        made[arch] = create_model(arch, num_classes=data.num_classes, in_chans=data.input_shape[0])
+    return StudentBank(made)
+
+
+def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
+                 config: TrainConfig, device, quiet: bool = True, desc: str = "") -> dict[tuple[str, str], float]:
+    """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
+    (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed."""
+    from tqdm.auto import tqdm
+
+    config.check()
+    device = torch.device(device)
+    for t in teachers.values():
+        if t is not None:
+            t.to(device).eval().requires_grad_(False)
+    banks = nn.ModuleDict({src: make_students(students, data, seed=config.seed) for src in teachers}).to(device)
+    if device.type == "cuda":
+        banks.to(memory_format=torch.channels_last)
+    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size, device=device,
+                                     quiet=quiet) for src, t in teachers.items()}
+    opt, sched = make_optimizer(banks.parameters(), config)
+    steps = max(1, len(data.train_y) // config.batch_size)
+    bar = tqdm(total=config.epochs * steps, desc=desc or attack.name, disable=True if quiet else None,
+               unit="step", dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(config.epochs):
+            torch.manual_seed(mix_seed(config.seed, epoch, 2))
+            banks.train()
+            real = (iter(()) if attack.data_free else
+                    data.batches("train", batch_size=config.batch_size, device=device, seed=config.seed, epoch=epoch))
+            for step in range(steps):
+                x_real, y_real = (None, None) if attack.data_free else next(real)
+                total = 0.0
+                for src, teacher in teachers.items():
+                    x, t = attack.inputs(contexts[src], x_real, y_real, step=step, epoch=epoch)
+                    if t is None and teacher is not None:
+                        with torch.inference_mode(), autocast(device):
+                            t = teacher(x)
+                        t = t.float().clone()  # out of inference mode, usable in the loss
+                    with autocast(device):
+                        z = banks[src](x).float()
+                    for i in range(len(students)):
+                        total = total + attack.loss(z[i], t, y_real)[0]
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                if step == 0 and not torch.isfinite(total.detach()):
+                    raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
+                                     f"try a smaller --lr or --tau")
+                bar.update(1)
+            sched.step()
+    finally:
+        bar.close()
+    return {(src, name): evaluate(student, data, device=device)["accuracy"]
+            for src in teachers for name, student in zip(students, banks[src].students)}

@@ -1,0 +1,128 @@
+"""The audit: the report's schema, cells saved and skipped, clear errors; `nasty demo --quick`."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import attacks.audit as audit_mod
+from attacks.audit import audit
+from nasty.cli import main
+from nasty.errors import NastyError
+
+TINY = {"seeds": (0, 1), "epochs": 1, "students": ["tiny-cnn", "mlp"], "device": "cpu", "quiet": True,
+        "attack_options": {"deepinversion": {"pool_size": 32, "iterations": 3}}}
+ATTACK_NAMES = ["kd", "hard-label", "dafl", "deepinversion"]
+
+
+def run(teachers, out, **kw):
+    return audit(teacher=teachers["root"] / "nasty", reference=teachers["root"] / "normal", out=out, **{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_audit(teachers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    return out, run(teachers, out)
+
+
+def test_report_json_has_the_schema(tiny_audit, teachers):
+    out, report = tiny_audit
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk["dataset"] == "digits"
+    normal, nasty = on_disk["teachers"]["normal"], on_disk["teachers"]["nasty"]
+    assert normal["arch"] == nasty["arch"] == "small-cnn"
+    assert isinstance(normal["accuracy"], float) and isinstance(nasty["accuracy"], float)
+    assert nasty["omega"] == teachers["nasty"]["omega"] and nasty["tau"] == teachers["nasty"]["tau"]
+    assert on_disk["teacher_cost"] == pytest.approx(normal["accuracy"] - nasty["accuracy"], abs=1e-3)
+    runs = on_disk["runs"]
+    assert {r["attack"] for r in runs} == set(ATTACK_NAMES)
+    assert {r["source"] for r in runs} == {"scratch", "normal", "nasty"}
+    # every (attack, student, source, seed) exactly once
+    keys = [(r["attack"], r["student"], r["source"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 4 * 2 * 3 * 2
+    for r in runs:
+        assert set(r) == {"attack", "student", "source", "seed", "accuracy"}
+        assert 0.0 <= r["accuracy"] <= 100.0 and isinstance(r["seed"], int)
+    assert len(on_disk["summary"]) == 4 * 2
+    for s in on_disk["summary"]:
+        assert s["attack"] in ATTACK_NAMES and s["student"] in ("tiny-cnn", "mlp")
+        for k in ("acc_scratch", "acc_from_normal", "acc_from_nasty"):
+            assert set(s[k]) >= {"mean", "std"}
+        mine = [r["accuracy"] for r in runs if r["attack"] == s["attack"] and r["student"] == s["student"]
+                and r["source"] == "nasty"]
+        assert s["acc_from_nasty"]["mean"] == pytest.approx(sum(mine) / len(mine), abs=1e-3)
+        assert s["immunity"] == pytest.approx(s["acc_from_normal"]["mean"] - s["acc_from_nasty"]["mean"], abs=1e-3)
+        assert s["below_scratch"] == pytest.approx(s["acc_scratch"]["mean"] - s["acc_from_nasty"]["mean"], abs=1e-3)
+    md = (out / "report.md").read_text()
+    assert "| kd | tiny-cnn |" in md and "| deepinversion | mlp |" in md
+
+
+def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):
+    _, report = tiny_audit
+    by_attack = {a: sorted((r["student"], r["seed"], r["accuracy"]) for r in report["runs"]
+                           if r["attack"] == a and r["source"] == "scratch") for a in ATTACK_NAMES}
+    assert len({tuple(v) for v in by_attack.values()}) == 1
+
+
+def test_rerun_skips_completed_cells(tiny_audit, teachers, monkeypatch):
+    out, report = tiny_audit
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    assert len(cells) == 2 * 5  # (scratch + 4 attacks) x 2 seeds
+
+    def boom(*a, **k):
+        raise AssertionError("a completed cell was trained again")
+
+    monkeypatch.setattr(audit_mod, "run_students", boom)
+    again = run(teachers, out)
+    assert again["runs"] == report["runs"]
+
+
+def test_rerun_after_a_lost_cell_trains_only_that_cell(tiny_audit, teachers, monkeypatch):
+    out, report = tiny_audit
+    (out / "cells" / "kd-seed1.json").unlink()
+    calls = []
+    real = audit_mod.run_students
+    monkeypatch.setattr(audit_mod, "run_students", lambda attack, *a, **k: calls.append(attack.name) or real(attack, *a, **k))
+    again = run(teachers, out)
+    assert calls == ["kd"]
+    assert again["summary"] == report["summary"]  # same seed, same data order: the same numbers
+
+
+def test_other_settings_in_the_same_out_are_refused(tiny_audit, teachers):
+    out, _ = tiny_audit
+    with pytest.raises(NastyError, match="another audit.*epochs"):
+        run(teachers, out, epochs=2, attacks=["hard-label"])
+
+
+def test_bad_audit_inputs(teachers, tmp_path):
+    with pytest.raises(NastyError, match="unknown attack 'fgsm'"):
+        run(teachers, tmp_path, attacks=["kd", "fgsm"])
+    with pytest.raises(NastyError, match="unknown architecture 'resnet9000'"):
+        run(teachers, tmp_path, students=["resnet9000"])
+    with pytest.raises(NastyError, match="--alpha"):
+        run(teachers, tmp_path, alpha=1.5)
+
+
+def test_cli_audit_errors_are_one_line(teachers, tmp_path):
+    base = ["audit", "--teacher", str(teachers["root"] / "nasty"), "--reference", str(teachers["root"] / "normal"),
+            "--out", str(tmp_path)]
+    for extra, code, words in ((["--attacks", "kd,nope"], 1, "unknown attack 'nope'"),
+                               (["--seeds", "0"], 2, "at least 1"),
+                               (["--seeds", "a,b"], 2, "comma-separated list of integers"),
+                               (["--alpha", "2"], 2, "--alpha")):
+        res = CliRunner().invoke(main, base + extra)
+        assert res.exit_code == code, res.output
+        assert words in res.output and "Traceback" not in res.output
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "audit" / "report.json").read_text())
+    assert {s["attack"] for s in report["summary"]} == set(ATTACK_NAMES)
+    assert "| dafl | tiny-cnn |" in res.output
+    # a second run reuses the teachers and every cell
+    again = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "audit" / "report.json").read_text())["runs"] == report["runs"]
