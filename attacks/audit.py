@@ -61,7 +61,7 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
         raise NastyError("--seeds: give at least one seed")
 
     nasty_model, nasty_card = ckpt.load_model(teacher, unsafe_pickle=unsafe_pickle)
-    normal_model, normal_card = ckpt.load_model(reference, unsafe_pickle=unsafe_pickle)
+    normal_model, normal_card = ckpt.load_model(reference, unsafe_pickle=unsafe_pickle, option="--reference")
     dataset = nasty_card.get("dataset") or normal_card.get("dataset")
     if not dataset:
         raise NastyError(f"--teacher {teacher} does not record its dataset; audit run directories of `nasty harden`")

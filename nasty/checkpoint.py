@@ -111,7 +111,7 @@ def read_card(path) -> dict:
 # --------------------------------------------------------------------------- loading
 
 
-def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher") -> tuple[dict[str, torch.Tensor], dict]:
     """Read a state dict from a run dir, ``.safetensors`` or a pickle-based file, safely.
 
     Returns ``(state_dict, card)``; ``card`` is what is known about the weights (the run's
@@ -119,7 +119,7 @@ def load_weights(path, *, unsafe_pickle: bool = False) -> tuple[dict[str, torch.
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"--teacher {path}: no such file or directory")
+        raise CheckpointError(f"{option} {path}: no such file or directory")
     card: dict = {}
     if path.is_dir():
         card = read_card(path)
@@ -215,13 +215,13 @@ def fit_state_dict(model: nn.Module, sd: dict, *, arch: str) -> None:
 
 
 def load_model(source, *, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
-               unsafe_pickle: bool = False, device="cpu") -> tuple[nn.Module, dict]:
+               unsafe_pickle: bool = False, device="cpu", option: str = "--teacher") -> tuple[nn.Module, dict]:
     """Build the architecture and load weights into it; returns ``(model.eval(), card)``.
 
     ``arch``/``num_classes``/``in_chans`` default to what the card or file metadata says;
     given explicitly, they must agree with it.
     """
-    sd, card = load_weights(source, unsafe_pickle=unsafe_pickle)
+    sd, card = load_weights(source, unsafe_pickle=unsafe_pickle, option=option)
     model = build_model(sd, card, source=source, arch=arch, num_classes=num_classes, in_chans=in_chans)
     return model.to(device).eval(), card
 

@@ -23,7 +23,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "digits": Recipe(arch="small-cnn", epochs=20, batch_size=64, lr=0.05, tau=4.0, omega=0.04),
+    "digits": Recipe(arch="small-cnn", epochs=20, batch_size=64, lr=0.05, tau=4.0, omega=0.05),
     "mnist": Recipe(arch="small-cnn", epochs=15, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
     "fashionmnist": Recipe(arch="small-cnn", epochs=30, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
     "svhn": Recipe(arch="resnet18", epochs=40, batch_size=128, lr=0.05, tau=4.0, omega=0.04,
