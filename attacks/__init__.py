@@ -14,18 +14,22 @@ from .kd import KD
 ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (KD, HardLabel, DAFL, DeepInversion)}
 
 
-def create_attack(name: str, **kwargs) -> Attack:
-    """An attack by name; ``kwargs`` the attack accepts are passed, others ignored (``alpha`` for DAFL)."""
+def attack_settings(name: str) -> list[str]:
+    """The keyword arguments attack ``name`` accepts (its settings)."""
     import inspect
 
     from nasty.errors import NastyError
 
     if name not in ATTACKS:
         raise NastyError(f"--attacks: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    cls = ATTACKS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(**{k: v for k, v in kwargs.items() if k in accepted})
+    return [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p != "self"]
 
 
-__all__ = ["ATTACKS", "Attack", "Scratch", "StudentBank", "create_attack", "run_students",
+def create_attack(name: str, **kwargs) -> Attack:
+    """An attack by name; ``kwargs`` the attack accepts are passed, others ignored (``alpha`` for DAFL)."""
+    accepted = attack_settings(name)
+    return ATTACKS[name](**{k: v for k, v in kwargs.items() if k in accepted})
+
+
+__all__ = ["ATTACKS", "Attack", "Scratch", "StudentBank", "attack_settings", "create_attack", "run_students",
            "KD", "HardLabel", "DAFL", "DeepInversion"]

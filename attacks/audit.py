@@ -26,7 +26,7 @@ from nasty.models import create_model
 from nasty.recipes import RECIPES
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, create_attack
+from . import ATTACKS, attack_settings, create_attack
 from .base import Scratch, run_students
 
 __all__ = ["audit", "summarize", "format_table", "default_tau"]
@@ -47,11 +47,19 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
 
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
     against. ``train_fraction`` is the attacker's share of the training set. ``attack_options``
-    maps an attack name to extra constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``).
+    maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
+    the dataset recipe's (:data:`nasty.recipes.RECIPES`).
     """
     attacks = list(attacks)
     for name in attacks:
-        create_attack(name)  # unknown names fail here, before anything is loaded
+        attack_settings(name)  # unknown names fail here, before anything is loaded
+    for name, options in (attack_options or {}).items():
+        if name not in ATTACKS:
+            raise NastyError(f"--attack-option: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        unknown = sorted(set(options) - set(attack_settings(name)))
+        if unknown:
+            raise NastyError(f"--attack-option: {name} has no setting {unknown[0]!r}; "
+                             f"it has {', '.join(attack_settings(name)) or 'none'}")
     if not 0.0 <= alpha <= 1.0:
         raise NastyError(f"--alpha must be in [0, 1], got {alpha}")
     if tau is not None and tau <= 0:
@@ -88,7 +96,7 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
-    opts = attack_options or {}
+    opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
     plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
     cells = []
     report = None

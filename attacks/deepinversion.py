@@ -95,12 +95,12 @@ class DeepInversion(Attack):
         return {"pool": pool, "data": data, "seed": seed, "batch": batch_size}
 
     def inputs(self, ctx, x, y, *, step, epoch):
-        pool, b = ctx["pool"], ctx["batch"]
-        gen = torch.Generator().manual_seed(mix_seed(ctx["seed"], epoch, 31))
-        order = torch.randperm(len(pool), generator=gen).to(pool.device)
+        pool, b, data = ctx["pool"], ctx["batch"], ctx["data"]
+        if ctx.get("epoch") != epoch:  # a new order of the pool each epoch
+            gen = torch.Generator().manual_seed(mix_seed(ctx["seed"], epoch, 31))
+            ctx["epoch"], ctx["order"] = epoch, torch.randperm(len(pool), generator=gen).to(pool.device)
         start = (step * b) % len(pool)
-        idx = order[start:start + b]
-        data = ctx["data"]
+        idx = ctx["order"][start:start + b]
         aug = torch.Generator(device=pool.device).manual_seed(mix_seed(ctx["seed"], epoch, step, 32))
         return augment(pool[idx], pad=data.pad, flip=data.flip, generator=aug), None
 

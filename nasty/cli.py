@@ -153,11 +153,30 @@ def _audit_options(fn):
                      help="KD weight of the soft term."),
         click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Attack temperature [4; 20 for 100+ classes]."),
+        click.option("--attack-option", "attack_options", multiple=True, callback=_attack_options,
+                     metavar="ATTACK.KEY=VALUE",
+                     help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints)."),
     ]):
         fn = opt(fn)
     return fn
+
+
+def _attack_options(ctx, param, values):
+    """``("dafl.lr_g=0.01", ...)`` -> ``{"dafl": {"lr_g": 0.01}}`` (numbers as int or float)."""
+    out: dict[str, dict] = {}
+    for item in values:
+        name, _, rest = item.partition(".")
+        key, eq, raw = rest.partition("=")
+        if not (name and key and eq and raw):
+            raise click.BadParameter(f"expected ATTACK.KEY=VALUE (e.g. dafl.lr_g=0.01), got {item!r}")
+        try:
+            value = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: the value must be a number") from None
+        out.setdefault(name, {})[key] = value
+    return out
 
 
 @main.command()

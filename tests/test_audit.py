@@ -110,10 +110,21 @@ def test_cli_audit_errors_are_one_line(teachers, tmp_path):
     for extra, code, words in ((["--attacks", "kd,nope"], 1, "unknown attack 'nope'"),
                                (["--seeds", "0"], 2, "at least 1"),
                                (["--seeds", "a,b"], 2, "comma-separated list of integers"),
-                               (["--alpha", "2"], 2, "--alpha")):
+                               (["--alpha", "2"], 2, "--alpha"),
+                               (["--attack-option", "dafl.lr_g"], 2, "ATTACK.KEY=VALUE"),
+                               (["--attack-option", "dafl.lr_g=fast"], 2, "must be a number"),
+                               (["--attack-option", "dafl.nope=1"], 1, "dafl has no setting 'nope'"),
+                               (["--attack-option", "fgsm.x=1"], 1, "unknown attack 'fgsm'")):
         res = CliRunner().invoke(main, base + extra)
         assert res.exit_code == code, res.output
         assert words in res.output and "Traceback" not in res.output
+
+
+def test_attack_options_reach_the_attack_and_the_cell_key(teachers, tmp_path):
+    report = run(teachers, tmp_path, attacks=["deepinversion"], seeds=(0,), students=["mlp"],
+                 attack_options={"deepinversion": {"pool_size": 16, "iterations": 2, "bn": 0.5}})
+    settings = report["settings"]["attacks"]["deepinversion"]
+    assert (settings["pool_size"], settings["iterations"], settings["bn"]) == (16, 2, 0.5)
 
 
 def test_demo_quick_runs_end_to_end(tmp_path):
