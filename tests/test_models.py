@@ -4,7 +4,7 @@ import torch
 from nasty.errors import ModelError
 from nasty.models import create_model, list_models
 
-SMALL = {"small-cnn", "tiny-cnn", "mlp"}
+SMALL = {"small-cnn", "wide-cnn", "tiny-cnn", "mlp"}
 
 
 @pytest.mark.parametrize("name", sorted(list_models()))

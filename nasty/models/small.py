@@ -66,3 +66,8 @@ def tiny_cnn(*, num_classes, in_chans=1, **kw):
 @register_model("mlp", doc="2-hidden-layer MLP on the image pooled to 8x8, a digits student")
 def mlp(*, num_classes, in_chans=1, **kw):
     return MLP(num_classes=num_classes, in_chans=in_chans, **kw)
+
+
+@register_model("wide-cnn", doc="small-cnn at twice the width (64/128/256), a larger digits teacher (~370k params)")
+def wide_cnn(*, num_classes, in_chans=1, **kw):
+    return SmallCNN(num_classes=num_classes, in_chans=in_chans, widths=(64, 128, 256), **kw)
