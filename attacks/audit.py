@@ -84,6 +84,9 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     tau = default_tau(data.num_classes) if tau is None else tau
     dev = resolve_device(device)
     models = {"normal": normal_model, "nasty": nasty_model}
+    for name in attacks:  # an attack that cannot run on these teachers fails now, not hours in
+        for model in models.values():
+            create_attack(name).check(model)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
 
     out = Path(out).expanduser()

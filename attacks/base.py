@@ -38,6 +38,9 @@ class Attack:
     name = ""
     data_free = False
 
+    def check(self, teacher: nn.Module) -> None:
+        """Raise a clear error if this attack cannot run against ``teacher`` (called before any training)."""
+
     def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, device,
               quiet: bool = True):
         """Per-teacher state (a generator, an image pool); ``None`` when there is none."""

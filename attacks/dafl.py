@@ -68,10 +68,13 @@ class DAFL(Attack):
                  lr_g: float = 1e-3):
         self.tau, self.oh, self.a, self.ie, self.latent, self.lr_g = tau, oh, a, ie, latent, lr_g
 
-    def setup(self, teacher, data, *, seed, batch_size, device, quiet=True):
+    def check(self, teacher):
         if not hasattr(teacher, "forward_features"):
             raise NastyError("dafl needs the teacher's penultimate features (forward_features); "
                              "use a model from the zoo, tv:<name> or timm:<name>")
+
+    def setup(self, teacher, data, *, seed, batch_size, device, quiet=True):
+        self.check(teacher)
         torch.manual_seed(mix_seed(seed, 21))  # same generator init whichever teacher it faces
         c, h, w = data.input_shape
         gen = Generator(latent=self.latent, channels=c, size=(h, w)).to(device)

@@ -85,12 +85,14 @@ class DeepInversion(Attack):
         self.tau, self.pool_size, self.iterations, self.lr = tau, pool_size, iterations, lr
         self.bn, self.tv, self.l2, self.jitter = bn, tv, l2, jitter
 
-    def setup(self, teacher, data, *, seed, batch_size, device, quiet=True):
-        stats = BNStats(teacher)
-        if not stats.layers:
+    def check(self, teacher):
+        if not BNStats(teacher).layers:
             raise NastyError("deepinversion needs a teacher with BatchNorm layers (it matches their statistics); "
                              "this teacher has none: audit it with --attacks kd,hard-label,dafl")
-        pool = synthesize(teacher, stats, data, attack=self, seed=seed, batch_size=batch_size, device=device,
+
+    def setup(self, teacher, data, *, seed, batch_size, device, quiet=True):
+        self.check(teacher)
+        pool = synthesize(teacher, BNStats(teacher), data, attack=self, seed=seed, batch_size=batch_size, device=device,
                           quiet=quiet)
         return {"pool": pool, "data": data, "seed": seed, "batch": batch_size}
 

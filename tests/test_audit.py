@@ -137,3 +137,13 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     again = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "audit" / "report.json").read_text())["runs"] == report["runs"]
+
+
+def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_path):
+    from nasty.runs import harden, train
+
+    train(dataset="digits", arch="mlp", epochs=1, out=tmp_path / "n", quiet=True, device="cpu")
+    harden(teacher=tmp_path / "n", epochs=1, out=tmp_path / "x", quiet=True, device="cpu")
+    with pytest.raises(NastyError, match="BatchNorm.*--attacks kd,hard-label,dafl"):
+        audit(teacher=tmp_path / "x", reference=tmp_path / "n", out=tmp_path / "a", device="cpu", quiet=True)
+    assert not list((tmp_path / "a").glob("cells/*.json"))  # nothing was trained
