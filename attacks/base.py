@@ -24,7 +24,7 @@ from nasty.data import TensorData, mix_seed
 from nasty.errors import NastyError
 from nasty.models import create_model
 from nasty.objectives import cross_entropy
-from nasty.trainer import TrainConfig, autocast, evaluate, make_optimizer
+from nasty.trainer import TrainConfig, autocast, evaluate, frozen_logits, make_optimizer
 
 __all__ = ["Attack", "Scratch", "StudentBank", "run_students"]
 
@@ -124,9 +124,7 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
                 for src, teacher in teachers.items():
                     x, t = attack.inputs(contexts[src], x_real, y_real, step=step, epoch=epoch)
                     if t is None and teacher is not None:
-                        with torch.inference_mode(), autocast(device):
-                            t = teacher(x)
-                        t = t.float().clone()  # out of inference mode, usable in the loss
+                        t = frozen_logits(teacher, x, device)
                     with autocast(device):
                         z = banks[src](x).float()
                     for i in range(len(students)):

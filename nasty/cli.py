@@ -29,6 +29,10 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+_device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+_report_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints).")
+
+
 def _data_options(fn):
     for opt in reversed([
         click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default=None,
@@ -52,7 +56,7 @@ def _run_options(default_out):
             click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                          help="Initial SGD learning rate [dataset recipe]."),
             click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+            _device_option,
             click.option("--out", type=click.Path(), default=default_out, show_default=True, help="Run directory."),
             click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch."),
             click.option("--force", is_flag=True, help="Overwrite a finished or unrelated run in --out."),
@@ -112,15 +116,14 @@ def harden(**kw):
                    f"{card['seconds']:.1f}s -> {kw['out']}")
 
 
-def _names(option: str):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        if not names:
-            raise click.BadParameter(f"give a comma-separated list, got {value!r}")
-        return names
-    return parse
+def _names(ctx, param, value):
+    """``"a, b"`` -> ``["a", "b"]``; ``None`` stays ``None`` (the default applies)."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter(f"give a comma-separated list, got {value!r}")
+    return names
 
 
 def _seeds(ctx, param, value):
@@ -142,9 +145,9 @@ def _audit_options(fn):
     from attacks import ATTACKS
 
     for opt in reversed([
-        click.option("--attacks", default=",".join(ATTACKS), show_default=True, callback=_names("--attacks"),
+        click.option("--attacks", default=",".join(ATTACKS), show_default=True, callback=_names,
                      help=f"Comma-separated attacks: {', '.join(ATTACKS)}."),
-        click.option("--students", default=None, callback=_names("--students"),
+        click.option("--students", default=None, callback=_names,
                      help="Comma-separated student architectures [dataset recipe; digits: tiny-cnn,mlp]."),
         click.option("--seeds", default="3", show_default=True, callback=_seeds,
                      help="Number of seeds (3 = 0,1,2) or a comma-separated list."),
@@ -156,8 +159,8 @@ def _audit_options(fn):
         click.option("--attack-option", "attack_options", multiple=True, callback=_attack_options,
                      metavar="ATTACK.KEY=VALUE",
                      help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints)."),
+        _device_option,
+        _report_quiet_option,
     ]):
         fn = opt(fn)
     return fn
@@ -217,8 +220,8 @@ def _print_summary(report: dict, out) -> None:
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True,
               help="Folder for the two teachers and the audit (re-running reuses what is finished).")
 @click.option("--quick", is_flag=True, help="A tiny budget (1 seed, few epochs): checks the pipeline in seconds.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints).")
+@_device_option
+@_report_quiet_option
 @_fail_cleanly
 def demo(out, quick, device, quiet):
     """Digits end to end: train a normal teacher, harden it, audit it with every attack."""

@@ -28,7 +28,8 @@ from .data import TensorData, mix_seed
 from .errors import NastyError, TrainingStopped
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
-__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer", "autocast"]
+__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer", "autocast",
+           "frozen_logits"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 def autocast(device: torch.device):
     # bf16 on CUDA; the CPU path keeps exact fp32 numerics.
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def frozen_logits(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A frozen model's fp32 logits: no graph (inference mode), returned as a normal tensor
+    that a loss can use (the adversary in hardening, the teacher in KD)."""
+    with torch.inference_mode(), autocast(device):
+        logits = model(x)
+    return logits.float().clone()
 
 
 @torch.no_grad()
@@ -195,11 +204,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             count = 0
             for step, (x, y) in enumerate(data.batches("train", batch_size=config.batch_size, device=device,
                                                        seed=config.seed, epoch=epoch)):
-                ref_logits = None
-                if reference is not None:
-                    with torch.inference_mode(), autocast(device):
-                        ref_logits = reference(x)
-                    ref_logits = ref_logits.float().clone()  # a normal tensor, usable by autograd
+                ref_logits = frozen_logits(reference, x, device) if reference is not None else None
                 with autocast(device):
                     logits = model(x)
                 loss, terms = objective(logits.float(), y, ref_logits)
