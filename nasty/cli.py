@@ -134,7 +134,8 @@ def _seeds(ctx, param, value):
         raise click.BadParameter(f"a count (3) or a comma-separated list of integers (0,1,2), got {value!r}") from None
     if len(seeds) == 1 and "," not in value:
         if seeds[0] < 1:
-            raise click.BadParameter(f"the number of seeds must be at least 1, got {seeds[0]}")
+            raise click.BadParameter(f"the number of seeds must be at least 1, got {seeds[0]} "
+                                     f"(for that one seed alone, write '{seeds[0]},')")
         seeds = list(range(seeds[0]))
     if not seeds:
         raise click.BadParameter("give at least one seed")
