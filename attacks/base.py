@@ -3,7 +3,7 @@
 An attack is a way for a thief to teach a student from a frozen teacher. It decides three
 things, and nothing else:
 
-    ctx = attack.setup(teacher, data, seed=..., batch_size=..., device=...)  # per teacher (DI: image pool)
+    ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=...)  # per teacher
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
     loss, terms = attack.loss(student_logits, teacher_logits, y)     # what they learn from it
 
@@ -41,10 +41,13 @@ class Attack:
     def check(self, teacher: nn.Module) -> None:
         """Raise a clear error if this attack cannot run against ``teacher`` (called before any training)."""
 
-    def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, device,
-              quiet: bool = True):
+    def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, epochs: int,
+              device, quiet: bool = True):
         """Per-teacher state (a generator, an image pool); ``None`` when there is none."""
         return None
+
+    def start_epoch(self, ctx, epoch: int, students: "StudentBank") -> None:
+        """Called at the start of every epoch, per teacher, with that teacher's students."""
 
     def inputs(self, ctx, x: torch.Tensor | None, y: torch.Tensor | None, *, step: int, epoch: int):
         """The batch the students see and, if the attack already has them, the teacher's logits."""
@@ -106,8 +109,8 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     banks = nn.ModuleDict({src: make_students(students, data, seed=config.seed) for src in teachers}).to(device)
     if device.type == "cuda":
         banks.to(memory_format=torch.channels_last)
-    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size, device=device,
-                                     quiet=quiet) for src, t in teachers.items()}
+    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size,
+                                     epochs=config.epochs, device=device, quiet=quiet) for src, t in teachers.items()}
     opt, sched = make_optimizer(banks.parameters(), config)
     steps = max(1, len(data.train_y) // config.batch_size)
     bar = tqdm(total=config.epochs * steps, desc=desc or attack.name, disable=True if quiet else None,
@@ -116,6 +119,8 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
         for epoch in range(config.epochs):
             torch.manual_seed(mix_seed(config.seed, epoch, 2))
             banks.train()
+            for src in teachers:
+                attack.start_epoch(contexts[src], epoch, banks[src])
             real = (iter(()) if attack.data_free else
                     data.batches("train", batch_size=config.batch_size, device=device, seed=config.seed, epoch=epoch))
             for step in range(steps):

@@ -10,11 +10,11 @@ where x~ is x randomly shifted by up to ``jitter`` pixels (and flipped when the 
 flipped in training), mu_l/var_l are the batch mean and biased variance of the input of each
 BatchNorm layer l of the teacher (read by forward hooks, removed afterwards), and the teacher
 stays in eval(). Pixels are kept in the valid range. The students then learn
-tau^2 * KL(p_T || p_S) on the pool. No real image is used.
+tau^2 * KL(p_T || p_S) on the pool. No real image is used. Adaptive DI (``competition > 0``)
+adds ``competition * (1 - JS(p_T || p_S))`` against the current student.
 
 Published CIFAR-10 settings (ResNet-34 -> ResNet-18, 93.26%): batch 256, Adam lr 0.05-0.1,
-bn 10, 2k iterations per batch, KD at tau 3. Our defaults are sized for digits. The
-Adaptive-DI competition term is not implemented.
+bn 10, 2k iterations per batch, KD at tau 3. Our defaults are sized for digits.
 """
 
 from __future__ import annotations
@@ -76,25 +76,53 @@ def deepinversion_loss(logits, targets, bn_loss, images, *, bn: float, tv: float
     return loss, {"ce": ce.detach(), "bn": bn_loss.detach(), "tv": smooth.detach(), "l2": norm.detach()}
 
 
+def competition_loss(teacher_logits, student_logits):
+    """Adaptive DI's competition term, 1 - JS(p_T || p_S): small where teacher and student disagree."""
+    p, q = F.softmax(teacher_logits.float(), dim=1), F.softmax(student_logits.float(), dim=1)
+    m = (p + q) / 2
+    kl = lambda a, b: (a * (a.clamp_min(1e-12).log() - b.clamp_min(1e-12).log())).sum(dim=1)  # noqa: E731
+    js = (0.5 * kl(p, m) + 0.5 * kl(q, m)).mean()
+    return 1.0 - js
+
+
 class DeepInversion(Attack):
+    """The pool is made in ``rounds`` chunks spread evenly over the epochs (one chunk, before
+    the first epoch, by default); the students always train on the pool made so far. With
+    ``competition > 0`` this is Adaptive DeepInversion: each chunk also rewards images on which
+    the current student (the first of the audit's students) disagrees with the teacher."""
+
     name = "deepinversion"
     data_free = True
 
     def __init__(self, *, tau: float = 4.0, pool_size: int = 512, iterations: int = 200, lr: float = 0.1,
-                 bn: float = 1.0, tv: float = 1e-3, l2: float = 1e-5, jitter: int = 1):
+                 bn: float = 1.0, tv: float = 1e-3, l2: float = 1e-5, jitter: int = 1, competition: float = 0.0,
+                 rounds: int = 1):
         self.tau, self.pool_size, self.iterations, self.lr = tau, pool_size, iterations, lr
         self.bn, self.tv, self.l2, self.jitter = bn, tv, l2, jitter
+        self.competition, self.rounds = competition, rounds
 
     def check(self, teacher):
         if not BNStats(teacher).layers:
             raise NastyError("deepinversion needs a teacher with BatchNorm layers (it matches their statistics); "
                              "this teacher has none: audit it with --attacks kd,hard-label,dafl")
+        if not 1 <= self.rounds <= self.pool_size:
+            raise NastyError(f"deepinversion.rounds must be between 1 and the pool size ({self.pool_size}), "
+                             f"got {self.rounds}")
 
-    def setup(self, teacher, data, *, seed, batch_size, device, quiet=True):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True):
         self.check(teacher)
-        pool = synthesize(teacher, BNStats(teacher), data, attack=self, seed=seed, batch_size=batch_size, device=device,
-                          quiet=quiet)
-        return {"pool": pool, "data": data, "seed": seed, "batch": batch_size}
+        return {"teacher": teacher, "data": data, "seed": seed, "batch": batch_size, "device": device, "quiet": quiet,
+                "noise": torch.Generator(device=device).manual_seed(mix_seed(seed, 33)), "chunks": [],
+                "due": [k * epochs // self.rounds for k in range(self.rounds)]}  # the epoch each chunk is made
+
+    def start_epoch(self, ctx, epoch, students):
+        rival = students.students[0] if self.competition > 0 else None
+        for k in (k for k, e in enumerate(ctx["due"]) if e == epoch):
+            first, stop = self.pool_size * k // self.rounds, self.pool_size * (k + 1) // self.rounds
+            ctx["chunks"].append(synthesize(ctx["teacher"], ctx["data"], attack=self, first=first, count=stop - first,
+                                            noise=ctx["noise"], batch_size=ctx["batch"], device=ctx["device"],
+                                            quiet=ctx["quiet"], rival=rival))
+            ctx["pool"] = torch.cat(ctx["chunks"])
 
     def inputs(self, ctx, x, y, *, step, epoch):
         pool, b, data = ctx["pool"], ctx["batch"], ctx["data"]
@@ -110,35 +138,42 @@ class DeepInversion(Attack):
         return kd_loss(student_logits, teacher_logits, teacher_logits.argmax(dim=1), alpha=1.0, tau=self.tau)
 
 
-def synthesize(teacher: nn.Module, stats: BNStats, data, *, attack: DeepInversion, seed: int, batch_size: int,
-               device, quiet: bool = True) -> torch.Tensor:
-    """The image pool, in the teacher's normalised input space (same for any teacher: same seed, same start)."""
+def synthesize(teacher: nn.Module, data, *, attack: DeepInversion, first: int, count: int, noise: torch.Generator,
+               batch_size: int, device, quiet: bool = True, rival: nn.Module | None = None) -> torch.Tensor:
+    """``count`` images for target classes ``first, first + 1, ...`` (cycling), in the teacher's
+    normalised input space. ``noise`` draws the starting images and the jitter."""
     from tqdm.auto import tqdm
 
     c, h, w = data.input_shape
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
     lo, hi = (0 - mean) / std, (1 - mean) / std
-    gen = torch.Generator(device=device).manual_seed(mix_seed(seed, 33))
     batches, made = [], 0
     teacher.eval()
-    bar = tqdm(total=attack.pool_size, desc="deepinversion pool", disable=True if quiet else None, leave=False,
+    rival_state = None
+    if rival is not None:  # judged as it is now; neither its weights nor its BN statistics change
+        rival_state = rival.training, [p.requires_grad for p in rival.parameters()]
+        rival.eval().requires_grad_(False)
+    stats = BNStats(teacher)
+    bar = tqdm(total=count, desc="deepinversion pool", disable=True if quiet else None, leave=False,
                unit="img", dynamic_ncols=True)
     try:
         with stats:
-            while made < attack.pool_size:
-                n = min(batch_size, attack.pool_size - made)
-                y = (torch.arange(made, made + n, device=device) % data.num_classes)
-                x = torch.randn(n, c, h, w, device=device, generator=gen).requires_grad_(True)
+            while made < count:
+                n = min(batch_size, count - made)
+                y = (torch.arange(first + made, first + made + n, device=device) % data.num_classes)
+                x = torch.randn(n, c, h, w, device=device, generator=noise).requires_grad_(True)
                 opt = torch.optim.Adam([x], lr=attack.lr, betas=(0.5, 0.9))
                 for _ in range(attack.iterations):
-                    dx, dy = (int(v) for v in torch.randint(-attack.jitter, attack.jitter + 1, (2,), generator=gen,
+                    dx, dy = (int(v) for v in torch.randint(-attack.jitter, attack.jitter + 1, (2,), generator=noise,
                                                            device=device))
                     xj = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
-                    if data.flip and torch.rand((), generator=gen, device=device) < 0.5:
+                    if data.flip and torch.rand((), generator=noise, device=device) < 0.5:
                         xj = xj.flip(3)
                     logits = teacher(xj)  # the hooks collect the BN statistics of this forward
                     loss, _ = deepinversion_loss(logits, y, stats.pop(), x, bn=attack.bn, tv=attack.tv, l2=attack.l2)
+                    if rival is not None:
+                        loss = loss + attack.competition * competition_loss(logits, rival(xj))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -149,4 +184,8 @@ def synthesize(teacher: nn.Module, stats: BNStats, data, *, attack: DeepInversio
                 bar.update(n)
     finally:
         bar.close()
+        if rival_state is not None:
+            rival.train(rival_state[0])
+            for p, flag in zip(rival.parameters(), rival_state[1]):
+                p.requires_grad_(flag)
     return torch.cat(batches)

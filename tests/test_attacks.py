@@ -10,7 +10,7 @@ from torch import nn
 from attacks import ATTACKS, DAFL, KD, DeepInversion, HardLabel, create_attack, run_students
 from attacks.base import Scratch, make_students
 from attacks.dafl import Generator, dafl_generator_loss
-from attacks.deepinversion import BNStats, deepinversion_loss, total_variation
+from attacks.deepinversion import BNStats, competition_loss, deepinversion_loss, synthesize, total_variation
 from nasty.checkpoint import load_model
 from nasty.errors import NastyError
 from nasty.models import create_model
@@ -105,10 +105,32 @@ def test_deepinversion_loss_terms():
     assert t["l2"].item() == pytest.approx(math.sqrt(21))
 
 
+def test_adaptive_di_competition_term():
+    p, q = [0.5, 0.5], [0.75, 0.25]
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    kl = lambda a, b: sum(x * math.log(x / y) for x, y in zip(a, b))  # noqa: E731
+    js = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    got = competition_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]]))
+    assert got.item() == pytest.approx(1.0 - js, rel=1e-6)
+    assert competition_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]])).item() == pytest.approx(1.0)
+
+
+def test_adaptive_di_leaves_the_rival_student_as_it_was(teachers, digits):
+    normal, _ = load_model(teachers["root"] / "normal")
+    normal.requires_grad_(False)
+    rival = create_model("mlp", num_classes=10, in_chans=1).train()
+    before = [p.detach().clone() for p in rival.parameters()]
+    pool = synthesize(normal, digits, attack=DeepInversion(iterations=3, competition=1.0), first=0, count=20,
+                      noise=torch.Generator().manual_seed(0), batch_size=8, device="cpu", rival=rival)
+    assert pool.shape == (20, 1, 8, 8)
+    assert rival.training and all(p.requires_grad for p in rival.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, rival.parameters()))
+
+
 def test_deepinversion_refuses_a_teacher_without_batchnorm(digits):
     mlp = create_model("mlp", num_classes=10, in_chans=1)
     with pytest.raises(NastyError, match="BatchNorm"):
-        DeepInversion().setup(mlp, digits, seed=0, batch_size=8, device="cpu")
+        DeepInversion().setup(mlp, digits, seed=0, batch_size=8, epochs=1, device="cpu")
 
 
 def test_unknown_attack_is_a_clear_error():
@@ -131,14 +153,15 @@ BUDGETS = {  # tiny budgets that still show learning against the default normal 
     "hard-label": ({}, 2),
     "dafl": ({}, 4),
     "deepinversion": ({"pool_size": 128, "iterations": 40}, 2),
+    "adaptive-deepinversion": ({"pool_size": 128, "iterations": 40, "rounds": 2, "competition": 1.0}, 2),
 }
 
 
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", list(BUDGETS))
 def test_each_attack_learns_from_a_normal_teacher(name, teachers, digits):
     normal, _ = load_model(teachers["root"] / "normal")
     options, epochs = BUDGETS[name]
-    attack = create_attack(name, alpha=0.9, tau=4.0, **options)
+    attack = create_attack(name.removeprefix("adaptive-"), alpha=0.9, tau=4.0, **options)
     acc = run_students(attack, {"normal": normal}, ["mlp"], digits,
                        config=TrainConfig(epochs=epochs, batch_size=64, lr=0.05, seed=0), device="cpu")
     assert acc[("normal", "mlp")] > 30.0, acc  # chance is 10%
