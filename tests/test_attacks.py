@@ -165,3 +165,12 @@ def test_each_attack_learns_from_a_normal_teacher(name, teachers, digits):
     acc = run_students(attack, {"normal": normal}, ["mlp"], digits,
                        config=TrainConfig(epochs=epochs, batch_size=64, lr=0.05, seed=0), device="cpu")
     assert acc[("normal", "mlp")] > 30.0, acc  # chance is 10%
+
+
+def test_one_teacher_forward_per_batch_serves_every_student(teachers, digits):
+    normal, _ = load_model(teachers["root"] / "normal")
+    calls = []
+    normal.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, seed=0)
+    run_students(KD(), {"normal": normal}, ["tiny-cnn", "mlp", "small-cnn"], digits, config=cfg, device="cpu")
+    assert len(calls) == len(digits.train_y) // 64  # one per training step, not one per student
