@@ -84,9 +84,10 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     tau = default_tau(data.num_classes) if tau is None else tau
     dev = resolve_device(device)
     models = {"normal": normal_model, "nasty": nasty_model}
+    opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
     for name in attacks:  # an attack that cannot run on these teachers fails now, not hours in
         for model in models.values():
-            create_attack(name).check(model)
+            create_attack(name, **opts[name]).check(model)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
 
     out = Path(out).expanduser()
@@ -99,12 +100,11 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
-    opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
     plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
     cells = []
     report = None
     for name, seed in plan:
-        attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts.get(name, {}))
+        attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         path = cells_dir / f"{name}-seed{seed}.json"
         cell = _load_cell(path, key, force=force)
