@@ -98,3 +98,16 @@ class DAFL(Attack):
     def loss(self, student_logits, teacher_logits, y):
         # no labels: alpha 1 keeps only the KL term (the CE term is reported against argmax T)
         return kd_loss(student_logits, teacher_logits, teacher_logits.argmax(dim=1), alpha=1.0, tau=self.tau)
+
+    def sample(self, teacher, data, *, count: int = 64, steps: int = 300, seed: int = 0, device="cpu"):
+        """``count`` generated images and the teacher's labels for them, after ``steps`` generator
+        updates against ``teacher`` (what the image grids in the diagnostics show)."""
+        teacher.to(device).eval().requires_grad_(False)
+        ctx = self.setup(teacher, data, seed=seed, batch_size=count, epochs=1, device=device)
+        for step in range(steps):
+            self.inputs(ctx, None, None, step=step, epoch=0)
+        ctx["gen"].eval()
+        z = torch.randn(count, self.latent, device=device, generator=ctx["noise"])
+        with torch.no_grad():
+            x = ctx["gen"](z)
+            return x.cpu(), teacher(x).argmax(dim=1).cpu()

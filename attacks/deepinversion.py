@@ -137,6 +137,15 @@ class DeepInversion(Attack):
     def loss(self, student_logits, teacher_logits, y):
         return kd_loss(student_logits, teacher_logits, teacher_logits.argmax(dim=1), alpha=1.0, tau=self.tau)
 
+    def sample(self, teacher, data, *, count: int = 64, seed: int = 0, device="cpu"):
+        """``count`` inverted images (target classes cycling) and the teacher's labels for them."""
+        teacher.to(device).eval().requires_grad_(False)
+        self.check(teacher)
+        x = synthesize(teacher, data, attack=self, first=0, count=count, batch_size=count, device=device,
+                       noise=torch.Generator(device=device).manual_seed(mix_seed(seed, 33)))
+        with torch.no_grad():
+            return x.cpu(), teacher(x).argmax(dim=1).cpu()
+
 
 def synthesize(teacher: nn.Module, data, *, attack: DeepInversion, first: int, count: int, noise: torch.Generator,
                batch_size: int, device, quiet: bool = True, rival: nn.Module | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ``nasty`` command line: ``train``, ``harden``, ``audit``, ``demo``, ``models``."""
+"""The ``nasty`` command line: ``train``, ``harden``, ``audit``, ``demo``, ``plot``, ``models``."""
 
 from __future__ import annotations
 
@@ -230,6 +230,26 @@ def demo(out, quick, device, quiet):
 
     report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)
     _print_summary(report, f"{out}/audit")
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["logits", "tsne", "images", "omega"]))
+@click.option("--teacher", type=click.Path(), default=None, help="A teacher's run directory (the nasty one).")
+@click.option("--reference", type=click.Path(), default=None, help="A second teacher shown beside it (the normal one).")
+@click.option("--sweep", type=click.Path(dir_okay=False), default=None,
+              help="omega: the JSON written by bench/omega_sweep.py --json.")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Temperature of the softened outputs [the teacher's hardening tau, else 4].")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Image file to write (.png, .pdf, .svg).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the dataset's files (torchvision layout).")
+@click.option("--unsafe-pickle", is_flag=True, help="Allow full unpickling of .pt/.pth teachers (trusted files only).")
+@_fail_cleanly
+def plot(what, **kw):
+    """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images) or an omega sweep."""
+    from .diagnostics import render
+
+    click.echo(f"wrote {render(what, **kw)}")
 
 
 @main.command()

@@ -1,0 +1,274 @@
+"""What makes a teacher nasty, made visible.
+
+    from nasty.diagnostics import plot_logits, plot_tsne
+    fig = plot_logits({"normal": normal, "nasty": nasty}, data, tau=4)   # a matplotlib Figure
+    fig.savefig("logits.png")
+
+- :func:`plot_logits`: the softened outputs ``softmax(z / tau)`` of a few test images as bars,
+  one column per teacher (a normal teacher shows one peak, a nasty one several), and over the
+  whole test set the mean sorted probability profile and how many peaks each output has.
+- :func:`plot_tsne`: t-SNE (scikit-learn) of penultimate features and of logits, per teacher.
+- :func:`plot_images`: grids of images that data-free attacks synthesised from each teacher.
+- :func:`plot_omega_curve`: the trade-off from ``bench/omega_sweep.py --json``.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no display needed);
+Jupyter shows them inline.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from .data import TensorData
+
+__all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
+           "save_figure"]
+
+COLORS = {"normal": "tab:blue", "nasty": "tab:red"}
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, data: TensorData, limit: int | None = None):
+    """Penultimate features and logits of the test set (first ``limit`` images), as numpy arrays."""
+    model.eval()
+    feats, logits, labels = [], [], []
+    seen = 0
+    for x, y in data.batches("test", batch_size=500, device="cpu"):
+        f = model.forward_features(x) if hasattr(model, "forward_features") else None
+        z = model.forward_head(f) if f is not None else model(x)
+        feats.append(f if f is not None else z)
+        logits.append(z)
+        labels.append(y)
+        seen += len(y)
+        if limit and seen >= limit:
+            break
+    cat = lambda ts: torch.cat(ts)[:limit].float().numpy()  # noqa: E731
+    return cat(feats), cat(logits), cat(labels).astype(int)
+
+
+def softened(logits: np.ndarray, tau: float) -> np.ndarray:
+    """``softmax(logits / tau)`` row by row."""
+    z = np.asarray(logits, dtype=np.float64) / tau
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def count_peaks(probs: np.ndarray, rel: float = 0.5) -> np.ndarray:
+    """Per row, the classes whose probability is at least ``rel`` x the row's largest one."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    return (probs >= rel * probs.max(axis=1, keepdims=True) - 1e-12).sum(axis=1)
+
+
+def peak_summary(model: nn.Module, data: TensorData, *, tau: float, rel: float = 0.5) -> dict:
+    """Over the test set: mean sorted softened probabilities, peak-count histogram, mean peaks."""
+    _, logits, _ = _outputs(model, data)
+    p = softened(logits, tau)
+    peaks = count_peaks(p, rel)
+    return {"tau": tau, "rel": rel, "mean_sorted": np.sort(p, axis=1)[:, ::-1].mean(axis=0).round(5).tolist(),
+            "peaks_histogram": np.bincount(peaks, minlength=p.shape[1] + 1)[1:].tolist(),
+            "mean_peaks": round(float(peaks.mean()), 4)}
+
+
+def _show_image(ax, img: np.ndarray, data: TensorData):
+    """``img``: one normalised (C, H, W) image."""
+    mean, std = np.array(data.mean)[:, None, None], np.array(data.std)[:, None, None]
+    pix = np.clip(img * std + mean, 0, 1).transpose(1, 2, 0)
+    ax.imshow(pix[..., 0] if pix.shape[2] == 1 else pix, cmap="gray" if pix.shape[2] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_logits(teachers: dict[str, nn.Module], data: TensorData, *, tau: float, samples: int = 4,
+                rel: float = 0.5) -> tuple[Figure, dict]:
+    """Bars of ``softmax(z / tau)`` for ``samples`` test images (different classes), one column
+    per teacher, and a bottom row over the whole test set. Returns ``(figure, numbers)``."""
+    names = list(teachers)
+    outs = {k: _outputs(m, data) for k, m in teachers.items()}
+    labels = outs[names[0]][2]
+    picks = [int(np.flatnonzero(labels == c)[0]) for c in range(data.num_classes) if (labels == c).any()][:samples]
+    classes = [str(c) for c in data.classes]
+    xs = np.arange(data.num_classes)
+    ncols = 1 + len(names)
+    fig = Figure(figsize=(3.2 * ncols, 2.2 * (len(picks) + 1) + 0.6), layout="constrained")
+    grid = fig.add_gridspec(len(picks) + 1, ncols)
+    images = data.test_x[picks].float()
+    images = ((images / 255 - torch.tensor(data.mean).view(1, -1, 1, 1)) / torch.tensor(data.std).view(1, -1, 1, 1))
+    numbers = {"tau": tau, "rel": rel, "teachers": {}}
+    for row, i in enumerate(picks):
+        ax = fig.add_subplot(grid[row, 0])
+        _show_image(ax, images[row].numpy(), data)
+        ax.set_title(f"test image {i}: '{classes[labels[i]]}'", fontsize=9)
+        for col, name in enumerate(names, start=1):
+            p = softened(outs[name][1][i:i + 1], tau)[0]
+            ax = fig.add_subplot(grid[row, col])
+            bars = ax.bar(xs, p, color=COLORS.get(name, f"C{col}"))
+            bars[labels[i]].set_edgecolor("black")
+            bars[labels[i]].set_linewidth(1.5)
+            ax.set_ylim(0, 1)
+            ax.set_xticks(xs, classes if len(classes) <= 20 else [""] * len(xs), fontsize=7)
+            ax.set_title(f"{name}: {int(count_peaks(p, rel)[0])} peak(s)", fontsize=9)
+            if col == 1:
+                ax.set_ylabel(f"softmax(z/{tau:g})", fontsize=8)
+    profile = fig.add_subplot(grid[-1, : max(1, ncols // 2)])
+    hist = fig.add_subplot(grid[-1, max(1, ncols // 2):])
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        p = softened(outs[name][1], tau)
+        peaks = count_peaks(p, rel)
+        mean_sorted = np.sort(p, axis=1)[:, ::-1].mean(axis=0)
+        counts = np.bincount(peaks, minlength=data.num_classes + 1)[1:]
+        color = COLORS.get(name, f"C{k}")
+        profile.plot(np.arange(1, data.num_classes + 1), mean_sorted, marker="o", color=color, label=name)
+        hist.bar(np.arange(1, data.num_classes + 1) + (k - (len(names) - 1) / 2) * width, counts / len(peaks),
+                 width=width, color=color, label=f"{name} (mean {peaks.mean():.2f})")
+        numbers["teachers"][name] = {"mean_sorted": mean_sorted.round(5).tolist(),
+                                     "peaks_histogram": counts.tolist(), "mean_peaks": round(float(peaks.mean()), 4)}
+    profile.set(xlabel="rank of the class", ylabel="mean probability", title=f"test set: sorted softmax(z/{tau:g})")
+    profile.legend(fontsize=8)
+    hist.set(xlabel=f"peaks (classes with p >= {rel:g} x max)", ylabel="share of test images",
+             title="test set: number of peaks")
+    hist.legend(fontsize=8)
+    fig.suptitle(f"Softened outputs at tau {tau:g} on {data.name} test images (true class outlined)")
+    return fig, numbers
+
+
+def plot_tsne(teachers: dict[str, nn.Module], data: TensorData, *, limit: int = 1000, seed: int = 0) -> Figure:
+    """t-SNE of penultimate features and of logits of (up to ``limit``) test images, per teacher."""
+    from sklearn.manifold import TSNE
+
+    names = list(teachers)
+    fig = Figure(figsize=(9, 4.2 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in enumerate(names):
+        feats, logits, labels = _outputs(teachers[name], data, limit)
+        for col, (what, arr) in enumerate((("penultimate features", feats), ("logits", logits))):
+            emb = TSNE(n_components=2, init="pca", random_state=seed,
+                       perplexity=min(30.0, max(2.0, (len(arr) - 1) / 3))).fit_transform(arr)
+            ax = axes[row, col]
+            sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if data.num_classes <= 10 else "tab20",
+                            s=6, vmin=-0.5, vmax=data.num_classes - 0.5)
+            ax.set_title(f"{name} teacher: {what}", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if data.num_classes <= 20:
+        cbar = fig.colorbar(sc, ax=axes, ticks=range(data.num_classes), shrink=0.8)
+        cbar.ax.set_yticklabels([str(c) for c in data.classes], fontsize=8)
+        cbar.set_label("class")
+    fig.suptitle(f"t-SNE of {len(labels)} {data.name} test images")
+    return fig
+
+
+def plot_images(grids: dict[str, tuple[torch.Tensor, torch.Tensor]], data: TensorData, *, per_class: int = 2) -> Figure:
+    """One mosaic per entry ``title -> (images, labels)`` (normalised images): a column per class,
+    up to ``per_class`` images each; a blank cell where the teacher gave no image that class."""
+    c = data.num_classes
+    fig = Figure(figsize=(max(8.0, 0.7 * c), (0.7 * per_class + 0.8) * len(grids) + 0.5), layout="constrained")
+    axes = fig.subplots(len(grids), 1, squeeze=False)[:, 0]
+    _, h, w = data.input_shape
+    mean, std = np.array(data.mean)[:, None, None], np.array(data.std)[:, None, None]
+    for ax, (title, (images, labels)) in zip(axes, grids.items()):
+        mosaic = np.ones((per_class * (h + 1), c * (w + 1), 3))
+        for k in range(c):
+            mine = images[labels == k][:per_class].float().numpy()
+            for r, img in enumerate(mine):
+                pix = np.clip(img * std + mean, 0, 1).transpose(1, 2, 0)
+                mosaic[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = pix  # grey broadcasts to RGB
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_xticks([k * (w + 1) + w / 2 for k in range(c)], [str(x) for x in data.classes], fontsize=8)
+        ax.set_yticks([])
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"Synthesised {data.name} images, one column per class the teacher assigns")
+    return fig
+
+
+def plot_omega_curve(sweep: dict | str | Path) -> Figure:
+    """Teacher accuracy and KD-student accuracy against omega, from ``bench/omega_sweep.py --json``."""
+    if not isinstance(sweep, dict):
+        sweep = json.loads(Path(sweep).read_text())
+    rows = sorted(sweep["summary"], key=lambda r: (r["epochs"], r["tau"], r["omega"]))
+    students = [k[3:] for k in rows[0] if k.startswith("kd_")]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    omegas = [r["omega"] for r in rows]
+    mean = lambda key: np.array([r[key][0] for r in rows])  # noqa: E731
+    spread = lambda key: np.array([r[key][1] for r in rows])  # noqa: E731
+    ax.errorbar(omegas, mean("nasty_accuracy"), yerr=spread("nasty_accuracy"), marker="o", color="black",
+                capsize=3, label="nasty teacher")
+    for k, s in enumerate(students):
+        ax.errorbar(omegas, mean(f"kd_{s}"), yerr=spread(f"kd_{s}"), marker="s", color=f"C{k}", capsize=3,
+                    label=f"KD -> {s}")
+        scratch = sweep.get("baseline", {}).get(s, {}).get("scratch")
+        if scratch:
+            ax.axhline(scratch[0], color=f"C{k}", linestyle="--", linewidth=1, label=f"{s} from scratch")
+    ax.set(xlabel="omega", ylabel="test accuracy (%)",
+           title=f"{sweep.get('dataset', '')} {sweep.get('arch', '')}: the omega trade-off "
+                 f"(mean ± std over seeds {sweep.get('seeds', '')})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``out`` (PNG) and, if given, ``numbers`` to the JSON file beside it."""
+    from .checkpoint import atomic_write, write_json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: fig.savefig(p, dpi=dpi, format=out.suffix.lstrip(".") or "png"))
+    if numbers is not None:
+        write_json(out.with_suffix(".json"), numbers)
+    return out
+
+
+def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
+           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0) -> Path:
+    """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``)."""
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .errors import NastyError
+
+    if what == "omega":
+        if not sweep:
+            raise NastyError("nasty plot omega needs --sweep FILE.json (from bench/omega_sweep.py --json)")
+        try:
+            return save_figure(plot_omega_curve(sweep), out)
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise NastyError(f"--sweep {sweep}: not a bench/omega_sweep.py JSON ({type(e).__name__}: {e})") from None
+    if not teacher:
+        raise NastyError(f"nasty plot {what} needs --teacher (a run directory)")
+    models, cards = {}, {}
+    for option, source in (("--reference", reference), ("--teacher", teacher)):
+        if source:
+            model, card = load_model(source, unsafe_pickle=unsafe_pickle, option=option)
+            name = card.get("kind") or option.strip("-")
+            name = name if name not in models else f"{name} ({option.strip('-')})"
+            models[name], cards[name] = model, card
+    card = cards[list(cards)[-1]]
+    if not card.get("dataset"):
+        raise NastyError(f"--teacher {teacher} does not record its dataset; plot run directories of nasty train/harden")
+    data = load_dataset(card["dataset"], root=data_root)
+    tau = tau or card.get("tau") or 4.0
+    if what == "logits":
+        fig, numbers = plot_logits(models, data, tau=tau)
+        return save_figure(fig, out, numbers=numbers)
+    if what == "tsne":
+        return save_figure(plot_tsne(models, data, seed=seed), out)
+    if what == "images":
+        from attacks import DAFL, DeepInversion
+
+        count = per_class * data.num_classes * 2  # the teacher chooses the classes: leave room
+        grids = {}
+        for name, model in models.items():
+            grids[f"DAFL generator, from the {name} teacher"] = DAFL(tau=tau).sample(model, data, count=count, seed=seed)
+            grids[f"DeepInversion, from the {name} teacher"] = DeepInversion(tau=tau).sample(model, data, count=count,
+                                                                                              seed=seed)
+        return save_figure(plot_images(grids, data, per_class=per_class), out)
+    raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images or omega")
