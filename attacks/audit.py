@@ -42,13 +42,14 @@ def default_tau(num_classes: int) -> float:
 def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0, 1, 2), epochs: int | None = None,
           alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
-          unsafe_pickle: bool = False, attack_options: dict | None = None) -> dict:
+          unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
     against. ``train_fraction`` is the attacker's share of the training set. ``attack_options``
     maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
-    the dataset recipe's (:data:`nasty.recipes.RECIPES`).
+    the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
+    self-contained file) and the PNGs beside it show logit peaks, t-SNE and synthesised images.
     """
     attacks = list(attacks)
     for name in attacks:
@@ -101,13 +102,15 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
     plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
-    cells = []
-    report = None
+    todo = []  # every finished cell is read (and a foreign one refused) before anything is written
     for name, seed in plan:
         attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         path = cells_dir / f"{name}-seed{seed}.json"
-        cell = _load_cell(path, key, force=force)
+        todo.append((name, seed, attack, key, path, _load_cell(path, key, force=force)))
+    cells, trained = [], False
+    report = None
+    for name, seed, attack, key, path, cell in todo:
         if cell is None:
             t0 = time.perf_counter()
             teachers = {"scratch": None} if name == "scratch" else models
@@ -118,6 +121,7 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
                     "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
                              for (src, s), a in acc.items()]}
             ckpt.write_json(path, cell)
+            trained = True
             if not quiet:
                 from tqdm.auto import tqdm
 
@@ -127,7 +131,84 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
         report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction)
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+    if plots and (trained or not (out / "report.html").exists()):
+        _write_html(report, out, models, data, tau=tau, epochs=epochs, batch_size=recipe.batch_size,
+                    attacks={a: create_attack(a, tau=tau, **opts[a]) for a in attacks if a in ("dafl", "deepinversion")},
+                    quiet=quiet)
     return report
+
+
+def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, attacks, quiet) -> None:
+    """report.html: the teachers, the table, and the diagnostics figures, images embedded."""
+    import base64
+    import io
+
+    from nasty.diagnostics import audit_figures, save_figure
+
+    if not quiet:
+        from tqdm.auto import tqdm
+
+        tqdm.write("plotting logit peaks, t-SNE and synthesised images for report.html")
+    steps = epochs * max(1, len(data.train_y) // batch_size)  # the generator steps DAFL had in the audit
+    figures = audit_figures(models, data, tau=tau, attacks=attacks, dafl_steps=steps)
+    embedded = {}
+    for name, (fig, numbers) in figures.items():
+        save_figure(fig, out / f"{name}.png", numbers=numbers)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        embedded[name] = base64.b64encode(buf.getvalue()).decode()
+    ckpt.atomic_write(out / "report.html", lambda p: Path(p).write_text(format_html(report, embedded)))
+
+
+def format_html(report: dict, images: dict[str, str]) -> str:
+    """One self-contained page: ``images`` maps a section to a base64 PNG."""
+    from html import escape
+
+    t, s = report["teachers"], report["settings"]
+    rows = "".join(
+        f"<tr><td>{escape(r['attack'])}</td><td>{escape(r['student'])}</td><td>{_pm(r['acc_scratch'])}</td>"
+        f"<td>{_pm(r['acc_from_normal'])}</td><td>{_pm(r['acc_from_nasty'])}</td>"
+        f"<td class='{'good' if r['immunity'] >= 0 else 'bad'}'>{r['immunity']:+.2f}</td>"
+        f"<td>{r['below_scratch']:+.2f}</td></tr>" for r in report["summary"])
+    sections = {
+        "logits": ("Softened outputs (logit peaks)",
+                   "softmax(z/tau) of test images and, over the test set, the mean sorted profile and the number of "
+                   "peaks (classes within half of the top probability). A nasty teacher spreads its probability "
+                   "over wrong classes while keeping the right one on top."),
+        "tsne": ("t-SNE of features and logits",
+                 "Penultimate features and logits of the test set, coloured by class."),
+        "images": ("What the data-free attacks synthesised",
+                   "Images DAFL's generator and DeepInversion made from each teacher, by the teacher's class."),
+    }
+    figures = "".join(
+        f"<section id='{k}'><h2>{title}</h2><p>{text}</p><img alt='{k}' src='data:image/png;base64,{images[k]}'>"
+        f"</section>" for k, (title, text) in sections.items() if k in images)
+    seeds = sorted({r["seed"] for r in report["runs"]})
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>KD-immunity audit: {escape(report['dataset'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
+th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+.good {{ color: #1a7f37; }} .bad {{ color: #b42318; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>KD-immunity audit: {escape(report['dataset'])}</h1>
+<section id="teachers"><h2>Teachers</h2><table>
+<tr><th>teacher</th><th>arch</th><th>test accuracy (%)</th><th>omega</th><th>tau</th></tr>
+<tr><td>normal</td><td>{escape(str(t['normal']['arch']))}</td><td>{t['normal']['accuracy']:.2f}</td><td></td><td></td></tr>
+<tr><td>nasty</td><td>{escape(str(t['nasty']['arch']))}</td><td>{t['nasty']['accuracy']:.2f}</td>
+<td>{t['nasty']['omega']}</td><td>{t['nasty']['tau']}</td></tr></table>
+<p>Teacher cost (normal - nasty): <b>{report['teacher_cost']:+.2f}</b> points.</p></section>
+<section id="immunity"><h2>Immunity</h2>
+<p>Final-epoch test accuracy (%) of students, mean ± std over seeds {seeds}; {s['epochs']} epochs, KD alpha
+{s['alpha']}, tau {s['tau']}; the attacker holds {report['train_fraction']:g} of the training set.
+immunity = from normal - from nasty; below scratch = scratch - from nasty.</p>
+<table><tr><th>attack</th><th>student</th><th>scratch</th><th>from normal</th><th>from nasty</th><th>immunity</th>
+<th>below scratch</th></tr>{rows}</table></section>
+{figures}
+<p>Machine-readable: report.json. nasty {escape(str(report.get('nasty_version', '')))}.</p>
+</body></html>
+"""
 
 
 def _load_cell(path: Path, key: dict, *, force: bool):
@@ -141,10 +222,17 @@ def _load_cell(path: Path, key: dict, *, force: bool):
         return cell
     if force:
         return None
-    saved = cell.get("key", {})
-    diff = next((k for k in sorted(set(saved) | set(key)) if saved.get(k) != key.get(k)), "?")
-    raise NastyError(f"--out {path.parent.parent} holds results of another audit ({diff} differs: "
-                     f"{saved.get(diff)!r} there, {key.get(diff)!r} now); use another --out or --force to redo them")
+    saved, now, name = cell.get("key", {}), key, ""
+    while True:  # descend to the first setting that differs (e.g. settings.pool_size)
+        diff = next((k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)), None)
+        if diff is None:
+            break
+        name = f"{name}.{diff}" if name else diff
+        saved, now = saved.get(diff), now.get(diff)
+        if not (isinstance(saved, dict) and isinstance(now, dict)):
+            break
+    raise NastyError(f"--out {path.parent.parent} holds results of another audit ({name} differs: "
+                     f"{saved!r} there, {now!r} now); use another --out or --force to redo them")
 
 
 def _mean_std(xs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -195,6 +196,8 @@ def _attack_options(ctx, param, values):
               help="The attacker's share of the training set (stratified).")
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
 @click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
+@click.option("--plots/--no-plots", default=True, show_default=True,
+              help="Write report.html with logit-peak, t-SNE and synthesised-image plots.")
 @click.option("--unsafe-pickle", is_flag=True,
               help="Allow full unpickling of .pt/.pth teachers. Runs code from the file: only for files you trust.")
 @_fail_cleanly
@@ -214,7 +217,8 @@ def _print_summary(report: dict, out) -> None:
                f"nasty {t['nasty']['accuracy']:.2f}% (cost {report['teacher_cost']:+.2f} points); "
                f"final-epoch student accuracy, mean ± std over seeds")
     click.echo(format_table(report))
-    click.echo(f"report: {out}/report.md, {out}/report.json")
+    files = [f"{out}/{f}" for f in ("report.html", "report.md", "report.json") if (Path(out) / f).exists()]
+    click.echo(f"report: {', '.join(files)}")
 
 
 @main.command()

@@ -272,3 +272,21 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
                                                                                               seed=seed)
         return save_figure(plot_images(grids, data, per_class=per_class), out)
     raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images or omega")
+
+
+def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float, attacks: dict, dafl_steps: int,
+                  seed: int = 0, per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
+    """The figures an audit report shows: logit peaks, t-SNE, and what ``attacks`` (name -> a
+    data-free attack) synthesise from each teacher (DAFL after ``dafl_steps`` generator steps)."""
+    fig, numbers = plot_logits(models, data, tau=tau)
+    figures = {"logits": (fig, numbers), "tsne": (plot_tsne(models, data, seed=seed), None)}
+    if attacks:
+        count = per_class * data.num_classes * 2
+        grids = {}
+        for name, model in models.items():
+            for attack_name, attack in attacks.items():
+                kw = {"steps": dafl_steps} if attack_name == "dafl" else {}
+                label = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}.get(attack_name, attack_name)
+                grids[f"{label}, from the {name} teacher"] = attack.sample(model, data, count=count, seed=seed, **kw)
+        figures["images"] = (plot_images(grids, data, per_class=per_class), None)
+    return figures

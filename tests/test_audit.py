@@ -58,6 +58,18 @@ def test_report_json_has_the_schema(tiny_audit, teachers):
     assert "| kd | tiny-cnn |" in md and "| deepinversion | mlp |" in md
 
 
+def test_html_report_has_every_section_with_images_embedded(tiny_audit):
+    out, report = tiny_audit
+    html = (out / "report.html").read_text()
+    for section in ("teachers", "immunity", "logits", "tsne", "images"):
+        assert f"id='{section}'" in html or f'id="{section}"' in html, section
+    assert html.count("data:image/png;base64,") == 3 and "<img src=\"http" not in html
+    assert f"{report['teacher_cost']:+.2f}" in html and "| kd |" not in html
+    for name in ("logits.png", "tsne.png", "images.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert set(json.loads((out / "logits.json").read_text())["teachers"]) == {"normal", "nasty"}
+
+
 def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):
     _, report = tiny_audit
     by_attack = {a: sorted((r["student"], r["seed"], r["accuracy"]) for r in report["runs"]
@@ -89,10 +101,15 @@ def test_rerun_after_a_lost_cell_trains_only_that_cell(tiny_audit, teachers, mon
     assert again["summary"] == report["summary"]  # same seed, same data order: the same numbers
 
 
-def test_other_settings_in_the_same_out_are_refused(tiny_audit, teachers):
+def test_other_settings_in_the_same_out_are_refused_and_nothing_is_overwritten(tiny_audit, teachers):
     out, _ = tiny_audit
+    before = (out / "report.json").read_text()
     with pytest.raises(NastyError, match="another audit.*epochs"):
         run(teachers, out, epochs=2, attacks=["hard-label"])
+    opts = {"deepinversion": {**TINY["attack_options"]["deepinversion"], "tv": 0.5}}
+    with pytest.raises(NastyError, match=r"settings\.tv differs: 0\.001 there, 0\.5 now"):
+        run(teachers, out, attack_options=opts)
+    assert (out / "report.json").read_text() == before
 
 
 def test_bad_audit_inputs(teachers, tmp_path):
@@ -122,8 +139,9 @@ def test_cli_audit_errors_are_one_line(teachers, tmp_path):
 
 
 def test_attack_options_reach_the_attack_and_the_cell_key(teachers, tmp_path):
-    report = run(teachers, tmp_path, attacks=["deepinversion"], seeds=(0,), students=["mlp"],
+    report = run(teachers, tmp_path, attacks=["deepinversion"], seeds=(0,), students=["mlp"], plots=False,
                  attack_options={"deepinversion": {"pool_size": 16, "iterations": 2, "bn": 0.5}})
+    assert not (tmp_path / "report.html").exists()
     settings = report["settings"]["attacks"]["deepinversion"]
     assert (settings["pool_size"], settings["iterations"], settings["bn"]) == (16, 2, 0.5)
 
@@ -133,6 +151,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     assert {s["attack"] for s in report["summary"]} == set(ATTACK_NAMES)
+    assert "id='images'" in (tmp_path / "audit" / "report.html").read_text()
     assert "| dafl | tiny-cnn |" in res.output
     # a second run reuses the teachers and every cell
     again = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
