@@ -76,14 +76,10 @@ def peak_summary(model: nn.Module, data: TensorData, *, tau: float, rel: float =
             "mean_peaks": round(float(peaks.mean()), 4)}
 
 
-def _show_image(ax, img: np.ndarray, data: TensorData):
-    """``img``: one normalised (C, H, W) image."""
+def _pixels(img: np.ndarray, data: TensorData) -> np.ndarray:
+    """A normalised (C, H, W) image back to (H, W, C) pixels in [0, 1]."""
     mean, std = np.array(data.mean)[:, None, None], np.array(data.std)[:, None, None]
-    pix = np.clip(img * std + mean, 0, 1).transpose(1, 2, 0)
-    ax.imshow(pix[..., 0] if pix.shape[2] == 1 else pix, cmap="gray" if pix.shape[2] == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return np.clip(img * std + mean, 0, 1).transpose(1, 2, 0)
 
 
 def plot_logits(teachers: dict[str, nn.Module], data: TensorData, *, tau: float, samples: int = 4,
@@ -99,12 +95,13 @@ def plot_logits(teachers: dict[str, nn.Module], data: TensorData, *, tau: float,
     ncols = 1 + len(names)
     fig = Figure(figsize=(3.2 * ncols, 2.2 * (len(picks) + 1) + 0.6), layout="constrained")
     grid = fig.add_gridspec(len(picks) + 1, ncols)
-    images = data.test_x[picks].float()
-    images = ((images / 255 - torch.tensor(data.mean).view(1, -1, 1, 1)) / torch.tensor(data.std).view(1, -1, 1, 1))
     numbers = {"tau": tau, "rel": rel, "teachers": {}}
     for row, i in enumerate(picks):
         ax = fig.add_subplot(grid[row, 0])
-        _show_image(ax, images[row].numpy(), data)
+        pix = data.test_x[i].permute(1, 2, 0).numpy() / 255.0
+        ax.imshow(pix[..., 0] if pix.shape[2] == 1 else pix, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.set_title(f"test image {i}: '{classes[labels[i]]}'", fontsize=9)
         for col, name in enumerate(names, start=1):
             p = softened(outs[name][1][i:i + 1], tau)[0]
@@ -173,13 +170,12 @@ def plot_images(grids: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Tenso
     fig = Figure(figsize=(max(8.0, 0.7 * c), (0.7 * per_class + 0.8) * len(grids) + 0.5), layout="constrained")
     axes = fig.subplots(len(grids), 1, squeeze=False)[:, 0]
     _, h, w = data.input_shape
-    mean, std = np.array(data.mean)[:, None, None], np.array(data.std)[:, None, None]
     for ax, (title, (images, labels)) in zip(axes, grids.items()):
         mosaic = np.ones((per_class * (h + 1), c * (w + 1), 3))
         for k in range(c):
             mine = images[labels == k][:per_class].float().numpy()
             for r, img in enumerate(mine):
-                pix = np.clip(img * std + mean, 0, 1).transpose(1, 2, 0)
+                pix = _pixels(img, data)
                 mosaic[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = pix  # grey broadcasts to RGB
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_xticks([k * (w + 1) + w / 2 for k in range(c)], [str(x) for x in data.classes], fontsize=8)
