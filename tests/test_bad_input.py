@@ -1,0 +1,99 @@
+"""Bad input, table-driven, through the command line: each case exits non-zero with a message
+that names the problem, prints no traceback, and runs no payload."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nasty.cli import main
+
+
+class Payload:
+    """Unpickling this creates a marker file: proof that code from the file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, teachers):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "garbage.safetensors").write_bytes(b"this is not a safetensors file at all")
+    good = (teachers["root"] / "normal" / "model.safetensors").read_bytes()
+    (d / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    huge_header = (10**12).to_bytes(8, "little") + b"{}"
+    (d / "huge-header.safetensors").write_bytes(huge_header)
+    with open(d / "payload.pt", "wb") as f:
+        pickle.dump({"state_dict": Payload(d / "PWNED")}, f)
+    torch.save({"weight": torch.zeros(3, 3)}, d / "other.pt")
+    (d / "a-file").write_text("x")
+    (d / "empty-data").mkdir()
+    return d
+
+
+def cases(t, f):
+    """(arguments, exit code, words the message must contain)."""
+    normal, nasty = str(t / "normal"), str(t / "nasty")
+    audit = ["audit", "--teacher", nasty, "--reference", normal, "--out", str(f / "audit-out")]
+    harden = ["harden", "--teacher", normal, "--out", str(f / "harden-out")]
+    return [
+        (["train", "--dataset", "imagenet-21k"], 2, "--dataset"),
+        (["train", "--arch", "resnet9000", "--out", str(f / "t1")], 1, "unknown architecture 'resnet9000'"),
+        (["train", "--epochs", "0"], 2, "--epochs"),
+        (["train", "--lr", "0"], 2, "--lr"),
+        (["train", "--train-fraction", "0"], 2, "--train-fraction"),
+        (["train", "--train-fraction", "1.5"], 2, "--train-fraction"),
+        (["train", "--device", "cuda", "--out", str(f / "t2")], 1, "no CUDA device"),
+        (["train", "--device", "tpu", "--out", str(f / "t3")], 1, "--device"),
+        (["train", "--out", str(f / "a-file")], 1, "is a file"),
+        (["train", "--out", normal], 1, "already holds a run"),
+        (["train", "--dataset", "cifar10", "--data-root", str(f / "empty-data"), "--out", str(f / "t4")], 1,
+         "--download"),
+        (harden[:-2] + ["--omega", "-1"], 2, "--omega"),
+        (harden + ["--tau", "0"], 2, "--tau"),
+        (harden + ["--init", "nowhere"], 2, "--init"),
+        (["harden", "--teacher", str(f / "missing"), "--out", str(f / "h1")], 1, "no such file"),
+        (["harden", "--teacher", str(f / "garbage.safetensors"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "h2")], 1, "garbage.safetensors"),
+        (["harden", "--teacher", str(f / "truncated.safetensors"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "h3")], 1, "truncated.safetensors"),
+        (["harden", "--teacher", str(f / "huge-header.safetensors"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "h4")], 1, "huge-header.safetensors"),
+        (["harden", "--teacher", str(f / "payload.pt"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "h5")], 1, "--unsafe-pickle"),
+        (["harden", "--teacher", str(f / "other.pt"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "h6")], 1, "small-cnn"),
+        (["harden", "--teacher", normal, "--arch", "tiny-cnn", "--out", str(f / "h7")], 1, "tiny-cnn"),
+        (["harden", "--teacher", normal, "--dataset", "cifar10", "--data-root", str(f / "empty-data"),
+          "--out", str(f / "h8")], 1, "cifar10"),
+        (audit + ["--alpha", "1.5"], 2, "--alpha"),
+        (audit + ["--tau", "-4"], 2, "--tau"),
+        (audit + ["--attacks", "kd,fgsm"], 1, "unknown attack 'fgsm'"),
+        (audit + ["--students", "tiny-cnn,resnet9000"], 1, "unknown architecture 'resnet9000'"),
+        (audit + ["--seeds", "0"], 2, "--seeds"),
+        (audit + ["--attack-option", "dafl.nope=1"], 1, "no setting 'nope'"),
+        (["audit", "--teacher", nasty, "--reference", str(f / "missing"), "--out", str(f / "a2")], 1,
+         "--reference"),
+        (["plot", "tsne", "--out", str(f / "p.png")], 1, "--teacher"),
+        (["plot", "omega", "--sweep", str(f / "a-file"), "--out", str(f / "p.png")], 1, "--sweep"),
+    ]
+
+
+def test_every_bad_input_gets_a_one_line_error(teachers, files):
+    table = cases(teachers["root"], files)
+    assert len(table) >= 20
+    for args, code, words in table:
+        res = CliRunner().invoke(main, args)
+        where = f"nasty {' '.join(args)}:\n{res.output}"
+        assert res.exit_code == code, where
+        assert words in res.output, where
+        assert "Traceback" not in res.output and not isinstance(res.exception, (AssertionError, TypeError)), where
+        lines = [line for line in res.output.strip().splitlines() if line.startswith("Error")]
+        assert len(lines) == 1, where  # the message is one line
+    assert not (files / "PWNED").exists()  # the pickle payload never ran
