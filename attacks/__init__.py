@@ -14,14 +14,15 @@ from .kd import KD
 ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (KD, HardLabel, DAFL, DeepInversion)}
 
 
-def attack_settings(name: str) -> list[str]:
-    """The keyword arguments attack ``name`` accepts (its settings)."""
+def attack_settings(name: str, *, option: str = "--attacks") -> list[str]:
+    """The keyword arguments attack ``name`` accepts (its settings); ``option`` names where an
+    unknown name came from in the error."""
     import inspect
 
     from nasty.errors import NastyError
 
     if name not in ATTACKS:
-        raise NastyError(f"--attacks: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        raise NastyError(f"{option}: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     return [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p != "self"]
 
 

@@ -55,12 +55,11 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     for name in attacks:
         attack_settings(name)  # unknown names fail here, before anything is loaded
     for name, options in (attack_options or {}).items():
-        if name not in ATTACKS:
-            raise NastyError(f"--attack-option: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-        unknown = sorted(set(options) - set(attack_settings(name)))
+        known = attack_settings(name, option="--attack-option")
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise NastyError(f"--attack-option: {name} has no setting {unknown[0]!r}; "
-                             f"it has {', '.join(attack_settings(name)) or 'none'}")
+                             f"it has {', '.join(known) or 'none'}")
     if not 0.0 <= alpha <= 1.0:
         raise NastyError(f"--alpha must be in [0, 1], got {alpha}")
     if tau is not None and tau <= 0:

@@ -31,6 +31,13 @@ def _fail_cleanly(fn):
 
 
 _device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+_data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                                 help="Folder holding the dataset's files (torchvision layout).")
+_download_option = click.option("--download", is_flag=True,
+                                help="Download the dataset into --data-root if it is missing.")
+_unsafe_pickle_option = click.option(
+    "--unsafe-pickle", is_flag=True,
+    help="Allow full unpickling of .pt/.pth weights. Runs code from the file: only for files you trust.")
 _report_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints).")
 
 
@@ -38,9 +45,8 @@ def _data_options(fn):
     for opt in reversed([
         click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default=None,
                      help="Dataset [train: digits; harden: the teacher's]."),
-        click.option("--data-root", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the dataset's files (torchvision layout)."),
-        click.option("--download", is_flag=True, help="Download the dataset into --data-root if it is missing."),
+        _data_root_option,
+        _download_option,
         click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
                      help="Stratified fraction of the training set to use."),
     ]):
@@ -102,8 +108,7 @@ def train(dataset, **kw):
               help="Start from random weights (the paper) or fine-tune the teacher's weights.")
 @click.option("--collapse-margin", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Stop if test accuracy falls this many points below the adversary's (after the first LR drop).")
-@click.option("--unsafe-pickle", is_flag=True,
-              help="Allow full unpickling of a .pt/.pth teacher. Runs code from the file: only for files you trust.")
+@_unsafe_pickle_option
 @_fail_cleanly
 def harden(**kw):
     """Train a nasty teacher against the frozen --teacher."""
@@ -189,17 +194,15 @@ def _attack_options(ctx, param, values):
 @click.option("--reference", required=True, type=click.Path(),
               help="The normal teacher it was hardened against (run directory).")
 @_audit_options
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the dataset's files (torchvision layout).")
-@click.option("--download", is_flag=True, help="Download the dataset into --data-root if it is missing.")
+@_data_root_option
+@_download_option
 @click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="The attacker's share of the training set (stratified).")
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
 @click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write report.html with logit-peak, t-SNE and synthesised-image plots.")
-@click.option("--unsafe-pickle", is_flag=True,
-              help="Allow full unpickling of .pt/.pth teachers. Runs code from the file: only for files you trust.")
+@_unsafe_pickle_option
 @_fail_cleanly
 def audit(**kw):
     """Attack the nasty and the normal teacher alike; report how much a thief gets from each."""
@@ -245,9 +248,8 @@ def demo(out, quick, device, quiet):
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Temperature of the softened outputs [the teacher's hardening tau, else 4].")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Image file to write (.png, .pdf, .svg).")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the dataset's files (torchvision layout).")
-@click.option("--unsafe-pickle", is_flag=True, help="Allow full unpickling of .pt/.pth teachers (trusted files only).")
+@_data_root_option
+@_unsafe_pickle_option
 @_fail_cleanly
 def plot(what, **kw):
     """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images) or an omega sweep."""
