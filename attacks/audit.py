@@ -94,6 +94,8 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     cells_dir = out / "cells"
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (out, cells_dir):
+            ckpt.remove_stale_temps(folder)
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
     epochs = epochs or recipe.epochs

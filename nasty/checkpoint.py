@@ -26,7 +26,7 @@ from .errors import CheckpointError, ModelError, first_line
 WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.pt", "metrics.jsonl"
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
-__all__ = ["atomic_write", "save_release", "save_state", "load_state", "read_card", "load_weights",
+__all__ = ["atomic_write", "remove_stale_temps", "save_release", "save_state", "load_state", "read_card", "load_weights",
            "load_model", "build_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
 
 
@@ -48,6 +48,30 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def remove_stale_temps(folder) -> list[str]:
+    """Delete the temporary files a killed writer left in ``folder`` (never trusted, never read)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def write_json(path, obj) -> None:

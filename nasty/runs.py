@@ -38,6 +38,7 @@ def prepare_out(out, *, resume: bool, force: bool) -> Path:
             (out / f).unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temps(out)
         probe = out / f".write-test-{id(out)}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -238,8 +238,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             if "kl" in metrics:
                 last["kl_to_adversary"] = round(metrics["kl"], 6)
             if out is not None:
-                with open(out / ckpt.METRICS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                _append_metrics(out / ckpt.METRICS, row)
                 ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
                                       "last": last, "config": run_config})
@@ -277,9 +276,26 @@ def _check_same_run(saved: dict, now: dict, out) -> None:
                                  f"repeat its options or choose another --out")
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    if not path.exists():
-        return
-    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["epoch"] <= epochs_done]
-    ckpt.atomic_write(path, lambda p: Path(p).write_text("".join(r + "\n" for r in rows)))
+def _metric_rows(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # not ours to trust (metrics are rewritten atomically, so this is foreign)
+    return rows
 
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    ckpt.atomic_write(path, lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    # rewritten whole (a few KB) through atomic_write: a kill never leaves half a line
+    _write_metrics(path, [*_metric_rows(path), row])
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    if path.exists():
+        _write_metrics(path, [r for r in _metric_rows(path) if r.get("epoch", 0) <= epochs_done])
