@@ -68,8 +68,8 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     if not seeds:
         raise NastyError("--seeds: give at least one seed")
 
-    nasty_model, nasty_card = ckpt.load_model(teacher, unsafe_pickle=unsafe_pickle)
-    normal_model, normal_card = ckpt.load_model(reference, unsafe_pickle=unsafe_pickle, option="--reference")
+    nasty_sd, nasty_card = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)
+    normal_sd, normal_card = ckpt.load_weights(reference, unsafe_pickle=unsafe_pickle, option="--reference")
     dataset = nasty_card.get("dataset") or normal_card.get("dataset")
     if not dataset:
         raise NastyError(f"--teacher {teacher} does not record its dataset; audit run directories of `nasty harden`")
@@ -78,6 +78,9 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
                          f"but --teacher {teacher} on {dataset}; audit a teacher against its own normal model")
     data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
     recipe = RECIPES[data.name]
+    fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
+    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {teacher}", **fit).eval()
+    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {reference}", **fit).eval()
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     for s in students:  # unknown or unbuildable architectures fail before any training
         create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0])

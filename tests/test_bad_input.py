@@ -33,6 +33,14 @@ def files(tmp_path_factory, teachers):
         pickle.dump({"state_dict": Payload(d / "PWNED")}, f)
     torch.save({"weight": torch.zeros(3, 3)}, d / "other.pt")
     (d / "a-file").write_text("x")
+    from nasty import checkpoint as ckpt
+    from nasty.models import create_model
+
+    # whole, honest releases that do not fit digits: 100 classes; 3-channel 32x32 input
+    ckpt.save_release(d / "hundred", create_model("small-cnn", num_classes=100, in_chans=1),
+                      {"arch": "small-cnn", "num_classes": 100, "input_shape": [1, 8, 8]})
+    ckpt.save_release(d / "rgb", create_model("small-cnn", num_classes=10, in_chans=3),
+                      {"arch": "small-cnn", "num_classes": 10, "input_shape": [3, 32, 32]})
     (d / "empty-data").mkdir()
     return d
 
@@ -72,6 +80,11 @@ def cases(t, f):
         (["harden", "--teacher", normal, "--arch", "tiny-cnn", "--out", str(f / "h7")], 1, "tiny-cnn"),
         (["harden", "--teacher", normal, "--dataset", "cifar10", "--data-root", str(f / "empty-data"),
           "--out", str(f / "h8")], 1, "cifar10"),
+        (["harden", "--teacher", str(f / "hundred"), "--dataset", "digits", "--out", str(f / "h9")], 1,
+         "has 100 classes but the dataset has 10"),
+        (["harden", "--teacher", str(f / "rgb"), "--dataset", "digits", "--out", str(f / "h10")], 1,
+         "expects 3-channel input"),
+        (["audit", "--teacher", str(f / "hundred"), "--reference", normal, "--out", str(f / "a3")], 1, "100 classes"),
         (audit + ["--alpha", "1.5"], 2, "--alpha"),
         (audit + ["--tau", "-4"], 2, "--tau"),
         (audit + ["--attacks", "kd,fgsm"], 1, "unknown attack 'fgsm'"),
