@@ -30,6 +30,12 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+def _main_rank() -> bool:
+    from .distributed import world
+
+    return world().main
+
+
 _device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 _data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                  help="Folder holding the dataset's files (torchvision layout).")
@@ -68,6 +74,8 @@ def _run_options(default_out):
             click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch."),
             click.option("--force", is_flag=True, help="Overwrite a finished or unrelated run in --out."),
             click.option("--quiet", "-q", is_flag=True, help="No progress bars or summary (errors still print)."),
+            click.option("--compile", is_flag=True,
+                         help="Run the training forward through torch.compile (pays off on a GPU; the first epoch compiles)."),
         ]):
             fn = opt(fn)
         return fn
@@ -90,7 +98,7 @@ def train(dataset, **kw):
     from .runs import train as run_train
 
     card = run_train(dataset=dataset or "digits", **kw)
-    if not kw["quiet"]:
+    if not kw["quiet"] and _main_rank():
         click.echo(f"normal teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
                    f"after {card['epoch']} epochs, {card['seconds']:.1f}s -> {kw['out']}")
 
@@ -115,7 +123,7 @@ def harden(**kw):
     from .runs import harden as run_harden
 
     card = run_harden(**kw)
-    if not kw["quiet"]:
+    if not kw["quiet"] and _main_rank():
         click.echo(f"nasty teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
                    f"(adversary {card['adversary']['accuracy']:.2f}%, cost {round(card['teacher_cost'], 2) + 0.0:+.2f} points), "
                    f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "

@@ -15,6 +15,7 @@ import torch
 
 from . import __version__
 from . import checkpoint as ckpt
+from . import distributed
 from .data import load_dataset
 from .errors import NastyError
 from .models import create_model
@@ -24,18 +25,26 @@ from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_d
 RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS)
 
 
-def prepare_out(out, *, resume: bool, force: bool) -> Path:
-    """Refuse to mix two runs in one folder: an existing run needs --resume or --force."""
+def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | None = None) -> Path:
+    """Refuse to mix two runs in one folder: an existing run needs --resume or --force.
+    (Every rank checks; rank 0 alone clears and creates, then the others go on.)"""
     out = Path(out).expanduser()
+    w = world or distributed.World()
     if out.exists() and not out.is_dir():
         raise NastyError(f"--out {out} is a file, not a folder")
     present = [f for f in RUN_FILES if (out / f).exists()]
-    if present and not resume:
-        if not force:
-            raise NastyError(f"--out {out} already holds a run ({', '.join(present)}); "
-                             f"pass --resume to continue it or --force to start over")
-        for f in present:
-            (out / f).unlink()
+    if present and not resume and not force:
+        raise NastyError(f"--out {out} already holds a run ({', '.join(present)}); "
+                         f"pass --resume to continue it or --force to start over")
+    if w.main:
+        _clear_out(out, [f for f in present if not resume])
+    distributed.barrier(w)
+    return out
+
+
+def _clear_out(out: Path, stale: list[str]) -> None:
+    for f in stale:
+        (out / f).unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temps(out)
@@ -44,7 +53,6 @@ def prepare_out(out, *, resume: bool, force: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
-    return out
 
 
 def _config(recipe, epochs, batch_size, lr, seed) -> TrainConfig:
@@ -62,25 +70,31 @@ def _seeded_model(arch, data, seed):
 def train(*, dataset: str = "digits", data_root=None, download: bool = False, train_fraction: float = 1.0,
           arch: str | None = None, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           seed: int = 0, device: str = "auto", out="runs/normal", resume: bool = False, force: bool = False,
-          quiet: bool = False) -> dict:
-    """Train a normal teacher (cross-entropy only) and write its run directory."""
+          quiet: bool = False, compile: bool = False) -> dict:
+    """Train a normal teacher (cross-entropy only) and write its run directory.
+
+    Under ``torchrun`` this is one rank of a DistributedDataParallel run (:mod:`nasty.distributed`)."""
     data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     arch = arch or recipe.arch
-    dev = resolve_device(device)
+    w, dev = distributed.setup(resolve_device(device))
+    distributed.check_batch(cfg.batch_size, w)
     model = _seeded_model(arch, data, seed)
-    out = prepare_out(out, resume=resume, force=force)
+    out = prepare_out(out, resume=resume, force=force, world=w)
     card = {"nasty_version": __version__, "kind": "normal", "arch": arch, "omega": 0.0, "tau": None}
-    return fit(model, data, config=cfg, device=dev, out=out, card=card, resume=resume, quiet=quiet,
-               desc=f"train {arch}")
+    final = fit(model, data, config=cfg, device=dev, out=out, card=card, resume=resume, quiet=quiet,
+                desc=f"train {arch}", compile=compile, world=w)
+    distributed.finish(w)
+    return final
 
 
 def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data_root=None, download: bool = False,
            train_fraction: float = 1.0, epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
            seed: int = 0, device: str = "auto", out="runs/nasty", resume: bool = False, force: bool = False,
-           unsafe_pickle: bool = False, collapse_margin: float = 20.0, quiet: bool = False) -> dict:
+           unsafe_pickle: bool = False, collapse_margin: float = 20.0, quiet: bool = False,
+           compile: bool = False) -> dict:
     """Train a nasty teacher against the frozen ``teacher`` (the adversary) and write its run.
 
     ``init='scratch'`` (the paper) starts from random weights of the same architecture;
@@ -103,7 +117,8 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         raise NastyError(f"--omega must be >= 0, got {omega}")
     if tau <= 0:
         raise NastyError(f"--tau must be > 0, got {tau}")
-    dev = resolve_device(device)
+    w, dev = distributed.setup(resolve_device(device))
+    distributed.check_batch(cfg.batch_size, w)
     adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
                                  in_chans=data.input_shape[0]).to(dev).eval()
     arch = arch or known["arch"]
@@ -111,7 +126,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     model = _seeded_model(arch, data, seed)
     if init == "teacher":
         model.load_state_dict(adversary.state_dict())
-    out = prepare_out(out, resume=resume, force=force)
+    out = prepare_out(out, resume=resume, force=force, world=w)
     first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))  # the guard's margin applies after the first LR drop
     guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
                   chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
@@ -121,7 +136,10 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
                               "sha256": known.get("sha256")}}
     final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau), reference=adversary,
                 eval_tau=tau, device=dev, out=out, card=run_card, resume=resume, quiet=quiet, guard=guard,
-                divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr", desc=f"harden {arch}")
+                divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr", desc=f"harden {arch}",
+                compile=compile, world=w)
     final["teacher_cost"] = round(adv_acc - final["accuracy"], 4)
-    ckpt.write_json(out / ckpt.CARD, final)
+    if w.main:
+        ckpt.write_json(out / ckpt.CARD, final)
+    distributed.finish(w)
     return final

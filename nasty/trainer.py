@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .data import TensorData, mix_seed
+from .distributed import World
 from .errors import NastyError, TrainingStopped
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
@@ -148,15 +150,20 @@ class Guard:
 def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: Callable = None,
         reference: nn.Module | None = None, eval_tau: float | None = None, device="cpu", out=None,
         card: dict | None = None, resume: bool = False, quiet: bool = False, guard: Guard | None = None,
-        divergence_hint: str = "try a smaller --lr", desc: str = "train") -> dict:
+        divergence_hint: str = "try a smaller --lr", desc: str = "train", compile: bool = False,
+        world: World | None = None) -> dict:
     """Train ``model`` in place; checkpoint every epoch to ``out`` if given; return the final card.
 
     ``card`` holds what the caller knows about the run (arch, omega, ...); the trainer adds
-    the data description, accuracy, epoch, seconds and sha256.
+    the data description, accuracy, epoch, seconds and sha256. ``compile`` runs the training
+    forward through ``torch.compile``; ``world`` (from :func:`nasty.distributed.setup`) makes it
+    one rank of a DistributedDataParallel run.
     """
     from tqdm.auto import tqdm
 
     config.check()
+    w = world or World()
+    distributed.check_batch(config.batch_size, w)
     device = torch.device(device)
     objective = objective or objective_for("normal")
     model.to(device)
@@ -174,7 +181,8 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                            for k, v in (card or {}).items()}}
     start, seconds, last = 0, 0.0, None
     out = Path(out) if out else None
-    if out is not None:
+    writes = out is not None and w.main  # only rank 0 writes
+    if writes:
         out.mkdir(parents=True, exist_ok=True)
 
     if out is not None and resume:
@@ -185,28 +193,36 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             start, seconds, last = int(state["epoch"]), float(state["seconds"]), state.get("last")
-            _truncate_metrics(out / ckpt.METRICS, start)
+            if writes:
+                _truncate_metrics(out / ckpt.METRICS, start)
+    step_model = distributed.wrap(model, device, w)
+    if compile:
+        step_model = torch.compile(step_model)
 
     base_card = {**(card or {}), **data.describe(), "epochs": config.epochs, "batch_size": config.batch_size,
                  "lr": config.lr, "seed": config.seed, "device": device.type}
     written = None  # the card last written to out
-    if out is not None and start > 0:  # the release files must describe the resume state
+    if writes and start > 0:  # the release files must describe the resume state
         written = _intact_release(out, start) or ckpt.save_release(out, model, {**base_card, **(last or {})})
     steps = len(data.train_y) // config.batch_size or 1
-    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=True if quiet else None, unit="step",
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc,
+               disable=True if quiet or not w.main else None, unit="step",
                dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(mix_seed(config.seed, epoch, 2))  # dropout and any other global randomness
+            # dropout and any other global randomness (each rank its own stream)
+            torch.manual_seed(mix_seed(config.seed, epoch, 2, *([w.rank] if w.active else [])))
             model.train()
             sums: dict[str, torch.Tensor] = {}
             count = 0
             for step, (x, y) in enumerate(data.batches("train", batch_size=config.batch_size, device=device,
                                                        seed=config.seed, epoch=epoch)):
+                if w.active:  # every rank drew the same global batch: train on this rank's slice
+                    x, y = x[w.rank::w.size], y[w.rank::w.size]
                 ref_logits = frozen_logits(reference, x, device) if reference is not None else None
                 with autocast(device):
-                    logits = model(x)
+                    logits = step_model(x)
                 loss, terms = objective(logits.float(), y, ref_logits)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -214,16 +230,18 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                 for k, v in (("loss", loss.detach()), *terms.items()):
                     sums[k] = sums.get(k, 0.0) + v * len(y)
                 count += len(y)
-                if step % 25 == 0 and not math.isfinite(float(loss.detach())):
+                if not w.active and step % 25 == 0 and not math.isfinite(float(loss.detach())):
                     break
                 bar.update(1)
-            train = {k: float(v) / max(count, 1) for k, v in sums.items()}
+            train = {k: float(v) / max(count, 1) for k, v in distributed.mean(sums, w, device).items()}
             lr = opt.param_groups[0]["lr"]
             sched.step()
             if not all(math.isfinite(v) for v in train.values()):
                 raise TrainingStopped(f"diverged at epoch {epoch + 1}: the training loss became NaN/inf; "
                                       f"{divergence_hint}" + (f"; the last good checkpoint is kept in {out}" if out and epoch else ""))
-            metrics = evaluate(model, data, device=device, reference=reference, tau=eval_tau)
+            # rank 0 evaluates and tells the others, so every rank stops (or not) alike
+            metrics = distributed.share(
+                evaluate(model, data, device=device, reference=reference, tau=eval_tau) if w.main else None, w)
             seconds += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "lr": lr,
                    **{f"train_{k}": round(v, 6) for k, v in train.items()},
@@ -237,7 +255,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
                     "status": "complete" if epoch + 1 == config.epochs else "running"}
             if "kl" in metrics:
                 last["kl_to_adversary"] = round(metrics["kl"], 6)
-            if out is not None:
+            if writes:
                 _append_metrics(out / ckpt.METRICS, row)
                 ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
