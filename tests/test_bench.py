@@ -1,0 +1,29 @@
+"""bench/bench.py runs end to end (at toy sizes) and writes the JSON the README's table comes from."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_quick_at_toy_size_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    _bench().main(["--quick", "--device", "cpu", "--arch", "tiny-cnn", "--images", "2048", "--audit-images", "256",
+                   "--json", str(out)])
+    r = json.loads(out.read_text())
+    for key in ("harden_step_ratio", "data_path_speedup", "epoch_speedup_vs_dataloader"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["demo_seconds"] is None and "CPU" in r["device"]
+    # the hardening step does strictly more work (one extra forward) than the normal step
+    assert r["details"]["harden_step_s"] > r["details"]["normal_step_s"]
+    rows = r["details"]["audit"]["rows"]
+    assert [len(row["students"]) for row in rows] == [1, 2, 4]
+    assert "hardening step / normal step" in capsys.readouterr().out
