@@ -186,7 +186,8 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
         out.mkdir(parents=True, exist_ok=True)
 
     if out is not None and resume:
-        state = ckpt.load_state(out)
+        # rank 0 reads the run directory and hands the state to the other ranks (no shared disk needed)
+        state = distributed.share(ckpt.load_state(out) if w.main else None, w)
         if state is not None:
             _check_same_run(state.get("config", {}), run_config, out)
             model.load_state_dict(state["model"])
