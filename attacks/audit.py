@@ -42,7 +42,8 @@ def default_tau(num_classes: int) -> float:
 def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0, 1, 2), epochs: int | None = None,
           alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
-          unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True) -> dict:
+          unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
+          checkpoint_seconds: float = 60.0) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
@@ -50,6 +51,10 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
     the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
     self-contained file) and the PNGs beside it show logit peaks, t-SNE and synthesised images.
+    A cell in training saves its state (students, optimizer, the attack's generator or image
+    pool) to ``cells/<cell>.partial.pt`` at the end of an epoch once ``checkpoint_seconds`` have
+    passed since the last save (0: every epoch); the next audit with the same settings goes on
+    from there.
     """
     attacks = list(attacks)
     for name in attacks:
@@ -67,6 +72,8 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     seeds = list(seeds)
     if not seeds:
         raise NastyError("--seeds: give at least one seed")
+    if checkpoint_seconds < 0:
+        raise NastyError(f"--checkpoint-seconds must be >= 0, got {checkpoint_seconds}")
 
     nasty_sd, nasty_card = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)
     normal_sd, normal_card = ckpt.load_weights(reference, unsafe_pickle=unsafe_pickle, option="--reference")
@@ -111,20 +118,29 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
         attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         path = cells_dir / f"{name}-seed{seed}.json"
-        todo.append((name, seed, attack, key, path, _load_cell(path, key, force=force)))
+        partial = path.with_name(f"{name}-seed{seed}.partial.pt")
+        cell = _load_cell(path, key, force=force)
+        if cell is not None:
+            partial.unlink(missing_ok=True)  # left by a run killed between writing the cell and removing it
+        todo.append((name, seed, attack, key, path, cell, partial,
+                     None if cell is not None else _load_partial(partial, key, force=force)))
     cells, trained = [], False
     report = None
-    for name, seed, attack, key, path, cell in todo:
+    for name, seed, attack, key, path, cell, partial, resume in todo:
         if cell is None:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - (resume["seconds"] if resume else 0.0)
             teachers = {"scratch": None} if name == "scratch" else models
             cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
             acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
-                               desc=f"{name} seed {seed}")
+                               desc=f"{name} seed {seed}", resume=resume,
+                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds))
             cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
                     "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
                              for (src, s), a in acc.items()]}
+            if resume:
+                cell["resumed_from_epoch"] = int(resume["epoch"])
             ckpt.write_json(path, cell)
+            partial.unlink(missing_ok=True)
             trained = True
             if not quiet:
                 from tqdm.auto import tqdm
@@ -222,11 +238,38 @@ def _load_cell(path: Path, key: dict, *, force: bool):
         cell = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # unreadable (cannot happen with atomic writes, but never trust it): run it again
-    if cell.get("key") == key:
-        return cell
+    return cell if _same_key(cell.get("key"), key, path, force=force) else None
+
+
+def _load_partial(path: Path, key: dict, *, force: bool):
+    """The saved state of an unfinished cell with the same settings, or ``None``."""
     if force:
+        path.unlink(missing_ok=True)
         return None
-    saved, now, name = cell.get("key", {}), key, ""
+    state = ckpt.load_resume_file(path)
+    return state if state is not None and _same_key(state.get("key"), key, path, force=force) else None
+
+
+def _partial_saver(path: Path, key: dict, *, t0: float, every: float):
+    """``run_students``' ``save``: write the state when ``every`` seconds have passed since the last write."""
+    last = [time.perf_counter()]
+
+    def save(state: dict) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every:
+            ckpt.save_resume_file(path, {"key": key, "seconds": now - t0, **state})
+            last[0] = time.perf_counter()
+
+    return save
+
+
+def _same_key(saved: dict | None, key: dict, path: Path, *, force: bool) -> bool:
+    """True if a cell's saved key is this audit's; refuse another audit's results unless ``force``."""
+    if saved == key:
+        return True
+    if force:
+        return False
+    saved, now, name = saved or {}, key, ""
     while True:  # descend to the first setting that differs (e.g. settings.pool_size)
         diff = next((k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)), None)
         if diff is None:

@@ -6,6 +6,7 @@ things, and nothing else:
     ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=...)  # per teacher
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
     loss, terms = attack.loss(student_logits, teacher_logits, y)     # what they learn from it
+    attack.state(ctx) / attack.restore(ctx, state)                   # what a resumed run needs of ctx
 
 :func:`run_students` trains students for several teachers at once ("sources": ``scratch``,
 ``normal``, ``nasty``). Per batch, each teacher runs one forward, shared by every student
@@ -16,6 +17,7 @@ and the same number of steps, so the only difference between the sides is the te
 from __future__ import annotations
 
 import zlib
+from typing import Callable
 
 import torch
 from torch import nn
@@ -60,6 +62,14 @@ class Attack:
         """What identifies this attack's results (goes into the audit's cell keys)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    def state(self, ctx) -> dict:
+        """What of ``ctx`` changes during training and must be saved to resume (tensors, state
+        dicts, RNG states: what ``torch.load(weights_only=True)`` reads back)."""
+        return {}
+
+    def restore(self, ctx, state: dict) -> None:
+        """Put a :meth:`state` back into a fresh ``ctx`` from :meth:`setup`."""
+
 
 class Scratch(Attack):
     """The baseline: no teacher, cross-entropy on the real labels."""
@@ -96,9 +106,15 @@ def make_students(archs: list[str], data: TensorData, *, seed: int) -> StudentBa
 
 
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
-                 config: TrainConfig, device, quiet: bool = True, desc: str = "") -> dict[tuple[str, str], float]:
+                 config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
+                 save: Callable[[dict], None] | None = None) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
-    (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed."""
+    (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
+
+    ``save(state)`` is offered the training state after every epoch but the last (the caller
+    decides whether to write it); ``resume`` is such a state to go on from. Every epoch seeds its
+    own randomness, so a resumed run ends exactly where an uninterrupted one does (on the CPU).
+    """
     from tqdm.auto import tqdm
 
     config.check()
@@ -112,11 +128,19 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size,
                                      epochs=config.epochs, device=device, quiet=quiet) for src, t in teachers.items()}
     opt, sched = make_optimizer(banks.parameters(), config)
+    start = 0
+    if resume is not None:
+        banks.load_state_dict(resume["students"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        for src, ctx_state in resume["attack"].items():
+            attack.restore(contexts[src], ctx_state)
+        start = int(resume["epoch"])
     steps = max(1, len(data.train_y) // config.batch_size)
-    bar = tqdm(total=config.epochs * steps, desc=desc or attack.name, disable=True if quiet else None,
-               unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
+               disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(start, config.epochs):
             torch.manual_seed(mix_seed(config.seed, epoch, 2))
             banks.train()
             for src in teachers:
@@ -142,6 +166,10 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
                                      f"try a smaller --lr or --tau")
                 bar.update(1)
             sched.step()
+            if save is not None and epoch + 1 < config.epochs:
+                save({"epoch": epoch + 1, "students": banks.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(),
+                      "attack": {src: attack.state(ctx) for src, ctx in contexts.items()}})
     finally:
         bar.close()
     return {(src, name): evaluate(student, data, device=device)["accuracy"]

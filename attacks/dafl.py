@@ -82,6 +82,14 @@ class DAFL(Attack):
         noise = torch.Generator(device=device).manual_seed(mix_seed(seed, 22))
         return {"teacher": teacher, "gen": gen, "opt": opt, "noise": noise, "batch": batch_size, "device": device}
 
+    def state(self, ctx):
+        return {"gen": ctx["gen"].state_dict(), "opt": ctx["opt"].state_dict(), "noise": ctx["noise"].get_state()}
+
+    def restore(self, ctx, state):
+        ctx["gen"].load_state_dict(state["gen"])
+        ctx["opt"].load_state_dict(state["opt"])
+        ctx["noise"].set_state(state["noise"])
+
     def inputs(self, ctx, x, y, *, step, epoch):
         gen, teacher = ctx["gen"], ctx["teacher"]
         z = torch.randn(ctx["batch"], self.latent, device=ctx["device"], generator=ctx["noise"])

@@ -124,6 +124,16 @@ class DeepInversion(Attack):
                                             quiet=ctx["quiet"], rival=rival))
             ctx["pool"] = torch.cat(ctx["chunks"])
 
+    def state(self, ctx):
+        # the chunks made so far (the pool) and where the noise stream stands for the next ones
+        return {"chunks": list(ctx["chunks"]), "noise": ctx["noise"].get_state()}
+
+    def restore(self, ctx, state):
+        ctx["chunks"] = [c.to(ctx["device"]) for c in state["chunks"]]
+        ctx["noise"].set_state(state["noise"])
+        if ctx["chunks"]:
+            ctx["pool"] = torch.cat(ctx["chunks"])
+
     def inputs(self, ctx, x, y, *, step, epoch):
         pool, b, data = ctx["pool"], ctx["batch"], ctx["data"]
         if ctx.get("epoch") != epoch:  # a new order of the pool each epoch

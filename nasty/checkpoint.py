@@ -26,7 +26,8 @@ from .errors import CheckpointError, ModelError, first_line
 WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.pt", "metrics.jsonl"
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
-__all__ = ["atomic_write", "remove_stale_temps", "save_release", "save_state", "load_state", "read_card", "load_weights",
+__all__ = ["atomic_write", "remove_stale_temps", "save_release", "save_state", "load_state",
+           "save_resume_file", "load_resume_file", "read_card", "load_weights",
            "load_model", "build_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
 
 
@@ -108,11 +109,21 @@ def save_release(out, model: nn.Module, card: dict) -> dict:
 
 def save_state(out, state: dict) -> None:
     """The resume state: model, optimizer and scheduler state, epoch, run config."""
-    atomic_write(Path(out) / STATE, lambda p: torch.save(state, p))
+    save_resume_file(Path(out) / STATE, state)
 
 
 def load_state(out) -> dict | None:
-    path = Path(out) / STATE
+    return load_resume_file(Path(out) / STATE)
+
+
+def save_resume_file(path, state: dict) -> None:
+    """Write our own resume state (tensors, state dicts, plain values) atomically."""
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_resume_file(path) -> dict | None:
+    """Read a file of :func:`save_resume_file` with ``weights_only=True``; ``None`` if there is none."""
+    path = Path(path)
     if not path.exists():
         return None
     try:

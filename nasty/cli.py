@@ -210,6 +210,9 @@ def _attack_options(ctx, param, values):
 @click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write report.html with logit-peak, t-SNE and synthesised-image plots.")
+@click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Save a cell in training at the end of an epoch once this many seconds passed since its last "
+                   "save (0: every epoch); a rerun goes on from there.")
 @_unsafe_pickle_option
 @_fail_cleanly
 def audit(**kw):

@@ -167,3 +167,87 @@ def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_p
     with pytest.raises(NastyError, match="BatchNorm.*--attacks kd,hard-label,dafl"):
         audit(teacher=tmp_path / "x", reference=tmp_path / "n", out=tmp_path / "a", device="cpu", quiet=True)
     assert not list((tmp_path / "a").glob("cells/*.json"))  # nothing was trained
+
+
+# --------------------------------------------------------------------------- resuming inside a cell
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("kd", {}),
+    ("dafl", {}),  # the generator, its Adam state and its noise stream
+    ("deepinversion", {"pool_size": 48, "iterations": 4, "rounds": 3, "competition": 0.5}),  # the pool, made in rounds
+])
+def test_a_cell_resumed_from_a_saved_epoch_ends_bit_identical(name, opts, teachers, digits):
+    import io
+
+    import torch
+
+    from attacks import create_attack
+    from attacks.base import run_students
+    from nasty.checkpoint import load_model
+    from nasty.trainer import TrainConfig
+
+    models = {src: load_model(teachers["root"] / src)[0] for src in ("normal", "nasty")}
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=1)
+
+    def train(resume=None):
+        states = []
+
+        def save(state):  # through bytes, as the audit's file is, and read back with weights_only
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            states.append(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+
+        acc = run_students(create_attack(name, **opts), models, ["tiny-cnn"], data=digits, config=cfg, device="cpu",
+                           resume=resume, save=save)
+        return acc, states
+
+    whole, states = train()
+    assert [s["epoch"] for s in states] == [1, 2]  # offered after every epoch but the last
+    resumed, again = train(resume=states[0])
+    assert [s["epoch"] for s in again] == [2]
+    a, b = states[1]["students"], again[0]["students"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed == whole
+
+
+def test_an_audit_killed_inside_a_cell_goes_on_from_its_partial_state(teachers, tmp_path, monkeypatch):
+    settings = {"attacks": ["dafl"], "seeds": (0,), "epochs": 3, "checkpoint_seconds": 0}
+    reference = run(teachers, tmp_path / "whole", **settings)
+    real = audit_mod.run_students
+
+    def crash_after_epoch_2(attack, *a, save=None, **k):
+        def save_then_crash(state):
+            save(state)
+            if attack.name == "dafl" and state["epoch"] == 2:
+                raise KeyboardInterrupt  # the process dies here
+        return real(attack, *a, save=save_then_crash, **k)
+
+    monkeypatch.setattr(audit_mod, "run_students", crash_after_epoch_2)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(teachers, out, **settings)
+    partial = out / "cells" / "dafl-seed0.partial.pt"
+    assert partial.exists() and not (out / "cells" / "dafl-seed0.json").exists()
+    monkeypatch.setattr(audit_mod, "run_students", real)
+    report = run(teachers, out, **settings)
+    cell = json.loads((out / "cells" / "dafl-seed0.json").read_text())
+    assert cell["resumed_from_epoch"] == 2 and not partial.exists()
+    assert report["runs"] == reference["runs"]
+
+
+def test_a_partial_cell_of_another_audit_is_refused_unless_forced(teachers, tmp_path):
+    import torch
+
+    from nasty.checkpoint import save_resume_file
+
+    run(teachers, tmp_path / "done", attacks=["kd"], seeds=(0,))
+    key = {**json.loads((tmp_path / "done" / "cells" / "kd-seed0.json").read_text())["key"], "epochs": 99}
+    out = tmp_path / "other"
+    partial = out / "cells" / "kd-seed0.partial.pt"
+    save_resume_file(partial, {"key": key, "epoch": 1, "seconds": 1.0})
+    with pytest.raises(NastyError, match="another audit.*epochs differs: 99 there, 1 now"):
+        run(teachers, out, attacks=["kd"], seeds=(0,))
+    assert torch.load(partial, weights_only=True)["key"] == key  # nothing overwritten
+    run(teachers, out, attacks=["kd"], seeds=(0,), force=True)
+    assert not partial.exists() and (out / "cells" / "kd-seed0.json").exists()

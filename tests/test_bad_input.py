@@ -90,6 +90,7 @@ def cases(t, f):
         (audit + ["--attacks", "kd,fgsm"], 1, "unknown attack 'fgsm'"),
         (audit + ["--students", "tiny-cnn,resnet9000"], 1, "unknown architecture 'resnet9000'"),
         (audit + ["--seeds", "0"], 2, "--seeds"),
+        (audit + ["--checkpoint-seconds", "-1"], 2, "--checkpoint-seconds"),
         (audit + ["--attack-option", "dafl.nope=1"], 1, "no setting 'nope'"),
         (["audit", "--teacher", nasty, "--reference", str(f / "missing"), "--out", str(f / "a2")], 1,
          "--reference"),

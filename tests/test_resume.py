@@ -31,7 +31,8 @@ EPOCHS = "10"
 TRAIN = ["train", "--arch", "small-cnn", "--epochs", EPOCHS, "--device", "cpu", "--quiet"]
 HARDEN = ["harden", "--epochs", EPOCHS, "--device", "cpu", "--quiet"]
 AUDIT = ["audit", "--attacks", "kd", "--students", "tiny-cnn", "--seeds", "2", "--epochs", "4", "--no-plots",
-         "--device", "cpu", "--quiet"]
+         "--checkpoint-seconds", "0", "--device", "cpu", "--quiet"]  # a cell in training is saved every epoch
+AUDIT_FILES = ("report.json", "kd-seed0.json", "kd-seed0.partial.pt")
 
 # Runs the CLI with atomic_write patched so that the Nth write of one file name stops halfway:
 # the temporary file is cut to half its size, a marker is written, and the process sleeps to be killed.
@@ -186,9 +187,9 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(kind, referenc
 
 
 @pytest.mark.parametrize("name,nth", [(ckpt.STATE, 3), (ckpt.WEIGHTS, 3), (ckpt.CARD, 3), (ckpt.METRICS, 3),
-                                      ("report.json", 2), ("kd-seed0.json", 1)])
+                                      ("report.json", 2), ("kd-seed0.json", 1), ("kd-seed0.partial.pt", 2)])
 def test_kill_during_a_write_leaves_nothing_a_later_run_trusts(name, nth, reference, tmp_path):
-    kind = "audit" if name.endswith(".json") and name != ckpt.CARD else "train"
+    kind = "audit" if name in AUDIT_FILES else "train"
     out = tmp_path / kind
     args, resume = _command(kind, reference, out)
     marker = tmp_path / "stalled"
@@ -217,11 +218,32 @@ def test_kill_during_a_write_leaves_nothing_a_later_run_trusts(name, nth, refere
             assert ckpt.load_weights(out)[1]["epoch"] == card["epoch"]  # whole weights that match their card
         assert ckpt.load_state(out)["epoch"] >= nth - 1
         [json.loads(r) for r in (out / ckpt.METRICS).read_text().splitlines()]
+    elif name.endswith(".pt"):  # the audit cell's state of the epoch before, whole
+        assert ckpt.load_resume_file(real)["epoch"] == nth - 1
     elif real is not None:
         json.loads(real.read_text())
     _run([*args, *resume])
     assert not partial.exists(), "the killed writer's temporary file was not cleaned up"
     _check_finished(kind, out, reference)
+
+
+def test_sigkill_inside_an_audit_cell_resumes_from_its_last_saved_epoch(reference, tmp_path):
+    out = tmp_path / "audit"
+    args, _ = _command("audit", reference, out)
+    partial, done = out / "cells" / "kd-seed1.partial.pt", out / "cells" / "kd-seed1.json"  # the last cell
+    cmd, env = _cli(args)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not partial.exists():
+        assert p.poll() is None and not done.exists(), "the cell finished before it could be killed"
+        time.sleep(0.002)
+    p.kill()
+    p.wait()
+    p.stderr.close()
+    saved = ckpt.load_resume_file(partial)["epoch"]
+    assert 1 <= saved < int(AUDIT[AUDIT.index("--epochs") + 1]) and not done.exists()
+    _run(args)
+    assert json.loads(done.read_text())["resumed_from_epoch"] == saved and not partial.exists()
+    _check_finished("audit", out, reference)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES, errno.EROFS])
