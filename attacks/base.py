@@ -22,11 +22,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nasty.accel import autocast, prepare
 from nasty.data import TensorData, mix_seed
 from nasty.errors import NastyError
 from nasty.models import create_model
 from nasty.objectives import cross_entropy
-from nasty.trainer import TrainConfig, autocast, evaluate, frozen_logits, make_optimizer
+from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
 __all__ = ["Attack", "Scratch", "StudentBank", "run_students"]
 
@@ -121,10 +122,8 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     device = torch.device(device)
     for t in teachers.values():
         if t is not None:
-            t.to(device).eval().requires_grad_(False)
-    banks = nn.ModuleDict({src: make_students(students, data, seed=config.seed) for src in teachers}).to(device)
-    if device.type == "cuda":
-        banks.to(memory_format=torch.channels_last)
+            prepare(t, device).eval().requires_grad_(False)
+    banks = prepare(nn.ModuleDict({src: make_students(students, data, seed=config.seed) for src in teachers}), device)
     contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size,
                                      epochs=config.epochs, device=device, quiet=quiet) for src, t in teachers.items()}
     opt, sched = make_optimizer(banks.parameters(), config)

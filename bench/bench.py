@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from nasty.accel import autocast, layout, prepare
 from nasty.data import TensorData
 from nasty.models import create_model
 from nasty.objectives import self_undermining_loss
-from nasty.trainer import TrainConfig, autocast, fit, frozen_logits, make_optimizer, objective_for, resolve_device
+from nasty.trainer import TrainConfig, fit, frozen_logits, make_optimizer, objective_for, resolve_device
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -143,18 +144,15 @@ def loader_images_per_second(loader, *, device, batches, repeats, warmup=5) -> f
 def loader_harden_seconds_per_step(arch, loader, device, *, steps, warmup=1) -> float:
     """The hardening step of the public code, fed by the DataLoader: same model, loss, optimizer."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, in_chans=3).to(device).train()
-    adversary = create_model(arch, num_classes=10, in_chans=3).to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        adversary.to(memory_format=torch.channels_last)
+    model = prepare(create_model(arch, num_classes=10, in_chans=3), device).train()
+    adversary = prepare(create_model(arch, num_classes=10, in_chans=3), device).eval()
     opt, _ = make_optimizer(model.parameters(), TrainConfig(epochs=1, batch_size=loader.batch_size, lr=0.05))
     it, times = iter(loader), []
     for i in range(warmup + steps):
         sync(device)
         t0 = time.perf_counter()
         x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = layout(x.to(device, non_blocking=True), device), y.to(device, non_blocking=True)
         ref = frozen_logits(adversary, x, device)
         with autocast(device):
             z = model(x)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from .errors import DataError, first_line
 
 __all__ = ["TensorData", "load_dataset", "DATASETS", "augment", "mix_seed"]
@@ -69,7 +70,7 @@ class TensorData:
         if device not in self._device_cache:
             shape = (1, -1, 1, 1)
             self._device_cache[device] = (
-                *(_to(t, device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)),
+                *(accel.to_device(t, device) for t in (self.train_x, self.train_y, self.test_x, self.test_y)),
                 torch.tensor(self.mean, device=device).view(shape) * 255,
                 torch.tensor(self.std, device=device).view(shape) * 255,
             )
@@ -97,9 +98,7 @@ class TensorData:
             if train:
                 x = augment(x, pad=self.pad, flip=self.flip, generator=dev_gen)
             x = (x.float() - mean) / std
-            if x.is_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y_all[idx]
+            yield accel.layout(x, x.device), y_all[idx]
 
     def subset(self, fraction: float, *, seed: int = 0) -> "TensorData":
         """A stratified ``fraction`` of the training set (same test set, same normalisation)."""
@@ -120,11 +119,6 @@ class TensorData:
         keep = torch.from_numpy(np.sort(keep))
         return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
                        train_fraction=fraction, _device_cache={})
-
-
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # pinned host memory lets the one copy to a GPU run at full bandwidth
-    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
 def mix_seed(*ints: int) -> int:

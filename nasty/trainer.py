@@ -25,12 +25,13 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .accel import autocast, prepare
 from .data import TensorData, mix_seed
 from .distributed import World
 from .errors import NastyError, TrainingStopped
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
-__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer", "autocast",
+__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer",
            "frozen_logits"]
 
 
@@ -83,11 +84,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise NastyError(f"--device {device}: only cpu and cuda are supported")
     return dev
-
-
-def autocast(device: torch.device):
-    # bf16 on CUDA; the CPU path keeps exact fp32 numerics.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def frozen_logits(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -166,13 +162,9 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     distributed.check_batch(config.batch_size, w)
     device = torch.device(device)
     objective = objective or objective_for("normal")
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    prepare(model, device)
     if reference is not None:
-        reference.to(device).eval().requires_grad_(False)
-        if device.type == "cuda":
-            reference.to(memory_format=torch.channels_last)
+        prepare(reference, device).eval().requires_grad_(False)
 
     opt, sched = make_optimizer(model.parameters(), config)
     # what must match for --resume: the schedule, the card's scalars, and nested sha256s (the adversary's)
