@@ -75,10 +75,8 @@ def _cli(args, *, driver=None, env=None):
 
 def _run(args):
     cmd, env = _cli(args)
-    t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    return time.perf_counter() - t0
 
 
 def _progress(kind, out: Path) -> int:
@@ -102,7 +100,10 @@ def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, 
     fall in a checkpoint write). With nothing to wait for, the moment may fall in the start-up."""
     now = _progress(kind, out)
     target = rng.randint(max(first, now), timing["units"] - 2)
-    span = timing["unit_seconds"] + (timing["startup"] if target == now else 0.0)
+    if target > now:  # wait for the target, then kill within the next unit
+        span = timing["unit_seconds"]
+    else:  # nothing to wait for: kill in the start-up, or in the first unit if 2 more would still be left
+        span = timing["startup"] + (timing["unit_seconds"] if timing["units"] - now >= 3 else 0.0)
     delay = rng.uniform(0.0, span)
     cmd, env = _cli(args)
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -143,19 +144,33 @@ def _results(out: Path):
     return report["runs"], report["summary"]
 
 
+def _timed(kind, args, out: Path) -> dict:
+    """Run a command to the end, watching its progress: how many units of work it did, the
+    wall-clock seconds per unit (checkpoint writes included) and its start-up before the first."""
+    cmd, env = _cli(args)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = None
+    while p.poll() is None:
+        if first is None and _progress(kind, out) >= 1:
+            first = time.perf_counter() - t0
+        time.sleep(0.005)
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr.read()
+    p.stderr.close()
+    units = _progress(kind, out)
+    unit = (wall - first) / (units - 1)
+    return {"units": units, "unit_seconds": unit, "startup": max(first - unit, 0.1)}
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs of the three commands, with the seconds each unit of work took."""
     root = tmp_path_factory.mktemp("reference")
     normal, nasty, audit = root / "normal", root / "nasty", root / "audit"
-    wall = {"train": _run([*TRAIN, "--out", normal]),
-            "harden": _run([*HARDEN, "--teacher", normal, "--out", nasty]),
-            "audit": _run([*AUDIT, "--teacher", nasty, "--reference", normal, "--out", audit])}
-    cells = len(list((audit / "cells").glob("*.json")))
-    work = {"train": (int(EPOCHS), ckpt.read_card(normal)["seconds"]),
-            "harden": (int(EPOCHS), ckpt.read_card(nasty)["seconds"]),
-            "audit": (cells, json.loads((audit / "report.json").read_text())["seconds"])}
-    timing = {k: {"units": n, "unit_seconds": sec / n, "startup": max(wall[k] - sec, 0.1)} for k, (n, sec) in work.items()}
+    timing = {"train": _timed("train", [*TRAIN, "--out", normal], normal),
+              "harden": _timed("harden", [*HARDEN, "--teacher", normal, "--out", nasty], nasty),
+              "audit": _timed("audit", [*AUDIT, "--teacher", nasty, "--reference", normal, "--out", audit], audit)}
     return {"normal": normal, "nasty": nasty, "audit": audit, "timing": timing}
 
 
