@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -185,17 +187,33 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher"
         raise CheckpointError(f"{path}: expected a run directory, a .safetensors file or a "
                               f"{'/'.join(PICKLE_EXTS)} state dict")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not unsafe_pickle:
             raise CheckpointError(
                 f"{path} refused: it holds Python objects beyond tensors, and unpickling them could run "
                 f"arbitrary code; convert it to safetensors, or pass --unsafe-pickle if you trust its source "
-                f"({first_line(e)})") from None
+                f"(torch.load(weights_only=True): {_weights_only_reason(e)})") from None
         obj = _unsafe_load(path)
     except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
         raise CheckpointError(f"{path} could not be read as a PyTorch file ({first_line(e)})") from None
     return _find_state_dict(obj, path), {**card, "sha256": file_sha}
+
+
+def _weights_only_reason(e: Exception) -> str:
+    """What torch's safe unpickler objected to (e.g. 'Trying to load unsupported GLOBAL posix.system'),
+    without its boilerplate and its advice to retry with weights_only=False."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+    if m:
+        reason = m.group(1)
+    else:
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        rest = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))]
+        reason = rest[0] if rest else first_line(e)
+    return " ".join(reason.split(" Please use ")[0].split())
 
 
 def _unsafe_load(path):
