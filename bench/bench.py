@@ -241,6 +241,8 @@ def main(argv=None):
     ap.add_argument("--no-demo", action="store_true", help="Skip the `nasty demo` timing.")
     ap.add_argument("--images", type=int, default=50_000, help="Images at CIFAR shape for the data-path figures.")
     ap.add_argument("--audit-images", type=int, default=None, help="Images per audit epoch [CPU 2048, quick 1024].")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Steps per timed epoch of the step figures [GPU 390, quick 100; CPU 4, quick 2].")
     ap.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -248,7 +250,7 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     gpu, quick, bs = device.type == "cuda", args.quick, args.batch_size
     # a GPU runs whole CIFAR epochs; 2 CPU cores run a few steps of them
-    steps = (100 if quick else 390) if gpu else (2 if quick else 4)
+    steps = args.steps or ((100 if quick else 390) if gpu else (2 if quick else 4))
     repeats = 2 if quick else 3
     t_start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
