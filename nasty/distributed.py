@@ -51,6 +51,12 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
         device = torch.device("cuda", w.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when it is
+        # first imported, which DDP does lazily: imported after the group exists, it would keep the
+        # group alive past destroy_process_group, and gloo's threads would then run into interpreter
+        # shutdown (a rare SIGABRT, 'terminate called without an active exception'). Import it first.
+        import torch.distributed.nn.functional  # noqa: F401
+
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return w, device
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -23,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _torchrun(*args, background=False):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nasty",
            *map(str, args), "--device", "cpu", "--quiet"]
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # faulthandler: a rank that dies in native code still prints where its Python threads were
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"}
     if background:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, p.stderr[-6000:]
     return p
 
 
@@ -100,6 +102,30 @@ def test_a_killed_ddp_run_resumes_to_the_same_model(ddp_runs, teachers, tmp_path
     a, _ = ckpt.load_weights(out)
     b, _ = ckpt.load_weights(ref)
     assert all((a[k] == b[k]).all() for k in a)  # bit-identical to the uninterrupted 2-process run
+
+
+def test_a_finished_rank_leaves_no_gloo_threads_behind(tmp_path):
+    """After a run, the process group is really gone: gloo's threads left running into interpreter
+    shutdown made a rank abort now and then ('terminate called without an active exception')."""
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        from nasty.runs import train
+        train(dataset="digits", epochs=1, out={str(tmp_path / "run")!r}, device="cpu", quiet=True)
+        def gloo_threads():
+            names = (open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+            return sorted(n for n in names if "gloo" in n)
+        deadline = time.monotonic() + 5
+        while gloo_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(os.path.join({str(tmp_path)!r}, "threads-" + os.environ["RANK"]), "w") as f:
+            f.write(repr(gloo_threads()))
+    """))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {r: (tmp_path / f"threads-{r}").read_text() for r in (0, 1)} == {0: "[]", 1: "[]"}
 
 
 def test_batch_size_must_split_over_the_processes(tmp_path):
