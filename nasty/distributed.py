@@ -13,6 +13,7 @@ BatchNorm statistics, which are per rank). The adversary is replicated on every 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +105,23 @@ def mean(values: dict[str, torch.Tensor], w: World, device: torch.device) -> dic
     return {k: v / w.size for k, v in zip(keys, stacked)}
 
 
-def finish(w: World) -> None:
-    """Leave the process group (every rank, after its last collective)."""
+def finish(w: World, *, wait: bool = True) -> None:
+    """Leave the process group: after a barrier when every rank got here (the end of a run),
+    without one on an error (another rank may never come)."""
     if w.active and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device: torch.device):
+    """``with joined(device) as (world, device):`` one rank's run, whose group is left however the
+    run ends, so no gloo/NCCL thread outlives it into interpreter shutdown."""
+    w, device = setup(device)
+    try:
+        yield w, device
+    except BaseException:
+        finish(w, wait=False)
+        raise
+    finish(w)

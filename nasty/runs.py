@@ -78,14 +78,13 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     arch = arch or recipe.arch
-    w, dev = distributed.setup(resolve_device(device))
-    distributed.check_batch(cfg.batch_size, w)
-    model = _seeded_model(arch, data, seed)
-    out = prepare_out(out, resume=resume, force=force, world=w)
-    card = {"nasty_version": __version__, "kind": "normal", "arch": arch, "omega": 0.0, "tau": None}
-    final = fit(model, data, config=cfg, device=dev, out=out, card=card, resume=resume, quiet=quiet,
-                desc=f"train {arch}", compile=compile, world=w)
-    distributed.finish(w)
+    with distributed.joined(resolve_device(device)) as (w, dev):
+        distributed.check_batch(cfg.batch_size, w)
+        model = _seeded_model(arch, data, seed)
+        out = prepare_out(out, resume=resume, force=force, world=w)
+        card = {"nasty_version": __version__, "kind": "normal", "arch": arch, "omega": 0.0, "tau": None}
+        final = fit(model, data, config=cfg, device=dev, out=out, card=card, resume=resume, quiet=quiet,
+                    desc=f"train {arch}", compile=compile, world=w)
     return final
 
 
@@ -117,29 +116,30 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         raise NastyError(f"--omega must be >= 0, got {omega}")
     if tau <= 0:
         raise NastyError(f"--tau must be > 0, got {tau}")
-    w, dev = distributed.setup(resolve_device(device))
-    distributed.check_batch(cfg.batch_size, w)
-    adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
-                                 in_chans=data.input_shape[0]).to(dev).eval()
-    arch = arch or known["arch"]
-    adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
-    model = _seeded_model(arch, data, seed)
-    if init == "teacher":
-        model.load_state_dict(adversary.state_dict())
-    out = prepare_out(out, resume=resume, force=force, world=w)
-    first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))  # the guard's margin applies after the first LR drop
-    guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
-                  chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
-                  hint=f"try a smaller --omega than {omega:g}")
-    run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau, "init": init,
-                "adversary": {"source": str(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
-                              "sha256": known.get("sha256")}}
-    final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau), reference=adversary,
-                eval_tau=tau, device=dev, out=out, card=run_card, resume=resume, quiet=quiet, guard=guard,
-                divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr", desc=f"harden {arch}",
-                compile=compile, world=w)
-    final["teacher_cost"] = round(adv_acc - final["accuracy"], 4)
-    if w.main:
-        ckpt.write_json(out / ckpt.CARD, final)
-    distributed.finish(w)
+    with distributed.joined(resolve_device(device)) as (w, dev):
+        distributed.check_batch(cfg.batch_size, w)
+        adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
+                                     in_chans=data.input_shape[0]).to(dev).eval()
+        arch = arch or known["arch"]
+        adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
+        model = _seeded_model(arch, data, seed)
+        if init == "teacher":
+            model.load_state_dict(adversary.state_dict())
+        out = prepare_out(out, resume=resume, force=force, world=w)
+        # the guard's margin applies after the first LR drop
+        first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
+        guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
+                      chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
+                      hint=f"try a smaller --omega than {omega:g}")
+        adversary_card = {"source": str(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
+                          "sha256": known.get("sha256")}
+        run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
+                    "init": init, "adversary": adversary_card}
+        final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
+                    reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
+                    quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
+                    divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr")
+        final["teacher_cost"] = round(adv_acc - final["accuracy"], 4)
+        if w.main:
+            ckpt.write_json(out / ckpt.CARD, final)
     return final

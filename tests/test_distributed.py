@@ -104,14 +104,21 @@ def test_a_killed_ddp_run_resumes_to_the_same_model(ddp_runs, teachers, tmp_path
     assert all((a[k] == b[k]).all() for k in a)  # bit-identical to the uninterrupted 2-process run
 
 
-def test_a_finished_rank_leaves_no_gloo_threads_behind(tmp_path):
-    """After a run, the process group is really gone: gloo's threads left running into interpreter
-    shutdown made a rank abort now and then ('terminate called without an active exception')."""
+@pytest.mark.parametrize("batch_size", [64, 63], ids=["finished", "refused"])
+def test_a_rank_leaves_no_gloo_threads_behind(tmp_path, batch_size):
+    """After a run, finished or stopped by an error, the process group is really gone: gloo's threads
+    left running into interpreter shutdown made a rank abort now and then ('terminate called without
+    an active exception')."""
     script = tmp_path / "rank.py"
     script.write_text(textwrap.dedent(f"""
         import os, time
+        from nasty.errors import NastyError
         from nasty.runs import train
-        train(dataset="digits", epochs=1, out={str(tmp_path / "run")!r}, device="cpu", quiet=True)
+        try:
+            train(dataset="digits", epochs=1, batch_size={batch_size}, out={str(tmp_path / "run")!r}, device="cpu",
+                  quiet=True)
+        except NastyError as e:  # 63 does not split over 2 processes
+            assert {batch_size} == 63, e
         def gloo_threads():
             names = (open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task"))
             return sorted(n for n in names if "gloo" in n)
