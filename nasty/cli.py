@@ -108,8 +108,17 @@ def train(dataset, **kw):
               help="The released model (the adversary): a run directory, .safetensors, or .pt/.pth state dict.")
 @_data_options
 @_run_options("runs/nasty")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None,
+              help="Accuracy budget in points: search for the strongest hardening whose validation cost stays "
+                   "within it [1.0 unless --omega is given].")
 @click.option("--omega", type=click.FloatRange(min=0), default=None,
-              help="Weight of the self-undermining KL term [dataset recipe].")
+              help="A fixed weight of the self-undermining KL term (no search).")
+@click.option("--max-trials", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Hardening trials the budgeted search may run (each a full run on 80% of the training set).")
+@click.option("--validation", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Fraction of the training set held out for the search's choices.")
+@click.option("--probe", default=None,
+              help="Student architecture of the search's KD probe [the dataset's first audit student].")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Temperature of the softened outputs [dataset recipe].")
 @click.option("--init", type=click.Choice(["scratch", "teacher"]), default="scratch", show_default=True,
@@ -121,13 +130,28 @@ def train(dataset, **kw):
 def harden(**kw):
     """Train a nasty teacher against the frozen --teacher."""
     from .runs import harden as run_harden
+    from .search import Budget
 
-    card = run_harden(**kw)
+    budget = Budget(validation=kw.pop("validation"), max_trials=kw.pop("max_trials"), probe=kw.pop("probe"))
+    card = run_harden(budget=budget, echo=click.echo, **kw)
     if not kw["quiet"] and _main_rank():
+        if "search" in card:
+            click.echo(_search_line(card))
         click.echo(f"nasty teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
                    f"(adversary {card['adversary']['accuracy']:.2f}%, cost {round(card['teacher_cost'], 2) + 0.0:+.2f} points), "
                    f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "
                    f"{card['seconds']:.1f}s -> {kw['out']}")
+
+
+def _search_line(card: dict) -> str:
+    """What the budgeted search chose, and why, in one line."""
+    sr = card["search"]
+    row = next(t for t in sr["trials"] if t["trial"] == sr["chosen"])
+    tried = ", ".join(f"{t['omega']:g}" for t in sr["trials"])
+    return (f"chose omega {card['omega']:g} (tau {card['tau']:g}) for a budget of {sr['max_cost']:g} points: "
+            f"validation cost {row['val_cost']:+.2f} (plain {sr['baseline']['val_accuracy']:.2f}%), probe "
+            f"{sr['probe']['student']} {row['damage']:+.2f} points below scratch, the most damage of the affordable "
+            f"trials (omega {tried}); search {sr['seconds']:.1f}s = {sr['cost_ratio']:.1f}x the final run")
 
 
 def _names(ctx, param, value):
@@ -251,11 +275,11 @@ def demo(out, quick, device, quiet):
 
 
 @main.command()
-@click.argument("what", type=click.Choice(["logits", "tsne", "images", "omega"]))
+@click.argument("what", type=click.Choice(["logits", "tsne", "images", "omega", "frontier", "search"]))
 @click.option("--teacher", type=click.Path(), default=None, help="A teacher's run directory (the nasty one).")
 @click.option("--reference", type=click.Path(), default=None, help="A second teacher shown beside it (the normal one).")
 @click.option("--sweep", type=click.Path(dir_okay=False), default=None,
-              help="omega: the JSON written by bench/omega_sweep.py --json.")
+              help="omega, frontier: the JSON written by bench/omega_sweep.py --json.")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Temperature of the softened outputs [the teacher's hardening tau, else 4].")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Image file to write (.png, .pdf, .svg).")
@@ -263,7 +287,8 @@ def demo(out, quick, device, quiet):
 @_unsafe_pickle_option
 @_fail_cleanly
 def plot(what, **kw):
-    """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images) or an omega sweep."""
+    """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images), an omega sweep (omega),
+    its cost-damage frontier (frontier) or a hardened run's budgeted search (search)."""
     from .diagnostics import render
 
     click.echo(f"wrote {render(what, **kw)}")

@@ -41,6 +41,7 @@ class TensorData:
     pad: int = 0  # random-crop padding (0: no crop)
     flip: bool = False  # random horizontal flip
     train_fraction: float = 1.0
+    validation: dict | None = None  # {fraction, seed, size} when a validation split was carved out of train
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -62,6 +63,7 @@ class TensorData:
             "train_fraction": self.train_fraction,
             "train_size": len(self.train_y),
             "test_size": len(self.test_y),
+            **({"validation": self.validation} if self.validation else {}),
         }
 
     def on(self, device) -> tuple[torch.Tensor, ...]:
@@ -119,6 +121,30 @@ class TensorData:
         keep = torch.from_numpy(np.sort(keep))
         return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
                        train_fraction=fraction, _device_cache={})
+
+    def split_validation(self, fraction: float = 0.2, *, seed: int = 0) -> tuple["TensorData", "TensorData"]:
+        """Carve a stratified, seeded validation split out of the training set.
+
+        Returns ``(fit, val)``: both train on the remaining images; ``fit`` keeps the real test
+        split (read once, for the final report) and ``val`` has the validation images in place
+        of it, so every choice (omega, tau, early stop) is scored with ``evaluate(model, val)``
+        and never sees a test image.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+        from sklearn.model_selection import train_test_split
+
+        y = self.train_y.numpy()
+        try:
+            rest, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+        except ValueError:
+            raise DataError(f"a validation split of {fraction:g} of {len(y)} training images cannot hold every "
+                            f"one of {self.num_classes} classes; use more training data") from None
+        rest, held = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(held))
+        info = {"fraction": fraction, "seed": seed, "size": len(held)}
+        fit = replace(self, train_x=self.train_x[rest], train_y=self.train_y[rest], validation=info, _device_cache={})
+        val = replace(fit, test_x=self.train_x[held], test_y=self.train_y[held], _device_cache={})
+        return fit, val
 
 
 def mix_seed(*ints: int) -> int:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .data import TensorData
 
-__all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
+__all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve", "plot_frontier", "plot_search",
            "save_figure"]
 
 COLORS = {"normal": "tab:blue", "nasty": "tab:red"}
@@ -212,6 +212,62 @@ def plot_omega_curve(sweep: dict | str | Path) -> Figure:
     return fig
 
 
+def plot_frontier(sweep: dict | str | Path, *, budget: float | None = 1.0) -> Figure:
+    """The frontier a budget picks from: how far each KD student falls below its from-scratch
+    accuracy against what the teacher gives up, one point per omega (``bench/omega_sweep.py --json``)."""
+    if not isinstance(sweep, dict):
+        sweep = json.loads(Path(sweep).read_text())
+    rows = sorted(sweep["summary"], key=lambda r: r["teacher_cost"][0])
+    students = [k[3:] for k in rows[0] if k.startswith("kd_")]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    cost = np.array([r["teacher_cost"][0] for r in rows])
+    for k, s in enumerate(students):
+        scratch = sweep["baseline"][s]["scratch"][0]
+        below = np.array([scratch - r[f"kd_{s}"][0] for r in rows])
+        ax.errorbar(cost, below, yerr=[r[f"kd_{s}"][1] for r in rows], marker="o", color=f"C{k}", capsize=3,
+                    label=f"KD -> {s}")
+        for x, y, r in zip(cost, below, rows):
+            ax.annotate(f"{r['omega']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=f"C{k}")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.axhline(3, color="grey", linestyle=":", linewidth=1, label="3 points below scratch (the paper's CIFAR-10)")
+    if budget is not None:
+        ax.axvline(budget, color="black", linestyle="--", linewidth=1, label=f"budget {budget:g} points")
+    ax.set(xlabel="teacher cost (points of test accuracy)", ylabel="student below scratch (points)",
+           title=f"{sweep.get('dataset', '')} {sweep.get('arch', '')}: damage against cost\n"
+                 f"(point labels: omega; mean ± std over seeds {sweep.get('seeds', '')})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_search(card: dict) -> Figure:
+    """A budgeted search (``card['search']`` of a hardened run): each trial's validation cost and
+    the probe's damage, the budget, and the trial chosen."""
+    sr = card["search"]
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for t in sr["trials"]:
+        if t.get("val_cost") is None:
+            continue
+        measured = "damage" in t
+        chosen = t["trial"] == sr.get("chosen")
+        ax.scatter([t["val_cost"]], [t["damage"] if measured else 0.0], s=80 if chosen else 40,
+                   marker="o" if measured else "x", color="C3" if chosen else ("C0" if measured else "grey"),
+                   zorder=3)
+        ax.annotate(f"omega {t['omega']:.3g}" + (" (chosen)" if chosen else "" if measured else " (over budget)"),
+                    (t["val_cost"], t["damage"] if measured else 0.0), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.axvline(sr["max_cost"], color="black", linestyle="--", linewidth=1, label=f"budget {sr['max_cost']:g} points")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set(xlabel="validation cost (points, against a plain run)",
+           ylabel=f"probe {sr['probe']['student']}: points below scratch",
+           title=f"{card.get('dataset', '')} {card.get('arch', '')}: budgeted search, {len(sr['trials'])} trials")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100) -> Path:
     """Write ``fig`` to ``out`` (PNG) and, if given, ``numbers`` to the JSON file beside it."""
     from .checkpoint import atomic_write, write_json
@@ -231,15 +287,25 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     from .data import load_dataset
     from .errors import NastyError
 
-    if what == "omega":
+    if what in ("omega", "frontier"):
         if not sweep:
-            raise NastyError("nasty plot omega needs --sweep FILE.json (from bench/omega_sweep.py --json)")
+            raise NastyError(f"nasty plot {what} needs --sweep FILE.json (from bench/omega_sweep.py --json)")
         try:
-            return save_figure(plot_omega_curve(sweep), out)
-        except (OSError, ValueError, KeyError, IndexError) as e:
+            return save_figure((plot_omega_curve if what == "omega" else plot_frontier)(sweep), out)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise NastyError(f"--sweep {sweep}: not a bench/omega_sweep.py JSON ({type(e).__name__}: {e})") from None
     if not teacher:
         raise NastyError(f"nasty plot {what} needs --teacher (a run directory)")
+    if what == "search":
+        from .checkpoint import read_card
+
+        card = read_card(teacher)
+        if not isinstance(card.get("search"), dict):
+            raise NastyError(f"--teacher {teacher} was not hardened with a budgeted search (it has a fixed omega)")
+        try:
+            return save_figure(plot_search(card), out)
+        except (KeyError, TypeError, ValueError) as e:
+            raise NastyError(f"--teacher {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
     models, cards = {}, {}
     for option, source in (("--reference", reference), ("--teacher", teacher)):
         if source:
@@ -267,7 +333,7 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
             grids[f"DeepInversion, from the {name} teacher"] = DeepInversion(tau=tau).sample(model, data, count=count,
                                                                                               seed=seed)
         return save_figure(plot_images(grids, data, per_class=per_class), out)
-    raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images or omega")
+    raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images, omega, frontier or search")
 
 
 def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float, attacks: dict, dafl_steps: int,

@@ -25,3 +25,11 @@ class ModelError(NastyError):
 
 class TrainingStopped(NastyError):
     """Training diverged (NaN/inf) or collapsed; the last good checkpoint is kept."""
+
+
+class BudgetNotMet(NastyError):
+    """Even the weakest hardening tried costs more than the budget; ``card`` is the run kept (the cheapest)."""
+
+    def __init__(self, card: dict, message: str):
+        super().__init__(message)
+        self.card = card

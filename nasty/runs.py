@@ -9,6 +9,7 @@ Options left as ``None`` take the dataset's recipe (:mod:`nasty.recipes`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,12 +18,13 @@ from . import __version__
 from . import checkpoint as ckpt
 from . import distributed
 from .data import load_dataset
-from .errors import NastyError
+from .errors import BudgetNotMet, NastyError
 from .models import create_model
 from .recipes import RECIPES
+from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
 
-RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS)
+RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS, "search")  # search/: the budgeted search's trials
 
 
 def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | None = None) -> Path:
@@ -43,8 +45,10 @@ def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | No
 
 
 def _clear_out(out: Path, stale: list[str]) -> None:
+    import shutil
+
     for f in stale:
-        (out / f).unlink()
+        shutil.rmtree(out / f) if (out / f).is_dir() else (out / f).unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temps(out)
@@ -91,16 +95,22 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
 def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data_root=None, download: bool = False,
            train_fraction: float = 1.0, epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
-           seed: int = 0, device: str = "auto", out="runs/nasty", resume: bool = False, force: bool = False,
-           unsafe_pickle: bool = False, collapse_margin: float = 20.0, quiet: bool = False,
-           compile: bool = False) -> dict:
+           max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
+           out="runs/nasty", resume: bool = False, force: bool = False, unsafe_pickle: bool = False,
+           collapse_margin: float = 20.0, quiet: bool = False, compile: bool = False, echo=None) -> dict:
     """Train a nasty teacher against the frozen ``teacher`` (the adversary) and write its run.
 
+    Without ``omega``, the strength is searched for (:mod:`nasty.search`): the strongest
+    measured damage to a KD probe whose validation cost stays within ``max_cost`` points
+    (default 1.0); the search's trials live in ``out/search/`` and its trace in the card.
+    With ``omega``, that fixed strength is used (no search).
     ``init='scratch'`` (the paper) starts from random weights of the same architecture;
     ``init='teacher'`` fine-tunes a copy of the released weights.
     """
     if init not in ("scratch", "teacher"):
         raise NastyError(f"--init must be 'scratch' or 'teacher', got {init!r}")
+    if omega is not None and max_cost is not None:
+        raise NastyError("give either --omega (a fixed strength) or --max-cost (a budget to search within), not both")
     weights, known = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)  # fail fast, before loading data
     if not (arch or known.get("arch")):
         raise NastyError(f"--teacher {teacher} does not record its architecture; pass --arch (see `nasty models`)")
@@ -110,36 +120,71 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
-    omega = recipe.omega if omega is None else omega
     tau = recipe.tau if tau is None else tau
-    if omega < 0:
+    if omega is not None and omega < 0:
         raise NastyError(f"--omega must be >= 0, got {omega}")
     if tau <= 0:
         raise NastyError(f"--tau must be > 0, got {tau}")
+    searching = omega is None
+    if searching:
+        budget = replace(budget or Budget(), **({} if max_cost is None else {"max_cost": max_cost}))
+        budget.check()
+        if init != "scratch":
+            raise NastyError("the budgeted search trains from scratch; give --omega with --init teacher")
     with distributed.joined(resolve_device(device)) as (w, dev):
         distributed.check_batch(cfg.batch_size, w)
+        if searching and w.active:
+            raise NastyError("the budgeted search runs in one process; under torchrun give a fixed --omega "
+                             "(e.g. the one a single-process search chose)")
         adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
                                      in_chans=data.input_shape[0]).to(dev).eval()
         arch = arch or known["arch"]
         adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
+        out = prepare_out(out, resume=resume, force=force, world=w)
+        adversary_card = {"source": str(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
+                          "sha256": known.get("sha256")}
+        trace = None
+        if searching:
+            trace = search_strength(adversary, arch=arch, data=data, config=cfg, tau=tau, omega0=recipe.omega,
+                                    budget=budget, students=recipe.students, out=out / "search", device=dev,
+                                    quiet=quiet, echo=echo)
+            omega = trace["omega"] if trace["omega"] is not None else _cheapest(trace)
         model = _seeded_model(arch, data, seed)
         if init == "teacher":
             model.load_state_dict(adversary.state_dict())
-        out = prepare_out(out, resume=resume, force=force, world=w)
         # the guard's margin applies after the first LR drop
         first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
         guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
                       chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
                       hint=f"try a smaller --omega than {omega:g}")
-        adversary_card = {"source": str(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
-                          "sha256": known.get("sha256")}
         run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
                     "init": init, "adversary": adversary_card}
+        if trace is not None:
+            run_card["search"] = trace
         final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
                     reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
                     quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
                     divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr")
         final["teacher_cost"] = round(adv_acc - final["accuracy"], 4)
+        if trace is not None:
+            final["search"] = {**trace, "cost_ratio": round(trace["seconds"] / max(final["seconds"], 1e-9), 2)}
         if w.main:
             ckpt.write_json(out / ckpt.CARD, final)
+    if trace is not None and trace["omega"] is None:
+        raise BudgetNotMet(final, f"no hardening fits the budget of {budget.max_cost:g} points: the cheapest trial "
+                         f"(omega {omega:g}) costs {_cost_of(trace, omega)} on validation; it is kept in {out} "
+                         f"(raise the budget, or give a fixed omega)")
     return final
+
+
+def _cheapest(trace: dict) -> float:
+    """The omega of the least costly trial that did not collapse (else half the smallest tried)."""
+    ran = [t for t in trace["trials"] if t["val_cost"] is not None]
+    if ran:
+        return min(ran, key=lambda t: (t["val_cost"], t["omega"]))["omega"]
+    return min(t["omega"] for t in trace["trials"]) / 2
+
+
+def _cost_of(trace: dict, omega: float) -> str:
+    row = next((t for t in trace["trials"] if t["omega"] == omega and t["val_cost"] is not None), None)
+    return f"{row['val_cost']:+.2f} points" if row else "an unknown amount (every trial collapsed)"

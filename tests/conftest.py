@@ -16,10 +16,11 @@ def digits():
 
 @pytest.fixture(scope="session")
 def teachers(tmp_path_factory):
-    """A normal and a nasty digits teacher made with the CLI defaults, shared by tests."""
+    """A normal and a nasty digits teacher made with the recipe's fixed strength (omega 0.05, no budgeted
+    search: tests/test_search.py covers that), shared by tests."""
     from nasty.runs import harden, train
 
     root = tmp_path_factory.mktemp("teachers")
     normal = train(dataset="digits", out=root / "normal", quiet=True, device="cpu")
-    nasty = harden(teacher=root / "normal", out=root / "nasty", quiet=True, device="cpu")
+    nasty = harden(teacher=root / "normal", out=root / "nasty", omega=0.05, quiet=True, device="cpu")
     return {"root": root, "normal": normal, "nasty": nasty}

@@ -72,14 +72,15 @@ def test_train_harden_and_audit_on_the_cuda_path(cuda_path, monkeypatch, tmp_pat
     normal = train(dataset="digits", out=tmp_path / "normal", epochs=6, quiet=True, device="cpu")
     assert normal["accuracy"] > 95, normal["accuracy"]
     # the default recipe against the fp32 normal teacher: as accurate and as far from it as the fp32 nasty one
-    nasty = harden(teacher=teachers["root"] / "normal", out=tmp_path / "nasty", quiet=True, device="cpu")
+    nasty = harden(teacher=teachers["root"] / "normal", out=tmp_path / "nasty", omega=0.05, quiet=True, device="cpu")
     fp32 = teachers["nasty"]
     assert abs(nasty["accuracy"] - fp32["accuracy"]) <= 1.0, (nasty["accuracy"], fp32["accuracy"])
     assert abs(nasty["kl_to_adversary"] - fp32["kl_to_adversary"]) <= 0.15 * fp32["kl_to_adversary"], \
         (nasty["kl_to_adversary"], fp32["kl_to_adversary"])
     model, card = ckpt.load_model(tmp_path / "nasty")
     # resuming a finished run: nothing retrained, the same weights file
-    again = harden(teacher=teachers["root"] / "normal", out=tmp_path / "nasty", quiet=True, device="cpu", resume=True)
+    again = harden(teacher=teachers["root"] / "normal", out=tmp_path / "nasty", omega=0.05, quiet=True, device="cpu",
+                   resume=True)
     assert again["sha256"] == card["sha256"] == ckpt.sha256_file(tmp_path / "nasty" / ckpt.WEIGHTS)
 
     # KD students of both teachers, sharing one teacher forward per batch: bf16 learns what fp32 learns

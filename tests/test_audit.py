@@ -163,7 +163,7 @@ def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_p
     from nasty.runs import harden, train
 
     train(dataset="digits", arch="mlp", epochs=1, out=tmp_path / "n", quiet=True, device="cpu")
-    harden(teacher=tmp_path / "n", epochs=1, out=tmp_path / "x", quiet=True, device="cpu")
+    harden(teacher=tmp_path / "n", epochs=1, omega=0.05, out=tmp_path / "x", quiet=True, device="cpu")
     with pytest.raises(NastyError, match="BatchNorm.*--attacks kd,hard-label,dafl"):
         audit(teacher=tmp_path / "x", reference=tmp_path / "n", out=tmp_path / "a", device="cpu", quiet=True)
     assert not list((tmp_path / "a").glob("cells/*.json"))  # nothing was trained

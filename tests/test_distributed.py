@@ -77,7 +77,7 @@ def _written_once(out, epochs):
 def ddp_runs(teachers, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     _torchrun("train", "--out", root / "normal")
-    _torchrun("harden", "--teacher", teachers["root"] / "normal", "--out", root / "nasty")
+    _torchrun("harden", "--teacher", teachers["root"] / "normal", "--omega", "0.05", "--out", root / "nasty")
     return root
 
 
@@ -93,7 +93,7 @@ def test_two_processes_train_and_harden_as_well_as_one(ddp_runs, teachers):
 
 def test_a_killed_ddp_run_resumes_to_the_same_model(ddp_runs, teachers, tmp_path):
     out, ref = tmp_path / "nasty", ddp_runs / "nasty"
-    args = ("harden", "--teacher", teachers["root"] / "normal", "--out", out)
+    args = ("harden", "--teacher", teachers["root"] / "normal", "--omega", "0.05", "--out", out)
     p = _torchrun(*args, background=True)
     while not (out / ckpt.METRICS).exists() or len(_rows(out)) < 4:
         assert p.poll() is None, "the run ended before it could be killed"

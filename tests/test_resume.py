@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KILL_SEED = int(os.environ.get("NASTY_KILL_SEED", "0"))
 EPOCHS = "10"
 TRAIN = ["train", "--arch", "small-cnn", "--epochs", EPOCHS, "--device", "cpu", "--quiet"]
-HARDEN = ["harden", "--epochs", EPOCHS, "--device", "cpu", "--quiet"]
+HARDEN = ["harden", "--epochs", EPOCHS, "--omega", "0.05", "--device", "cpu", "--quiet"]
 AUDIT = ["audit", "--attacks", "kd", "--students", "tiny-cnn", "--seeds", "2", "--epochs", "4", "--no-plots",
          "--checkpoint-seconds", "0", "--device", "cpu", "--quiet"]  # a cell in training is saved every epoch
 AUDIT_FILES = ("report.json", "kd-seed0.json", "kd-seed0.partial.pt")

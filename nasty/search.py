@@ -1,0 +1,192 @@
+"""Budgeted hardening: the strongest hardening whose accuracy cost stays within a budget.
+
+    trace = search_strength(adversary, arch, data, budget=Budget(max_cost=1.0), ...)
+
+The user gives one number, ``max_cost``: the points of accuracy they accept to lose. Every
+choice is made on a validation split carved from the training set (stratified, seeded); the
+test set is never read here.
+
+1. A plain run (omega 0) of the same architecture and schedule on the rest of the training
+   set: its validation accuracy is what hardening costs against.
+2. A probe student (a small architecture) trained from scratch on the same images: the
+   baseline of the damage.
+3. Trials on a ladder of log-omega: start at the dataset's omega, double while the validation
+   cost stays within the budget, halve while it does not, then bisect the bracket
+   geometrically. Each trial hardens from scratch and distils the probe student from it
+   (standard KD at the hardening temperature); its **damage** is the probe's validation
+   accuracy from scratch minus from the trial.
+4. The chosen strength is the affordable trial with the largest measured damage (not the
+   largest omega: damage is measured, not assumed).
+
+Every trial is a run directory under ``out/`` (resumable mid-trial) and a JSON line of
+results, so an interrupted search goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import TensorData
+from .errors import NastyError, TrainingStopped
+from .models import create_model
+from .trainer import Guard, TrainConfig, fit, objective_for
+
+__all__ = ["Budget", "search_strength", "next_omega"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the search may spend and how it measures."""
+
+    max_cost: float = 1.0  # points of validation accuracy the user gives up at most
+    validation: float = 0.2  # fraction of the training set held out for every choice
+    max_trials: int = 3  # hardening trials (each a full run on the rest of the training set)
+    probe: str | None = None  # probe student architecture [the dataset's first audit student]
+    probe_epochs: int | None = None  # [half the hardening epochs]
+    probe_alpha: float = 0.9
+
+    def check(self) -> None:
+        if not self.max_cost >= 0:
+            raise NastyError(f"the accuracy budget must be >= 0 points, got {self.max_cost}")
+        if not 0 < self.validation < 1:
+            raise NastyError(f"the validation fraction must be in (0, 1), got {self.validation}")
+        if self.max_trials < 1:
+            raise NastyError(f"the search needs at least one trial, got {self.max_trials}")
+
+
+def next_omega(trials: list[dict], omega0: float, *, resolution: float = 1.25) -> float | None:
+    """The next omega on the ladder, or ``None`` when the bracket is as narrow as ``resolution``.
+
+    Affordable trials raise the lower end, too costly ones (or collapsed ones) the upper end;
+    without an upper end omega doubles, without a lower end it halves, else the geometric middle.
+    """
+    if not trials:
+        return omega0
+    ok = [t["omega"] for t in trials if t["affordable"]]
+    bad = [t["omega"] for t in trials if not t["affordable"]]
+    lo, hi = (max(ok) if ok else None), (min(bad) if bad else None)
+    if hi is None:
+        return lo * 2.0
+    if lo is None:
+        return hi / 2.0
+    if hi / lo <= resolution:
+        return None
+    return math.sqrt(lo * hi)
+
+
+def _model(arch: str, data: TensorData, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(arch, num_classes=data.num_classes, in_chans=data.input_shape[0])
+
+
+def _run(out: Path, model: nn.Module, data: TensorData, *, config, objective=None, reference=None, eval_tau=None,
+         device, guard=None, card: dict, desc: str, quiet: bool) -> dict:
+    """One resumable training run in ``out`` (its own run directory): the model ends trained."""
+    return fit(model, data, config=config, objective=objective, reference=reference, eval_tau=eval_tau,
+               device=device, out=out, card=card, resume=True, quiet=quiet, guard=guard, desc=desc)
+
+
+def _cached(path: Path, compute):
+    """A JSON result stored at ``path`` (computed once; a rerun reads it back)."""
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # unreadable: compute again
+    result = compute()
+    ckpt.write_json(path, result)
+    return result
+
+
+def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config: TrainConfig, tau: float,
+                    omega0: float, budget: Budget, students: tuple[str, ...], out, device, quiet: bool = True,
+                    echo=None) -> dict:
+    """Run the search in ``out`` (a folder of its own) and return its trace (see the module doc).
+
+    ``data`` is the full training data: the validation split is carved from it here.
+    ``adversary`` is the frozen released model; ``config`` the hardening schedule.
+    """
+    budget.check()
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fit_data, val = data.split_validation(budget.validation, seed=config.seed)
+    probe_arch = budget.probe or students[0]
+    probe_cfg = TrainConfig(epochs=budget.probe_epochs or max(1, config.epochs // 2), batch_size=config.batch_size,
+                            lr=config.lr, seed=config.seed)
+    probe_card = {"kind": "probe", "arch": probe_arch}
+    say = echo if (echo and not quiet) else (lambda *_: None)
+
+    def plain():
+        t0 = time.perf_counter()
+        card = _run(out / "plain", _model(arch, val, config.seed), val, config=config, device=device,
+                    card={"kind": "normal", "arch": arch}, desc=f"search: plain {arch}", quiet=quiet)
+        scratch = _run(out / "probe-scratch", _model(probe_arch, val, config.seed), val, config=probe_cfg,
+                       device=device, card=probe_card, desc=f"search: probe {probe_arch}", quiet=quiet)
+        return {"val_accuracy": card["accuracy"], "probe_scratch": scratch["accuracy"],
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    base = _cached(out / "baseline.json", plain)
+    say(f"search: plain {arch} {base['val_accuracy']:.2f}% on validation, probe {probe_arch} from scratch "
+        f"{base['probe_scratch']:.2f}%")
+    # a trial far below the plain run once the first LR drop is past has collapsed: too strong, not worth finishing
+    guard_margin = max(20.0, 5 * budget.max_cost)
+    warm = max(1, round(min(config.milestones) * config.epochs)) + 1
+
+    def trial(k: int, omega: float) -> dict:
+        t0 = time.perf_counter()
+        folder = out / f"trial-{k}"
+        model = _model(arch, val, config.seed)
+        row = {"trial": k, "omega": omega, "tau": tau}
+        try:
+            card = _run(folder, model, val, config=config, objective=objective_for("nasty", omega=omega, tau=tau),
+                        reference=adversary, eval_tau=tau, device=device,
+                        guard=Guard(reference_accuracy=base["val_accuracy"], margin=guard_margin, start=warm,
+                                    chance=100.0 / data.num_classes, early_start=warm, hint="too strong"),
+                        card={"kind": "nasty", "arch": arch, "omega": omega, "tau": tau},
+                        desc=f"search: trial {k} omega {omega:g}", quiet=quiet)
+        except TrainingStopped as e:
+            return {**row, "val_accuracy": None, "val_cost": None, "affordable": False, "collapsed": str(e),
+                    "seconds": round(time.perf_counter() - t0, 2)}
+        cost = base["val_accuracy"] - card["accuracy"]
+        row.update(val_accuracy=card["accuracy"], val_cost=round(cost, 4), kl=card.get("kl_to_adversary"),
+                   affordable=cost <= budget.max_cost + 1e-9)
+        if row["affordable"]:  # damage is only worth measuring for a strength the user can afford
+            probe = _run(folder / "probe", _model(probe_arch, val, config.seed), val, config=probe_cfg,
+                         objective=objective_for("kd", alpha=budget.probe_alpha, tau=tau), reference=model,
+                         device=device, card={**probe_card, "teacher_omega": omega},
+                         desc=f"search: probe from trial {k}", quiet=quiet)
+            row.update(probe_accuracy=probe["accuracy"], damage=round(base["probe_scratch"] - probe["accuracy"], 4))
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        return row
+
+    trials: list[dict] = []
+    for k in range(budget.max_trials):
+        omega = next_omega(trials, omega0)
+        if omega is None:
+            break
+        row = _cached(out / f"trial-{k}.json", lambda k=k, omega=omega: trial(k, omega))
+        if row["omega"] != omega:
+            raise NastyError(f"{out} holds a search with other settings (trial {k}: omega {row['omega']:g}, "
+                             f"not {omega:g}); use another output folder or start over")
+        trials.append(row)
+        say(f"search: trial {k} omega {omega:g}: " + (
+            f"collapsed" if row.get("collapsed") else
+            f"validation cost {row['val_cost']:+.2f} points" + (
+                f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")))
+    affordable = [t for t in trials if t["affordable"]]
+    chosen = max(affordable, key=lambda t: (t["damage"], t["omega"])) if affordable else None
+    return {"max_cost": budget.max_cost, "validation": fit_data.validation, "budget": asdict(budget),
+            "probe": {"student": probe_arch, "epochs": probe_cfg.epochs, "alpha": budget.probe_alpha, "tau": tau},
+            "baseline": base, "trials": trials, "chosen": None if chosen is None else chosen["trial"],
+            "omega": None if chosen is None else chosen["omega"],
+            "seconds": round(sum(t["seconds"] for t in trials) + base["seconds"], 2),
+            "wall_seconds": round(time.perf_counter() - t_start, 2)}
