@@ -123,8 +123,9 @@ def train(dataset, **kw):
               help="Temperature of the softened outputs [dataset recipe].")
 @click.option("--init", type=click.Choice(["scratch", "teacher"]), default="scratch", show_default=True,
               help="Start from random weights (the paper) or fine-tune the teacher's weights.")
-@click.option("--collapse-margin", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
-              help="Stop if test accuracy falls this many points below the adversary's (after the first LR drop).")
+@click.option("--collapse-margin", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Stop hardening if test accuracy falls this many points below the adversary's (after the "
+                   "first LR drop; at chance level from epoch 2); 0 turns the guard off.")
 @_unsafe_pickle_option
 @_fail_cleanly
 def harden(**kw):

@@ -18,7 +18,7 @@ from . import __version__
 from . import checkpoint as ckpt
 from . import distributed
 from .data import load_dataset
-from .errors import BudgetNotMet, NastyError
+from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
 from .search import Budget, search_strength
@@ -97,7 +97,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
            max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
            out="runs/nasty", resume: bool = False, force: bool = False, unsafe_pickle: bool = False,
-           collapse_margin: float = 20.0, quiet: bool = False, compile: bool = False, echo=None) -> dict:
+           collapse_margin: float | None = 20.0, quiet: bool = False, compile: bool = False, echo=None) -> dict:
     """Train a nasty teacher against the frozen ``teacher`` (the adversary) and write its run.
 
     Without ``omega``, the strength is searched for (:mod:`nasty.search`): the strongest
@@ -152,19 +152,26 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         model = _seeded_model(arch, data, seed)
         if init == "teacher":
             model.load_state_dict(adversary.state_dict())
-        # the guard's margin applies after the first LR drop
+        # the guard judges hardening only (omega 0 is plain training), and only after warm-up: its margin
+        # applies after the first LR drop, its chance-level check from the second epoch on
         first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
-        guard = Guard(reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1,
-                      chance=100.0 / data.num_classes, early_start=max(1, cfg.epochs // 4),
-                      hint=f"try a smaller --omega than {omega:g}")
+        guard = None if not (omega > 0 and collapse_margin) else Guard(
+            reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1, chance=100.0 / data.num_classes,
+            early_start=max(2, cfg.epochs // 4),
+            hint=f"try a smaller --omega than {omega:g}, or relax the guard (--collapse-margin, 0 turns it off)")
         run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
                     "init": init, "adversary": adversary_card}
         if trace is not None:
             run_card["search"] = trace
-        final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
-                    reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
-                    quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
-                    divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr")
+        try:
+            final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
+                        reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
+                        quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
+                        divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr")
+        except TrainingStopped:
+            if w.main and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # stopped before its first checkpoint: leave no empty --out behind
+            raise
         final["teacher_cost"] = round(adv_acc - final["accuracy"], 4)
         if trace is not None:
             final["search"] = {**trace, "cost_ratio": round(trace["seconds"] / max(final["seconds"], 1e-9), 2)}

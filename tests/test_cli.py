@@ -106,3 +106,21 @@ def test_harden_resume_refuses_another_teacher(tmp_path):
     assert code == 1 and "adversary.sha256" in out
     code, out = run("harden", "--teacher", tmp_path / "a", "--epochs", 2, "--out", tmp_path / "x", "--resume")
     assert code == 0 and "after" not in out and "nasty teacher" in out
+
+
+def test_the_collapse_guard_judges_hardening_only_gives_advice_and_can_be_turned_off(tmp_path):
+    code, out = run("train", "--arch", "tiny-cnn", "--epochs", 3, "--out", tmp_path / "n", "-q")
+    assert code == 0, out
+    # plain training (omega 0) that is still at chance level at epoch 2 is not stopped
+    code, out = run("harden", "--teacher", tmp_path / "n", "--omega", 0, "--lr", 1e-7, "--epochs", 3, "--out",
+                    tmp_path / "plain", "-q")
+    assert code == 0, out
+    # a real collapse is stopped, with advice that can be followed; --collapse-margin 0 turns the guard off
+    code, out = run("harden", "--teacher", tmp_path / "n", "--omega", 5, "--epochs", 4, "--out", tmp_path / "x", "-q")
+    assert code == 1 and "collapsed at epoch" in out and "smaller --omega than 5" in out and "--collapse-margin" in out
+    code, out = run("harden", "--teacher", tmp_path / "n", "--omega", 5, "--epochs", 4, "--collapse-margin", 0,
+                    "--out", tmp_path / "y", "-q")
+    assert code == 0, out
+    # a run stopped before its first checkpoint leaves no empty --out behind
+    code, out = run("harden", "--teacher", tmp_path / "n", "--omega", 1e30, "--epochs", 3, "--out", tmp_path / "z", "-q")
+    assert code == 1 and "diverged at epoch 1" in out and not (tmp_path / "z").exists()
