@@ -275,13 +275,22 @@ def load_model(source, *, arch: str | None = None, num_classes: int | None = Non
     given explicitly, they must agree with it.
     """
     sd, card = load_weights(source, unsafe_pickle=unsafe_pickle, option=option)
-    model = build_model(sd, card, source=source, arch=arch, num_classes=num_classes, in_chans=in_chans)
+    model = build_model(sd, card, source=source, arch=arch, num_classes=num_classes, in_chans=in_chans, served=True)
     return model.to(device).eval(), card
 
 
-def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in_chans=None) -> nn.Module:
-    """The architecture named by ``arch`` or ``card``, with the state dict ``sd`` loaded."""
+def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in_chans=None,
+                served: bool = False) -> nn.Module:
+    """The architecture named by ``arch`` or ``card``, with the state dict ``sd`` loaded.
+
+    ``served``: wrapped in the card's output transform (:mod:`nasty.defences`), i.e. what the
+    released model answers (``load_model``, the audit, export); without it the bare network
+    (the adversary that ``harden`` trains against).
+    """
+    from .defences import Defended, create_transform
     from .models import create_model
+
+    transform = create_transform(card.get("output_transform")) if served else None
 
     arch = arch or card.get("arch")
     if not arch:
@@ -299,7 +308,7 @@ def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in
         raise ModelError(f"{source} expects {shape[0]}-channel input but the dataset has {in_chans} channels")
     model = create_model(arch, num_classes=int(num_classes), in_chans=int(in_chans))
     fit_state_dict(model, sd, arch=arch)
-    return model
+    return model if transform is None else Defended(model, transform)
 
 
 def _guess_num_classes(sd: dict, source) -> int:

@@ -276,6 +276,45 @@ def demo(out, quick, device, quiet):
 
 
 @main.command()
+@click.option("--teacher", required=True, type=click.Path(), help="The run directory to serve (normal or nasty).")
+@click.option("--topk", type=click.IntRange(min=1), default=None, help="Release only the K largest logits (Stingy Teacher).")
+@click.option("--reverse-sigmoid", "beta", type=click.FloatRange(min=0), default=None,
+              help="Perturb the probabilities by reverse-sigmoid of strength BETA (with --gamma).")
+@click.option("--gamma", type=click.FloatRange(min=0), default=0.1, show_default=True, help="Reverse-sigmoid's gamma.")
+@click.option("--round", "decimals", type=click.IntRange(0, 8), default=None, help="Round the probabilities to D decimals.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Release softmax(z / T).")
+@click.option("--out", type=click.Path(), required=True, help="Run directory of the defended model.")
+@click.option("--force", is_flag=True, help="Overwrite a run in --out.")
+@_unsafe_pickle_option
+@_fail_cleanly
+def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle):
+    """Serve a run with an output transform (no retraining): same weights, transform in its card."""
+    from .runs import defend as run_defend
+
+    chosen = [spec for spec in ({"name": "topk", "k": topk} if topk is not None else None,
+                                {"name": "reverse-sigmoid", "beta": beta, "gamma": gamma} if beta is not None else None,
+                                {"name": "round", "decimals": decimals} if decimals is not None else None,
+                                {"name": "temperature", "t": temperature} if temperature is not None else None) if spec]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --topk, --reverse-sigmoid, --round, --temperature")
+    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle)
+    click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']} -> {out}")
+
+
+@main.command()
+@click.option("--teacher", required=True, type=click.Path(), help="The run directory to export (its transform included).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="FILE.pt2 (torch.export) or FILE.onnx.")
+@_unsafe_pickle_option
+@_fail_cleanly
+def export(teacher, out, unsafe_pickle):
+    """Export what is served (weights + output transform) as a torch.export program or ONNX."""
+    from .export import export as run_export
+
+    click.echo(f"wrote {run_export(teacher=teacher, out=out, unsafe_pickle=unsafe_pickle)}")
+
+
+@main.command()
 @click.argument("what", type=click.Choice(["logits", "tsne", "images", "omega", "frontier", "search"]))
 @click.option("--teacher", type=click.Path(), default=None, help="A teacher's run directory (the nasty one).")
 @click.option("--reference", type=click.Path(), default=None, help="A second teacher shown beside it (the normal one).")

@@ -195,3 +195,28 @@ def _cheapest(trace: dict) -> float:
 def _cost_of(trace: dict, omega: float) -> str:
     row = next((t for t in trace["trials"] if t["omega"] == omega and t["val_cost"] is not None), None)
     return f"{row['val_cost']:+.2f} points" if row else "an unknown amount (every trial collapsed)"
+
+
+def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False, unsafe_pickle: bool = False) -> dict:
+    """A serving-time defence of ``teacher``: the same weights plus an output transform
+    (:mod:`nasty.defences`), written as a run directory of its own; no retraining.
+    Works on a normal and on a nasty run alike; the transform replaces any the teacher had."""
+    import shutil
+
+    from .defences import create_transform, describe
+
+    create_transform(transform)  # malformed settings fail before anything is written
+    src = Path(teacher).expanduser()
+    if not (src.is_dir() and (src / ckpt.CARD).exists() and (src / ckpt.WEIGHTS).exists()):
+        raise NastyError(f"--teacher {teacher}: defend takes a run directory (model.safetensors + card.json)")
+    card = ckpt.read_card(src)
+    ckpt.load_model(src, unsafe_pickle=unsafe_pickle)  # the weights load and fit their card
+    out = Path(out).expanduser()
+    if out.resolve() == src.resolve():
+        raise NastyError("--out must be a new folder, not the teacher's own run directory")
+    out = prepare_out(out, resume=False, force=force)
+    ckpt.atomic_write(out / ckpt.WEIGHTS, lambda p: shutil.copyfile(src / ckpt.WEIGHTS, p))
+    card = {**card, "output_transform": dict(transform), "defence": describe(transform), "defended_from": str(src),
+            "sha256": ckpt.sha256_file(out / ckpt.WEIGHTS)}
+    ckpt.write_json(out / ckpt.CARD, card)
+    return card

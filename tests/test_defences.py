@@ -81,3 +81,37 @@ def test_defended_passes_features_through_and_transforms_answers():
     assert torch.equal(d.forward_features(x), net.forward_features(x))
     assert torch.equal(d(x).argmax(-1), net(x).argmax(-1)) and (d(x).softmax(-1).max(-1).values == 1).all()
     assert torch.equal(d.forward_head(d.forward_features(x)), d(x)) and d.num_features == net.num_features
+
+
+def test_defend_then_export_serves_what_load_model_answers(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nasty.checkpoint import load_model
+    from nasty.cli import main
+    from nasty.data import load_dataset
+    from nasty.export import load_exported
+
+    run = lambda *a: CliRunner().invoke(main, [str(v) for v in a])  # noqa: E731
+    assert run("train", "--arch", "tiny-cnn", "--epochs", 1, "--out", tmp_path / "n", "-q").exit_code == 0
+    r = run("defend", "--teacher", tmp_path / "n", "--topk", 2, "--out", tmp_path / "k2")
+    assert r.exit_code == 0 and "served with topk k=2" in r.output, r.output
+    card = json.loads((tmp_path / "k2" / "card.json").read_text())
+    assert card["output_transform"] == {"name": "topk", "k": 2} and card["defence"] == "topk k=2"
+    assert card["sha256"] == json.loads((tmp_path / "n" / "card.json").read_text())["sha256"]  # the same weights
+    model, _ = load_model(tmp_path / "k2")
+    bare, _ = load_model(tmp_path / "n")
+    x, _ = next(load_dataset("digits").batches("test", batch_size=450))
+    with torch.no_grad():
+        served, plain = model(x), bare(x)
+    assert torch.equal(served.argmax(-1), plain.argmax(-1)) and ((served.softmax(-1) > 0).sum(-1) <= 2).all()
+    r = run("export", "--teacher", tmp_path / "k2", "--out", tmp_path / "k2.pt2")
+    assert r.exit_code == 0, r.output
+    with torch.no_grad():
+        assert torch.allclose(load_exported(tmp_path / "k2.pt2")(x), served, atol=1e-5)
+    # a card with a transform this version does not know is one line, not a traceback
+    card["output_transform"] = {"name": "blur", "sigma": 2}
+    (tmp_path / "k2" / "card.json").write_text(json.dumps(card))
+    r = run("export", "--teacher", tmp_path / "k2", "--out", tmp_path / "b.pt2")
+    assert r.exit_code == 1 and "unknown transform 'blur'" in r.output and len(r.output.strip().splitlines()) == 1
