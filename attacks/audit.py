@@ -86,8 +86,9 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
     recipe = RECIPES[data.name]
     fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
-    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {teacher}", **fit).eval()
-    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {reference}", **fit).eval()
+    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {teacher}", served=True, **fit).eval()
+    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {reference}", served=True,
+                                   **fit).eval()
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     for s in students:  # unknown or unbuildable architectures fail before any training
         create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0])

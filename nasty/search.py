@@ -126,13 +126,12 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
     say = echo if (echo and not quiet) else (lambda *_: None)
 
     def plain():
-        t0 = time.perf_counter()
         card = _run(out / "plain", _model(arch, val, config.seed), val, config=config, device=device,
                     card={"kind": "normal", "arch": arch}, desc=f"search: plain {arch}", quiet=quiet)
         scratch = _run(out / "probe-scratch", _model(probe_arch, val, config.seed), val, config=probe_cfg,
                        device=device, card=probe_card, desc=f"search: probe {probe_arch}", quiet=quiet)
         return {"val_accuracy": card["accuracy"], "probe_scratch": scratch["accuracy"],
-                "seconds": round(time.perf_counter() - t0, 2)}
+                "seconds": round(card["seconds"] + scratch["seconds"], 2)}  # training time, across resumes
 
     base = _cached(out / "baseline.json", plain)
     say(f"search: plain {arch} {base['val_accuracy']:.2f}% on validation, probe {probe_arch} from scratch "
@@ -142,7 +141,6 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
     warm = max(1, round(min(config.milestones) * config.epochs)) + 1
 
     def trial(k: int, omega: float) -> dict:
-        t0 = time.perf_counter()
         folder = out / f"trial-{k}"
         model = _model(arch, val, config.seed)
         row = {"trial": k, "omega": omega, "tau": tau}
@@ -154,8 +152,9 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
                         card={"kind": "nasty", "arch": arch, "omega": omega, "tau": tau},
                         desc=f"search: trial {k} omega {omega:g}", quiet=quiet)
         except TrainingStopped as e:
+            done = ckpt.read_card(folder) if (folder / ckpt.CARD).exists() else {}
             return {**row, "val_accuracy": None, "val_cost": None, "affordable": False, "collapsed": str(e),
-                    "seconds": round(time.perf_counter() - t0, 2)}
+                    "seconds": done.get("seconds", 0.0)}
         cost = base["val_accuracy"] - card["accuracy"]
         row.update(val_accuracy=card["accuracy"], val_cost=round(cost, 4), kl=card.get("kl_to_adversary"),
                    affordable=cost <= budget.max_cost + 1e-9)
@@ -165,7 +164,7 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
                          device=device, card={**probe_card, "teacher_omega": omega},
                          desc=f"search: probe from trial {k}", quiet=quiet)
             row.update(probe_accuracy=probe["accuracy"], damage=round(base["probe_scratch"] - probe["accuracy"], 4))
-        row["seconds"] = round(time.perf_counter() - t0, 2)
+        row["seconds"] = round(card["seconds"] + (probe["seconds"] if row["affordable"] else 0.0), 2)
         return row
 
     trials: list[dict] = []
