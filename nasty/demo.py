@@ -1,6 +1,7 @@
 """``nasty demo``: the whole story on digits, on a CPU, in a few minutes.
 
-    normal teacher -> nasty teacher -> audit (kd, hard-label, dafl, deepinversion; 2 students, 3 seeds)
+    normal teacher -> nasty teacher -> audit (the default attacks kd, hard-label, dafl, deepinversion, and
+    the scratch and label-smoothing baselines; 2 students, 3 seeds)
 
 Every step writes to its own folder under ``out`` and is resumed or skipped when the demo runs
 again. ``quick`` shrinks every budget to check the pipeline in seconds (numbers meaningless).
