@@ -154,6 +154,8 @@ BUDGETS = {  # tiny budgets that still show learning against the default normal 
     "dafl": ({}, 4),
     "deepinversion": ({"pool_size": 128, "iterations": 40}, 2),
     "adaptive-deepinversion": ({"pool_size": 128, "iterations": 40, "rounds": 2, "competition": 1.0}, 2),
+    "skeptical": ({"delay": 1}, 2),  # its final head, which never sees the teacher's outputs directly
+    "kd-topk": ({"k": 2}, 2),
 }
 
 
