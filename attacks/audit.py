@@ -191,19 +191,26 @@ def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, att
     ckpt.atomic_write(out / "report.html", lambda p: Path(p).write_text(format_html(report, embedded)))
 
 
+def _html_rows(header: list[str], rows: list[list[str]], *, signed_from: int) -> str:
+    """Table rows; the columns from ``signed_from`` on are margins, green when >= 0, red below."""
+    from html import escape
+
+    def cell(i, c):
+        if i < signed_from:
+            return f"<td>{escape(c)}</td>"
+        return f"<td class='{'bad' if c.startswith('-') and c != '-' else 'good'}'>{escape(c)}</td>"
+
+    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+    return head + "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+
+
 def format_html(report: dict, images: dict[str, str]) -> str:
     """One self-contained page: ``images`` maps a section to a base64 PNG."""
     from html import escape
 
     t, s = report["teachers"], report["settings"]
-    def html_rows(header, rows, signed_from):
-        head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
-        return head + "".join("<tr>" + "".join(
-            f"<td class='{'bad' if c.startswith('-') and c != '-' else 'good'}'>{escape(c)}</td>" if i >= signed_from
-            else f"<td>{escape(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
-
-    worst = html_rows(WORST_HEADER, _worst_cells(report), 3)
-    rows = html_rows(TABLE_HEADER, _table_cells(report), 6)
+    worst = _html_rows(WORST_HEADER, _worst_cells(report), signed_from=3)
+    rows = _html_rows(TABLE_HEADER, _table_cells(report), signed_from=6)
     sections = {
         "logits": ("Softened outputs (logit peaks)",
                    "softmax(z/tau) of test images and, over the test set, the mean sorted profile and the number of "
