@@ -3,15 +3,23 @@
     from attacks import create_attack, ATTACKS
     from attacks.audit import audit
     report = audit(teacher="runs/nasty", reference="runs/normal", out="runs/audit")
+
+Each attack is one file here, registered by name with :func:`attacks.base.register`.
 """
 
-from .base import Attack, Scratch, StudentBank, run_students
+from .base import ATTACKS, Attack, LabelSmoothing, Scratch, StudentBank, register, run_students
+
+from . import kd, hard_label, dafl, deepinversion, skeptical, kd_sweep, kd_topk  # noqa: E402,F401,I001  (registers them, in this order)
 from .dafl import DAFL
 from .deepinversion import DeepInversion
 from .hard_label import HardLabel
 from .kd import KD
+from .kd_sweep import KDSweep
+from .kd_topk import KDTopK
+from .skeptical import Skeptical
 
-ATTACKS: dict[str, type[Attack]] = {a.name: a for a in (KD, HardLabel, DAFL, DeepInversion)}
+# the attacks an audit runs unless told otherwise (and the demo runs); `--attacks all` runs every one
+DEFAULT_ATTACKS = ("kd", "hard-label", "dafl", "deepinversion")
 
 
 def attack_settings(name: str, *, option: str = "--attacks") -> list[str]:
@@ -22,8 +30,18 @@ def attack_settings(name: str, *, option: str = "--attacks") -> list[str]:
     from nasty.errors import NastyError
 
     if name not in ATTACKS:
-        raise NastyError(f"{option}: unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        raise NastyError(f"{option}: unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or all)")
     return [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p != "self"]
+
+
+def attack_names(names) -> list[str]:
+    """``names`` with ``all`` expanded to every registered attack, each once, unknown names refused."""
+    out = []
+    for name in names:
+        for n in (ATTACKS if name == "all" else [name]):
+            attack_settings(n)
+            out.append(n)
+    return list(dict.fromkeys(out))
 
 
 def create_attack(name: str, **kwargs) -> Attack:
@@ -32,5 +50,6 @@ def create_attack(name: str, **kwargs) -> Attack:
     return ATTACKS[name](**{k: v for k, v in kwargs.items() if k in accepted})
 
 
-__all__ = ["ATTACKS", "Attack", "Scratch", "StudentBank", "attack_settings", "create_attack", "run_students",
-           "KD", "HardLabel", "DAFL", "DeepInversion"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "attack_names",
+           "attack_settings", "create_attack", "register", "run_students",
+           "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "KDTopK"]

@@ -3,12 +3,14 @@
     from attacks.audit import audit
     report = audit(teacher="runs/nasty", reference="runs/normal", out="runs/audit")
 
-The grid is cells of (attack, seed), plus one ``scratch`` cell per seed (students trained on
-the real labels, the baseline every attack is compared with). A cell trains every student
+The grid is cells of (attack, seed), plus one ``scratch`` and one ``label-smoothing`` cell per
+seed (students trained on the real labels, plain and smoothed: the baselines every attack is
+compared with). A cell trains every student
 architecture against both teachers in one loop (one teacher forward per batch per teacher)
 and is written to ``out/cells/`` as soon as it finishes; running the same audit again skips
 the cells that are done. Accuracies are final-epoch test accuracies in percent (never the best
-epoch). ``report.json`` and ``report.md`` are rewritten after every cell.
+epoch). ``report.json`` and ``report.md`` are rewritten after every cell. Per student, the
+``worst_case`` is the attack that gets most from the nasty teacher; it heads every report.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from nasty.models import create_model
 from nasty.recipes import RECIPES
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, attack_settings, create_attack
-from .base import Scratch, run_students
+from . import ATTACKS, DEFAULT_ATTACKS, attack_names, attack_settings, create_attack
+from .base import LabelSmoothing, Scratch, run_students
 
-__all__ = ["audit", "summarize", "format_table", "default_tau"]
+__all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
 
 SOURCES = ("normal", "nasty")
+BASELINES = {"scratch": Scratch, "label-smoothing": LabelSmoothing}  # trained once per seed, no teacher
 
 
 def default_tau(num_classes: int) -> float:
@@ -39,13 +42,14 @@ def default_tau(num_classes: int) -> float:
     return 20.0 if num_classes >= 100 else 4.0
 
 
-def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0, 1, 2), epochs: int | None = None,
+def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
           alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
           unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
           checkpoint_seconds: float = 60.0) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
+    ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
     against. ``train_fraction`` is the attacker's share of the training set. ``attack_options``
     maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
@@ -56,9 +60,7 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     passed since the last save (0: every epoch); the next audit with the same settings goes on
     from there.
     """
-    attacks = list(attacks)
-    for name in attacks:
-        attack_settings(name)  # unknown names fail here, before anything is loaded
+    attacks = attack_names(attacks)  # unknown names fail here, before anything is loaded
     for name, options in (attack_options or {}).items():
         known = attack_settings(name, option="--attack-option")
         unknown = sorted(set(options) - set(known))
@@ -96,9 +98,13 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     dev = resolve_device(device)
     models = {"normal": normal_model, "nasty": nasty_model}
     opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
-    for name in attacks:  # an attack that cannot run on these teachers fails now, not hours in
+    for name in attacks:  # an attack that cannot run on these teachers or students fails now, not hours in
+        attack = create_attack(name, **{"alpha": alpha, "tau": tau, **opts[name]})
+        attack.check_data(data)
         for model in models.values():
-            create_attack(name, **opts[name]).check(model)
+            attack.check(model)
+        for s in students:
+            attack.student(create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0]), data)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
 
     out = Path(out).expanduser()
@@ -113,10 +119,11 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
-    plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
+    plan = [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
     todo = []  # every finished cell is read (and a foreign one refused) before anything is written
     for name, seed in plan:
-        attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts[name])
+        attack = (BASELINES[name]() if name in BASELINES else
+                  create_attack(name, **{"alpha": alpha, "tau": tau, **opts[name]}))
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         path = cells_dir / f"{name}-seed{seed}.json"
         partial = path.with_name(f"{name}-seed{seed}.partial.pt")
@@ -130,14 +137,17 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     for name, seed, attack, key, path, cell, partial, resume in todo:
         if cell is None:
             t0 = time.perf_counter() - (resume["seconds"] if resume else 0.0)
-            teachers = {"scratch": None} if name == "scratch" else models
+            teachers = {name: None} if name in BASELINES else models
             cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
+            notes = {}
             acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
-                               desc=f"{name} seed {seed}", resume=resume,
+                               desc=f"{name} seed {seed}", resume=resume, notes=notes,
                                save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds))
             cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
                     "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
                              for (src, s), a in acc.items()]}
+            if notes:
+                cell["notes"] = notes
             if resume:
                 cell["resumed_from_epoch"] = int(resume["epoch"])
             ckpt.write_json(path, cell)
@@ -154,7 +164,8 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
         _write_html(report, out, models, data, tau=tau, epochs=epochs, batch_size=recipe.batch_size,
-                    attacks={a: create_attack(a, tau=tau, **opts[a]) for a in attacks if a in ("dafl", "deepinversion")},
+                    attacks={a: create_attack(a, **{"tau": tau, **opts[a]}) for a in attacks
+                             if a in ("dafl", "deepinversion")},
                     quiet=quiet)
     return report
 
@@ -181,16 +192,26 @@ def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, att
     ckpt.atomic_write(out / "report.html", lambda p: Path(p).write_text(format_html(report, embedded)))
 
 
+def _html_rows(header: list[str], rows: list[list[str]], *, signed_from: int) -> str:
+    """Table rows; the columns from ``signed_from`` on are margins, green when >= 0, red below."""
+    from html import escape
+
+    def cell(i, c):
+        if i < signed_from:
+            return f"<td>{escape(c)}</td>"
+        return f"<td class='{'bad' if c.startswith('-') and c != '-' else 'good'}'>{escape(c)}</td>"
+
+    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+    return head + "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
+
+
 def format_html(report: dict, images: dict[str, str]) -> str:
     """One self-contained page: ``images`` maps a section to a base64 PNG."""
     from html import escape
 
     t, s = report["teachers"], report["settings"]
-    rows = "".join(
-        f"<tr><td>{escape(r['attack'])}</td><td>{escape(r['student'])}</td><td>{_pm(r['acc_scratch'])}</td>"
-        f"<td>{_pm(r['acc_from_normal'])}</td><td>{_pm(r['acc_from_nasty'])}</td>"
-        f"<td class='{'good' if r['immunity'] >= 0 else 'bad'}'>{r['immunity']:+.2f}</td>"
-        f"<td>{r['below_scratch']:+.2f}</td></tr>" for r in report["summary"])
+    worst = _html_rows(WORST_HEADER, _worst_cells(report), signed_from=3)
+    rows = _html_rows(TABLE_HEADER, _table_cells(report), signed_from=6)
     sections = {
         "logits": ("Softened outputs (logit peaks)",
                    "softmax(z/tau) of test images and, over the test set, the mean sorted profile and the number of "
@@ -214,6 +235,10 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 .good {{ color: #1a7f37; }} .bad {{ color: #b42318; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>KD-immunity audit: {escape(report['dataset'])}</h1>
+<section id="worst-case"><h2>Worst case per student</h2>
+<p>The attack that gets most from the nasty teacher (highest mean final-epoch test accuracy of its students):
+the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
+<table>{worst}</table></section>
 <section id="teachers"><h2>Teachers</h2><table>
 <tr><th>teacher</th><th>arch</th><th>test accuracy (%)</th><th>omega</th><th>tau</th></tr>
 <tr><td>normal</td><td>{escape(str(t['normal']['arch']))}</td><td>{t['normal']['accuracy']:.2f}</td><td></td><td></td></tr>
@@ -223,9 +248,9 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 <section id="immunity"><h2>Immunity</h2>
 <p>Final-epoch test accuracy (%) of students, mean ± std over seeds {seeds}; {s['epochs']} epochs, KD alpha
 {s['alpha']}, tau {s['tau']}; the attacker holds {report['train_fraction']:g} of the training set.
-immunity = from normal - from nasty; below scratch = scratch - from nasty.</p>
-<table><tr><th>attack</th><th>student</th><th>scratch</th><th>from normal</th><th>from nasty</th><th>immunity</th>
-<th>below scratch</th></tr>{rows}</table></section>
+immunity = from normal - from nasty; below scratch = scratch - from nasty; below label smoothing = label
+smoothing - from nasty.</p>
+<table>{rows}</table></section>
 {figures}
 <p>Machine-readable: report.json. nasty {escape(str(report.get('nasty_version', '')))}.</p>
 </body></html>
@@ -239,7 +264,18 @@ def _load_cell(path: Path, key: dict, *, force: bool):
         cell = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # unreadable (cannot happen with atomic writes, but never trust it): run it again
+    _rename_settings(cell.get("key"))
     return cell if _same_key(cell.get("key"), key, path, force=force) else None
+
+
+def _rename_settings(key: dict | None) -> None:
+    """An older cell's key, in place, with the attack's settings under their current names."""
+    attack = ATTACKS.get((key or {}).get("attack"))
+    settings = (key or {}).get("settings")
+    if attack is not None and isinstance(settings, dict):
+        for old, new in getattr(attack, "renamed", {}).items():
+            if old in settings and new not in settings:
+                settings[new] = settings.pop(old)
 
 
 def _load_partial(path: Path, key: dict, *, force: bool):
@@ -248,6 +284,7 @@ def _load_partial(path: Path, key: dict, *, force: bool):
         path.unlink(missing_ok=True)
         return None
     state = ckpt.load_resume_file(path)
+    _rename_settings((state or {}).get("key"))
     return state if state is not None and _same_key(state.get("key"), key, path, force=force) else None
 
 
@@ -288,31 +325,53 @@ def _mean_std(xs):
 
 
 def summarize(runs: list[dict], attacks, students) -> list[dict]:
-    """Mean/std per (attack, student) and source; immunity and below_scratch from the means."""
+    """Mean/std per (attack, student) and source; immunity, below_scratch and
+    below_label_smoothing from the means. ``immunity_std`` is the spread over seeds of the paired
+    per-seed difference (from normal - from nasty, same seed). Runs without a label-smoothing
+    baseline (older audits) give ``None`` for its fields."""
     rows = []
     for attack in attacks:
         for student in students:
-            acc = {src: [r["accuracy"] for r in runs if r["attack"] == attack and r["student"] == student
-                         and r["source"] == src] for src in ("scratch", *SOURCES)}
-            if not all(acc.values()):
+            acc = {src: {r["seed"]: r["accuracy"] for r in runs if r["attack"] == attack and r["student"] == student
+                         and r["source"] == src} for src in (*BASELINES, *SOURCES)}
+            if not (acc["scratch"] and acc["normal"] and acc["nasty"]):
                 continue
-            m = {src: _mean_std(v) for src, v in acc.items()}
+            m = {src: _mean_std(list(v.values())) if v else None for src, v in acc.items()}
+            paired = _mean_std([acc["normal"][seed] - a for seed, a in acc["nasty"].items() if seed in acc["normal"]])
+            smooth = m["label-smoothing"]
             rows.append({"attack": attack, "student": student, "seeds": len(acc["nasty"]),
-                         "acc_scratch": m["scratch"], "acc_from_normal": m["normal"], "acc_from_nasty": m["nasty"],
-                         "immunity": round(m["normal"]["mean"] - m["nasty"]["mean"], 4),
-                         "below_scratch": round(m["scratch"]["mean"] - m["nasty"]["mean"], 4)})
+                         "acc_scratch": m["scratch"], "acc_label_smoothing": smooth, "acc_from_normal": m["normal"],
+                         "acc_from_nasty": m["nasty"],
+                         "immunity": round(m["normal"]["mean"] - m["nasty"]["mean"], 4), "immunity_std": paired["std"],
+                         "below_scratch": round(m["scratch"]["mean"] - m["nasty"]["mean"], 4),
+                         "below_label_smoothing": round(smooth["mean"] - m["nasty"]["mean"], 4) if smooth else None})
+    return rows
+
+
+def worst_case(summary: list[dict]) -> list[dict]:
+    """Per student, the summary row of the attack that gets most from the nasty teacher (highest
+    mean accuracy; the first attack on a tie): the defence is as good as this row."""
+    rows = []
+    for student in dict.fromkeys(r["student"] for r in summary):
+        w = max((r for r in summary if r["student"] == student), key=lambda r: r["acc_from_nasty"]["mean"])
+        rows.append({"student": student, "attack": w["attack"], "acc_from_nasty": w["acc_from_nasty"],
+                     "immunity": w["immunity"], "immunity_std": w.get("immunity_std"),
+                     "below_scratch": w["below_scratch"], "below_label_smoothing": w.get("below_label_smoothing")})
     return rows
 
 
 def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction) -> dict:
     key = cells[0]["key"]
-    runs = []
+    runs, notes = [], {}
     for cell in cells:
         for r in cell["runs"]:
-            if r["source"] == "scratch":  # the baseline is trained once per seed and listed under every attack
+            if r["source"] in BASELINES:  # a baseline is trained once per seed and listed under every attack
                 runs += [{**r, "attack": a} for a in attacks]
             else:
                 runs.append(r)
+        if cell.get("notes"):
+            notes[f"{cell['key']['attack']}-seed{cell['key']['seed']}"] = cell["notes"]
+    summary = summarize(runs, attacks, key["students"])
     return {
         "nasty_version": __version__,
         "dataset": data.name,
@@ -330,22 +389,48 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
                      "attacks": {c["key"]["attack"]: c["key"]["settings"] for c in cells}},
         "seconds": round(sum(c["seconds"] for c in cells), 2),
         "runs": runs,
-        "summary": summarize(runs, attacks, key["students"]),
+        "summary": summary,
+        "worst_case": worst_case(summary),
+        **({"notes": notes} if notes else {}),
     }
 
 
-def _pm(m: dict) -> str:
-    return f"{m['mean']:.2f} ± {m['std']:.2f}"
+def _pm(m: dict | None) -> str:
+    return "-" if m is None else f"{m['mean']:.2f} ± {m['std']:.2f}"
+
+
+def _signed(v: float | None, std: float | None = None) -> str:
+    return "-" if v is None else f"{v:+.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def _worst_cells(report: dict) -> list[list[str]]:
+    """The worst-case rows as table cells (an older report has none: computed from its summary)."""
+    return [[r["student"], r["attack"], _pm(r["acc_from_nasty"]), _signed(r["immunity"], r.get("immunity_std")),
+             _signed(r["below_scratch"]), _signed(r.get("below_label_smoothing"))]
+            for r in report.get("worst_case") or worst_case(report["summary"])]
+
+
+WORST_HEADER = ["student", "worst attack", "from nasty", "immunity", "below scratch", "below label smoothing"]
+TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from normal", "from nasty", "immunity",
+                "below scratch", "below label smoothing"]
+
+
+def _table_cells(report: dict) -> list[list[str]]:
+    return [[r["attack"], r["student"], _pm(r["acc_scratch"]), _pm(r.get("acc_label_smoothing")),
+             _pm(r["acc_from_normal"]), _pm(r["acc_from_nasty"]), _signed(r["immunity"], r.get("immunity_std")),
+             _signed(r["below_scratch"]), _signed(r.get("below_label_smoothing"))] for r in report["summary"]]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def format_table(report: dict) -> str:
-    """The summary as a markdown table (what ``nasty audit`` prints)."""
-    lines = ["| attack | student | scratch | from normal | from nasty | immunity | below scratch |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["summary"]:
-        lines.append(f"| {r['attack']} | {r['student']} | {_pm(r['acc_scratch'])} | {_pm(r['acc_from_normal'])} | "
-                     f"{_pm(r['acc_from_nasty'])} | {r['immunity']:+.2f} | {r['below_scratch']:+.2f} |")
-    return "\n".join(lines)
+    """The worst case per student, then the whole summary, as markdown tables (what ``nasty
+    audit`` prints). Reads older reports too (no label-smoothing baseline, no worst case)."""
+    return "\n".join(["Worst case per student (the attack that gets most from the nasty teacher):", "",
+                      *_markdown(WORST_HEADER, _worst_cells(report)), "", "Every attack:", "",
+                      *_markdown(TABLE_HEADER, _table_cells(report))])
 
 
 def format_markdown(report: dict) -> str:
@@ -362,8 +447,9 @@ def format_markdown(report: dict) -> str:
         f"{report['train_fraction']:g}",
         "",
         "Final-epoch test accuracy (%), mean ± std over seeds. immunity = from normal - from nasty "
-        "(large is good); below scratch = scratch - from nasty (positive: distilling the nasty teacher "
-        "is worse than training without a teacher).",
+        "(large is good; ± the spread of the per-seed difference); below scratch = scratch - from nasty, "
+        "below label smoothing = label smoothing - from nasty (positive: distilling the nasty teacher "
+        "is worse than training without a teacher, plainly or with smoothed labels).",
         "",
         format_table(report),
         "",

@@ -1,12 +1,18 @@
 """The interface every attack keeps, and the one loop that runs them all.
 
-An attack is a way for a thief to teach a student from a frozen teacher. It decides three
+An attack is a way for a thief to teach a student from a frozen teacher. It decides these
 things, and nothing else:
 
-    ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=...)  # per teacher
+    model = attack.student(model, data)                              # what it trains (e.g. + auxiliary heads)
+    ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=..., config=...)  # per teacher
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
-    loss, terms = attack.loss(student_logits, teacher_logits, y)     # what they learn from it
+    logits, losses = attack.step(ctx, student, x, t, y, epoch=..., arch=...)  # one student's step
     attack.state(ctx) / attack.restore(ctx, state)                   # what a resumed run needs of ctx
+
+:meth:`Attack.step` owns the student's forward (so it can read intermediate features, as
+mdistiller's ``Distiller.forward_train`` does) and returns the final logits and named losses,
+whose sum is what that student minimises. Its default is ``loss(student(x), t, y)``: most
+attacks only override :meth:`Attack.loss`. Attacks register by name with :func:`register`.
 
 :func:`run_students` trains students for several teachers at once ("sources": ``scratch``,
 ``normal``, ``nasty``). Per batch, each teacher runs one forward, shared by every student
@@ -20,6 +26,7 @@ import zlib
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nasty.accel import autocast, prepare
@@ -29,7 +36,17 @@ from nasty.models import create_model
 from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
-__all__ = ["Attack", "Scratch", "StudentBank", "run_students"]
+__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "register", "run_students"]
+
+ATTACKS: dict[str, type["Attack"]] = {}  # by name, in the order they were registered
+
+
+def register(cls: type["Attack"]) -> type["Attack"]:
+    """Class decorator: make an attack known by its ``name`` (``--attacks NAME``)."""
+    if not cls.name or cls.name in ATTACKS:
+        raise ValueError(f"attack {cls.name!r} has no name or is registered twice")
+    ATTACKS[cls.name] = cls
+    return cls
 
 
 class Attack:
@@ -44,8 +61,16 @@ class Attack:
     def check(self, teacher: nn.Module) -> None:
         """Raise a clear error if this attack cannot run against ``teacher`` (called before any training)."""
 
+    def check_data(self, data: TensorData) -> None:
+        """Raise a clear error if this attack's settings do not fit ``data`` (called before any training)."""
+
+    def student(self, model: nn.Module, data: TensorData) -> nn.Module:
+        """The module this attack trains for a student ``model`` (called right after the model is
+        built, same seed); its ``forward`` must stay the model's plain forward, which is evaluated."""
+        return model
+
     def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, epochs: int,
-              device, quiet: bool = True):
+              device, quiet: bool = True, config: TrainConfig | None = None):
         """Per-teacher state (a generator, an image pool); ``None`` when there is none."""
         return None
 
@@ -57,7 +82,19 @@ class Attack:
         return x, None
 
     def loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor | None):
+        """``(loss, terms)`` from the student's logits (what :meth:`step` uses by default)."""
         raise NotImplementedError
+
+    def step(self, ctx, student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor | None,
+             y: torch.Tensor | None, *, epoch: int, arch: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One student's forward on ``x``: its logits and named losses (their sum is minimised).
+        ``arch`` is the student's architecture name, ``ctx`` this teacher's state."""
+        z = student(x).float()
+        return z, {"loss": self.loss(z, teacher_logits, y)[0]}
+
+    def notes(self, ctx) -> dict:
+        """What a finished run learned that the report should show (e.g. a chosen temperature)."""
+        return {}
 
     def settings(self) -> dict:
         """What identifies this attack's results (goes into the audit's cell keys)."""
@@ -81,6 +118,22 @@ class Scratch(Attack):
         return cross_entropy(student_logits, y)
 
 
+class LabelSmoothing(Attack):
+    """The stricter baseline (CMIM's test of undistillability): no teacher, cross-entropy on the
+    real labels smoothed by ``smoothing`` (the true class gets 1 - smoothing + smoothing / C)."""
+
+    name = "label-smoothing"
+
+    def __init__(self, *, smoothing: float = 0.1):
+        if not 0.0 <= smoothing < 1.0:
+            raise NastyError(f"label smoothing must be in [0, 1), got {smoothing}")
+        self.smoothing = smoothing
+
+    def loss(self, student_logits, teacher_logits, y):
+        ce = F.cross_entropy(student_logits.float(), y, label_smoothing=self.smoothing)
+        return ce, {"ce": ce.detach()}
+
+
 class StudentBank(nn.Module):
     """Several independent students behind one forward: ``(S, B, C)`` logits.
 
@@ -97,24 +150,27 @@ class StudentBank(nn.Module):
         return torch.stack([s(x) for s in self.students])
 
 
-def make_students(archs: list[str], data: TensorData, *, seed: int) -> StudentBank:
-    """The same initial weights for a given (architecture, seed), whichever teacher they face."""
+def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Attack | None = None) -> StudentBank:
+    """The same initial weights for a given (architecture, seed), whichever teacher they face
+    (and whichever attack: what ``attack.student`` adds is made after the model)."""
     made = {}
     for arch in archs:
         torch.manual_seed(mix_seed(seed, zlib.crc32(arch.encode()), 11))  # not the position: alone == in a bank
-        made[arch] = create_model(arch, num_classes=data.num_classes, in_chans=data.input_shape[0])
+        model = create_model(arch, num_classes=data.num_classes, in_chans=data.input_shape[0])
+        made[arch] = attack.student(model, data) if attack is not None else model
     return StudentBank(made)
 
 
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
                  config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
-                 save: Callable[[dict], None] | None = None) -> dict[tuple[str, str], float]:
+                 save: Callable[[dict], None] | None = None, notes: dict | None = None) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
     (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
 
     ``save(state)`` is offered the training state after every epoch but the last (the caller
     decides whether to write it); ``resume`` is such a state to go on from. Every epoch seeds its
     own randomness, so a resumed run ends exactly where an uninterrupted one does (on the CPU).
+    ``notes``, a dict, receives ``attack.notes(ctx)`` per teacher at the end (where not empty).
     """
     from tqdm.auto import tqdm
 
@@ -123,9 +179,10 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     for t in teachers.values():
         if t is not None:
             prepare(t, device).eval().requires_grad_(False)
-    banks = prepare(nn.ModuleDict({src: make_students(students, data, seed=config.seed) for src in teachers}), device)
-    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size,
-                                     epochs=config.epochs, device=device, quiet=quiet) for src, t in teachers.items()}
+    banks = prepare(nn.ModuleDict({src: make_students(students, data, seed=config.seed, attack=attack)
+                                   for src in teachers}), device)
+    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size, epochs=config.epochs,
+                                  device=device, quiet=quiet, config=config) for src, t in teachers.items()}
     opt, sched = make_optimizer(banks.parameters(), config)
     start = 0
     if resume is not None:
@@ -152,11 +209,11 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
                 for src, teacher in teachers.items():
                     x, t = attack.inputs(contexts[src], x_real, y_real, step=step, epoch=epoch)
                     if t is None and teacher is not None:
-                        t = frozen_logits(teacher, x, device)
-                    with autocast(device):
-                        z = banks[src](x).float()
-                    for i in range(len(students)):
-                        total = total + attack.loss(z[i], t, y_real)[0]
+                        t = frozen_logits(teacher, x, device)  # once, for every student of this teacher
+                    for arch, student in zip(students, banks[src].students):
+                        with autocast(device):
+                            _, losses = attack.step(contexts[src], student, x, t, y_real, epoch=epoch, arch=arch)
+                        total = total + sum(losses.values())
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
@@ -171,5 +228,7 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
                       "attack": {src: attack.state(ctx) for src, ctx in contexts.items()}})
     finally:
         bar.close()
+    if notes is not None:
+        notes.update({src: n for src, ctx in contexts.items() if (n := attack.notes(ctx))})
     return {(src, name): evaluate(student, data, device=device)["accuracy"]
             for src in teachers for name, student in zip(students, banks[src].students)}

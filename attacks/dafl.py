@@ -3,9 +3,11 @@
 A generator G(z) learns, against the frozen teacher T, to produce inputs that T classifies
 confidently, that excite its penultimate features, and that cover all classes:
 
-    L_G = oh * CE(T(G(z)), argmax T(G(z)))          one-hot loss
-        - a  * mean |f_T(G(z))|                     activation loss (penultimate features)
-        + ie * sum_c pbar_c log pbar_c              information entropy, pbar = batch-mean softmax
+    L_G = one_hot    * CE(T(G(z)), argmax T(G(z)))     one-hot loss
+        - activation * mean |f_T(G(z))|                activation loss (penultimate features)
+        + entropy    * sum_c pbar_c log pbar_c         information entropy, pbar = batch-mean softmax
+
+(the paper's weights are named oh, a and ie; older audits recorded them under those names).
 
 Each step updates G once, then the students learn tau^2 * KL(p_T || p_S) on G(z).detach().
 No real image is used. Published: MNIST LeNet-5 98.20%, CIFAR-10 ResNet-34 -> ResNet-18 92.22%
@@ -24,7 +26,7 @@ from nasty.data import mix_seed
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
-from .base import Attack
+from .base import Attack, register
 
 
 class Generator(nn.Module):
@@ -50,30 +52,34 @@ class Generator(nn.Module):
         return x if tuple(x.shape[-2:]) == tuple(self.size) else F.interpolate(x, size=self.size, mode="bilinear")
 
 
-def dafl_generator_loss(logits, features, *, oh: float, a: float, ie: float):
-    """The three DAFL terms; returns ``(loss, terms)`` like every objective here."""
-    one_hot = F.cross_entropy(logits, logits.argmax(dim=1))
-    activation = -features.abs().mean()
+def dafl_generator_loss(logits, features, *, one_hot: float, activation: float, entropy: float):
+    """The three DAFL terms, weighted by ``one_hot``, ``activation`` and ``entropy``; returns
+    ``(loss, terms)`` like every objective here."""
+    terms = {"one_hot": F.cross_entropy(logits, logits.argmax(dim=1)), "activation": -features.abs().mean()}
     pbar = F.softmax(logits, dim=1).mean(dim=0)
-    entropy = (pbar * torch.log(pbar.clamp_min(1e-12))).sum()  # minimising it balances the classes
-    loss = oh * one_hot + a * activation + ie * entropy
-    return loss, {"one_hot": one_hot.detach(), "activation": activation.detach(), "entropy": entropy.detach()}
+    terms["entropy"] = (pbar * torch.log(pbar.clamp_min(1e-12))).sum()  # minimising it balances the classes
+    loss = one_hot * terms["one_hot"] + activation * terms["activation"] + entropy * terms["entropy"]
+    return loss, {k: v.detach() for k, v in terms.items()}
 
 
+@register
 class DAFL(Attack):
     name = "dafl"
     data_free = True
 
-    def __init__(self, *, tau: float = 4.0, oh: float = 1.0, a: float = 0.1, ie: float = 5.0, latent: int = 100,
-                 lr_g: float = 1e-3):
-        self.tau, self.oh, self.a, self.ie, self.latent, self.lr_g = tau, oh, a, ie, latent, lr_g
+    renamed = {"oh": "one_hot", "a": "activation", "ie": "entropy"}  # old setting names -> new
+
+    def __init__(self, *, tau: float = 4.0, one_hot: float = 1.0, activation: float = 0.1, entropy: float = 5.0,
+                 latent: int = 100, lr_g: float = 1e-3):
+        self.tau, self.one_hot, self.activation, self.entropy = tau, one_hot, activation, entropy
+        self.latent, self.lr_g = latent, lr_g
 
     def check(self, teacher):
         if not hasattr(teacher, "forward_features"):
             raise NastyError("dafl needs the teacher's penultimate features (forward_features); "
                              "use a model from the zoo, tv:<name> or timm:<name>")
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
         self.check(teacher)
         torch.manual_seed(mix_seed(seed, 21))  # same generator init whichever teacher it faces
         c, h, w = data.input_shape
@@ -97,7 +103,8 @@ class DAFL(Attack):
         fake = gen(z)
         features = teacher.forward_features(fake)
         logits = teacher.forward_head(features)
-        loss, _ = dafl_generator_loss(logits.float(), features.float(), oh=self.oh, a=self.a, ie=self.ie)
+        loss, _ = dafl_generator_loss(logits.float(), features.float(), one_hot=self.one_hot,
+                                      activation=self.activation, entropy=self.entropy)
         ctx["opt"].zero_grad(set_to_none=True)
         loss.backward()
         ctx["opt"].step()

@@ -27,7 +27,7 @@ from nasty.data import augment, mix_seed
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
-from .base import Attack
+from .base import Attack, register
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -85,6 +85,7 @@ def competition_loss(teacher_logits, student_logits):
     return 1.0 - js
 
 
+@register
 class DeepInversion(Attack):
     """The pool is made in ``rounds`` chunks spread evenly over the epochs (one chunk, before
     the first epoch, by default); the students always train on the pool made so far. With
@@ -109,7 +110,7 @@ class DeepInversion(Attack):
             raise NastyError(f"deepinversion.rounds must be between 1 and the pool size ({self.pool_size}), "
                              f"got {self.rounds}")
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
         self.check(teacher)
         return {"teacher": teacher, "data": data, "seed": seed, "batch": batch_size, "device": device, "quiet": quiet,
                 "noise": torch.Generator(device=device).manual_seed(mix_seed(seed, 33)), "chunks": [],

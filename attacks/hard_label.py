@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from nasty.objectives import cross_entropy
 
-from .base import Attack
+from .base import Attack, register
 
 
+@register
 class HardLabel(Attack):
     name = "hard-label"
 

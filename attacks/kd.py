@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from nasty.objectives import kd_loss
 
-from .base import Attack
+from .base import Attack, register
 
 
+@register
 class KD(Attack):
     name = "kd"
 

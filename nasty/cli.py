@@ -182,11 +182,11 @@ def _seeds(ctx, param, value):
 
 
 def _audit_options(fn):
-    from attacks import ATTACKS
+    from attacks import ATTACKS, DEFAULT_ATTACKS
 
     for opt in reversed([
-        click.option("--attacks", default=",".join(ATTACKS), show_default=True, callback=_names,
-                     help=f"Comma-separated attacks: {', '.join(ATTACKS)}."),
+        click.option("--attacks", default=",".join(DEFAULT_ATTACKS), show_default=True, callback=_names,
+                     help=f"Comma-separated attacks: {', '.join(ATTACKS)}; all runs every one."),
         click.option("--students", default=None, callback=_names,
                      help="Comma-separated student architectures [dataset recipe; digits: tiny-cnn,mlp]."),
         click.option("--seeds", default="3", show_default=True, callback=_seeds,
@@ -198,7 +198,8 @@ def _audit_options(fn):
                      help="Attack temperature [4; 20 for 100+ classes]."),
         click.option("--attack-option", "attack_options", multiple=True, callback=_attack_options,
                      metavar="ATTACK.KEY=VALUE",
-                     help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048."),
+                     help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048, "
+                          "kd-topk.k=1, skeptical.delay=5."),
         _device_option,
         _report_quiet_option,
     ]):
@@ -268,7 +269,7 @@ def _print_summary(report: dict, out) -> None:
 @_report_quiet_option
 @_fail_cleanly
 def demo(out, quick, device, quiet):
-    """Digits end to end: train a normal teacher, harden it, audit it with every attack."""
+    """Digits end to end: train a normal teacher, harden it, audit it with the default attacks."""
     from .demo import run_demo
 
     report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)

@@ -1,7 +1,8 @@
 """``nasty demo``: the whole story on digits, on a CPU, in a few minutes.
 
     normal teacher -> nasty teacher (the strongest hardening within 1 point of validation accuracy,
-    found by `nasty harden`'s budgeted search) -> audit (kd, hard-label, dafl, deepinversion; 2 students, 3 seeds)
+    found by `nasty harden`'s budgeted search) -> audit (the default attacks kd, hard-label, dafl,
+    deepinversion, and the scratch and label-smoothing baselines; 2 students, 3 seeds)
 
 Every step writes to its own folder under ``out`` and is resumed or skipped when the demo runs
 again. ``quick`` shrinks every budget to check the pipeline in seconds (numbers meaningless).

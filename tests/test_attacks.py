@@ -54,7 +54,7 @@ def test_data_free_student_loss_is_pure_kl_at_tau():
 def test_dafl_generator_loss_terms():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     feats = torch.tensor([[1.0, -3.0], [0.5, 0.5]])
-    loss, t = dafl_generator_loss(logits, feats, oh=1.0, a=0.1, ie=5.0)
+    loss, t = dafl_generator_loss(logits, feats, one_hot=1.0, activation=0.1, entropy=5.0)
     p0, p1 = softmax([2.0, 0.0]), softmax([0.0, 1.0])
     one_hot = -(math.log(p0[0]) + math.log(p1[1])) / 2
     activation = -(1 + 3 + 0.5 + 0.5) / 4
@@ -136,7 +136,7 @@ def test_deepinversion_refuses_a_teacher_without_batchnorm(digits):
 def test_unknown_attack_is_a_clear_error():
     with pytest.raises(NastyError, match="unknown attack 'kdd'.*kd, hard-label, dafl, deepinversion"):
         create_attack("kdd")
-    assert list(ATTACKS) == ["kd", "hard-label", "dafl", "deepinversion"]
+    assert list(ATTACKS) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep", "kd-topk"]
 
 
 def test_a_student_learns_the_same_alone_and_in_a_bank(digits):
@@ -154,6 +154,8 @@ BUDGETS = {  # tiny budgets that still show learning against the default normal 
     "dafl": ({}, 4),
     "deepinversion": ({"pool_size": 128, "iterations": 40}, 2),
     "adaptive-deepinversion": ({"pool_size": 128, "iterations": 40, "rounds": 2, "competition": 1.0}, 2),
+    "skeptical": ({"delay": 1}, 2),  # its final head, which never sees the teacher's outputs directly
+    "kd-topk": ({"k": 2}, 2),
 }
 
 

@@ -1,6 +1,7 @@
 """The audit: the report's schema, cells saved and skipped, clear errors; `nasty demo --quick`."""
 
 import json
+import math
 
 import pytest
 from click.testing import CliRunner
@@ -37,10 +38,10 @@ def test_report_json_has_the_schema(tiny_audit, teachers):
     assert on_disk["teacher_cost"] == pytest.approx(normal["accuracy"] - nasty["accuracy"], abs=1e-3)
     runs = on_disk["runs"]
     assert {r["attack"] for r in runs} == set(ATTACK_NAMES)
-    assert {r["source"] for r in runs} == {"scratch", "normal", "nasty"}
+    assert {r["source"] for r in runs} == {"scratch", "label-smoothing", "normal", "nasty"}
     # every (attack, student, source, seed) exactly once
     keys = [(r["attack"], r["student"], r["source"], r["seed"]) for r in runs]
-    assert len(keys) == len(set(keys)) == 4 * 2 * 3 * 2
+    assert len(keys) == len(set(keys)) == 4 * 2 * 4 * 2
     for r in runs:
         assert set(r) == {"attack", "student", "source", "seed", "accuracy"}
         assert 0.0 <= r["accuracy"] <= 100.0 and isinstance(r["seed"], int)
@@ -54,7 +55,27 @@ def test_report_json_has_the_schema(tiny_audit, teachers):
         assert s["acc_from_nasty"]["mean"] == pytest.approx(sum(mine) / len(mine), abs=1e-3)
         assert s["immunity"] == pytest.approx(s["acc_from_normal"]["mean"] - s["acc_from_nasty"]["mean"], abs=1e-3)
         assert s["below_scratch"] == pytest.approx(s["acc_scratch"]["mean"] - s["acc_from_nasty"]["mean"], abs=1e-3)
+        smooth = [r["accuracy"] for r in runs if r["attack"] == s["attack"] and r["student"] == s["student"]
+                  and r["source"] == "label-smoothing"]
+        assert s["acc_label_smoothing"]["mean"] == pytest.approx(sum(smooth) / len(smooth), abs=1e-3)
+        assert s["below_label_smoothing"] == pytest.approx(
+            s["acc_label_smoothing"]["mean"] - s["acc_from_nasty"]["mean"], abs=1e-3)
+        paired = [next(r["accuracy"] for r in runs if r["attack"] == s["attack"] and r["student"] == s["student"]
+                       and r["source"] == "normal" and r["seed"] == seed) -
+                  next(r["accuracy"] for r in runs if r["attack"] == s["attack"] and r["student"] == s["student"]
+                       and r["source"] == "nasty" and r["seed"] == seed) for seed in (0, 1)]
+        assert s["immunity"] == pytest.approx(sum(paired) / 2, abs=1e-3)
+        assert s["immunity_std"] == pytest.approx(abs(paired[0] - paired[1]) / math.sqrt(2), abs=1e-3)
+    # the worst case per student: the attack with the most accuracy from the nasty teacher
+    assert [w["student"] for w in on_disk["worst_case"]] == ["tiny-cnn", "mlp"]
+    for w in on_disk["worst_case"]:
+        rows = [s for s in on_disk["summary"] if s["student"] == w["student"]]
+        top = max(rows, key=lambda s: s["acc_from_nasty"]["mean"])
+        assert set(w) >= {"student", "attack", "acc_from_nasty", "immunity", "below_scratch", "below_label_smoothing"}
+        assert (w["attack"], w["acc_from_nasty"], w["immunity"], w["below_scratch"], w["below_label_smoothing"]) == (
+            top["attack"], top["acc_from_nasty"], top["immunity"], top["below_scratch"], top["below_label_smoothing"])
     md = (out / "report.md").read_text()
+    assert md.index("worst attack") < md.index("| kd | tiny-cnn |")  # the worst case comes first
     assert "| kd | tiny-cnn |" in md and "| deepinversion | mlp |" in md
 
 
@@ -64,23 +85,54 @@ def test_html_report_has_every_section_with_images_embedded(tiny_audit):
     for section in ("teachers", "immunity", "logits", "tsne", "images"):
         assert f"id='{section}'" in html or f'id="{section}"' in html, section
     assert html.count("data:image/png;base64,") == 3 and "<img src=\"http" not in html
+    assert html.index("id=\"worst-case\"") < html.index("id=\"teachers\"") < html.index("id=\"immunity\"")
     assert f"{report['teacher_cost']:+.2f}" in html and "| kd |" not in html
     for name in ("logits.png", "tsne.png", "images.png"):
         assert (out / name).stat().st_size > 10_000
     assert set(json.loads((out / "logits.json").read_text())["teachers"]) == {"normal", "nasty"}
 
 
+def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_audit):
+    from attacks.audit import format_html, format_markdown, format_table
+
+    _, report = tiny_audit
+    old = json.loads(json.dumps(report))
+    del old["worst_case"]
+    old["runs"] = [r for r in old["runs"] if r["source"] != "label-smoothing"]
+    for row in old["summary"]:
+        for k in ("acc_label_smoothing", "below_label_smoothing", "immunity_std"):
+            del row[k]
+    table = format_table(old)
+    assert table.index("worst attack") < table.index("| kd | tiny-cnn |")
+    worst = [line for line in table.splitlines() if line.startswith("| tiny-cnn |")]
+    assert len(worst) == 1 and worst[0].endswith("| - |")  # no label-smoothing margin to show
+    assert "| kd | tiny-cnn |" in format_markdown(old) and "worst-case" in format_html(old, {})
+
+
+def test_cells_that_recorded_dafls_old_setting_names_are_still_used(tiny_audit, teachers, monkeypatch):
+    out, report = tiny_audit
+    path = out / "cells" / "dafl-seed0.json"
+    cell = json.loads(path.read_text())
+    settings = cell["key"]["settings"]
+    for old, new in (("oh", "one_hot"), ("a", "activation"), ("ie", "entropy")):
+        settings[old] = settings.pop(new)
+    path.write_text(json.dumps(cell))
+    monkeypatch.setattr(audit_mod, "run_students", lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    assert run(teachers, out)["runs"] == report["runs"]
+
+
 def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):
     _, report = tiny_audit
-    by_attack = {a: sorted((r["student"], r["seed"], r["accuracy"]) for r in report["runs"]
-                           if r["attack"] == a and r["source"] == "scratch") for a in ATTACK_NAMES}
-    assert len({tuple(v) for v in by_attack.values()}) == 1
+    for baseline in ("scratch", "label-smoothing"):
+        by_attack = {a: sorted((r["student"], r["seed"], r["accuracy"]) for r in report["runs"]
+                               if r["attack"] == a and r["source"] == baseline) for a in ATTACK_NAMES}
+        assert len({tuple(v) for v in by_attack.values()}) == 1 and len(by_attack["kd"]) == 2 * 2
 
 
 def test_rerun_skips_completed_cells(tiny_audit, teachers, monkeypatch):
     out, report = tiny_audit
     cells = sorted(p.name for p in (out / "cells").iterdir())
-    assert len(cells) == 2 * 5  # (scratch + 4 attacks) x 2 seeds
+    assert len(cells) == 2 * 6  # (scratch + label smoothing + 4 attacks) x 2 seeds
 
     def boom(*a, **k):
         raise AssertionError("a completed cell was trained again")
@@ -174,6 +226,9 @@ def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_p
 
 @pytest.mark.parametrize("name,opts", [
     ("kd", {}),
+    ("skeptical", {"delay": 1}),  # its auxiliary heads are in the students' state
+    ("kd-sweep", {"taus": (1.0, 4.0), "alphas": (0.9,), "search_epochs": 1}),  # its choice, not made again
+    ("kd-topk", {"k": 2}),
     ("dafl", {}),  # the generator, its Adam state and its noise stream
     ("deepinversion", {"pool_size": 48, "iterations": 4, "rounds": 3, "competition": 0.5}),  # the pool, made in rounds
 ])
@@ -198,7 +253,10 @@ def test_a_cell_resumed_from_a_saved_epoch_ends_bit_identical(name, opts, teache
             torch.save(state, buf)
             states.append(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
 
-        acc = run_students(create_attack(name, **opts), models, ["tiny-cnn"], data=digits, config=cfg, device="cpu",
+        attack = create_attack(name, **opts)
+        if resume is not None and name == "kd-sweep":  # its choice comes back from the state
+            attack.select = lambda *a, **k: pytest.fail("kd-sweep chose again on resume")
+        acc = run_students(attack, models, ["tiny-cnn"], data=digits, config=cfg, device="cpu",
                            resume=resume, save=save)
         return acc, states
 

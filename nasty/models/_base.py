@@ -10,10 +10,31 @@ class Classifier(nn.Module):
     """``forward(x) == head(forward_features(x))``; ``num_features`` is the feature width.
 
     Subclasses build ``self.head`` (an ``nn.Linear``) and implement ``forward_features``,
-    which returns pooled, flat penultimate features ``(B, num_features)``.
+    which returns pooled, flat penultimate features ``(B, num_features)``. ``taps`` names
+    intermediate depths, shallow to deep (name -> submodule path): :meth:`forward_taps` returns
+    their outputs beside the logits, for auxiliary heads (the skeptical student). Reading them
+    adds nothing to the plain forward.
     """
 
     head: nn.Linear
+    taps: dict[str, str] = {}
+
+    def forward_taps(self, x: torch.Tensor, names) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, {name: output of that tap})`` from one forward; the hooks go afterwards."""
+        from ..errors import ModelError
+
+        unknown = [n for n in names if n not in self.taps]
+        if unknown:
+            raise ModelError(f"{type(self).__name__} has no tap {unknown[0]!r}; it has {', '.join(self.taps) or 'none'}")
+        seen: dict[str, torch.Tensor] = {}
+        handles = [self.get_submodule(self.taps[n]).register_forward_hook(
+            lambda module, inputs, output, n=n: seen.__setitem__(n, output)) for n in names]
+        try:
+            logits = self(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, seen
 
     @property
     def num_features(self) -> int:

@@ -13,6 +13,8 @@ from ._registry import register_model
 class PlainCNN(Classifier):
     """3 conv (32/64/128, BN, max-pool) + FC-500 + dropout: the paper's 'CNN' student."""
 
+    taps = {"conv1": "features.1", "conv2": "features.3", "conv3": "features.5"}  # each after its max-pool
+
     def __init__(self, *, num_classes, in_chans=3, hidden=500, dropout=0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -65,11 +67,13 @@ class ResNeXtBlock(nn.Module):
 
 class StagedNet(Classifier):
     """A stem, stages of blocks (first block of a stage may downsample), optional final
-    BN-ReLU (pre-activation nets), global average pooling, linear head."""
+    BN-ReLU (pre-activation nets), global average pooling, linear head. Taps: ``stage1``... at
+    the output of each stage (each block for MobileNetV2)."""
 
     def __init__(self, *, stem, stages, out_ch, num_classes, final=None):
         super().__init__()
         self.stem, self.stages = stem, nn.Sequential(*stages)
+        self.taps = {f"stage{i + 1}": f"stages.{i}" for i in range(len(stages))}
         self.final = final or nn.Identity()
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(out_ch, num_classes)

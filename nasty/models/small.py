@@ -9,6 +9,8 @@ from ._registry import register_model
 
 
 class SmallCNN(Classifier):
+    taps = {"conv1": "features.0", "conv2": "features.2", "conv3": "features.3"}  # conv2: after its max-pool
+
     def __init__(self, *, num_classes: int, in_chans: int = 1, widths=(32, 64, 128)):
         super().__init__()
         a, b, c = widths
@@ -24,6 +26,8 @@ class SmallCNN(Classifier):
 
 
 class TinyCNN(Classifier):
+    taps = {"conv1": "features.1", "conv2": "features.2"}  # conv1: after its max-pool
+
     def __init__(self, *, num_classes: int, in_chans: int = 1, widths=(16, 32)):
         super().__init__()
         a, b = widths
@@ -39,6 +43,8 @@ class TinyCNN(Classifier):
 
 class MLP(Classifier):
     """Two hidden layers on the image average-pooled to ``grid`` x ``grid``."""
+
+    taps = {"hidden1": "features.3", "hidden2": "features.5"}
 
     def __init__(self, *, num_classes: int, in_chans: int = 1, hidden: int = 128, grid: int = 8):
         super().__init__()

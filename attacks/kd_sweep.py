@@ -1,0 +1,96 @@
+"""KD with the temperature and weight chosen by the thief: it does not know the defender's tau,
+so it tries each (tau, alpha) in ``taus`` x ``alphas`` and keeps the pair whose student is most
+accurate on a stratified validation split of *its own* training data (``val_fraction`` of it,
+seeded; the test set is never read for the choice). Each candidate trains for
+``search_epochs`` on the rest; the chosen pair then trains the student on all of the thief's
+data for the full schedule. Chosen per teacher and per student architecture; ties go to the
+first pair in order. A low tau ignores most of the misleading mass a nasty teacher puts on
+wrong classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from nasty.data import TensorData
+from nasty.errors import NastyError
+from nasty.objectives import kd_loss
+
+from .base import Attack, register
+
+
+def thief_split(data: TensorData, *, fraction: float, seed: int) -> TensorData:
+    """The thief's training images as (fit, validation): a TensorData whose ``train`` is the rest
+    and whose ``test`` is a stratified ``fraction`` of ``data.train``; ``data.test`` is left out."""
+    from sklearn.model_selection import train_test_split
+
+    y = data.train_y.numpy()
+    try:
+        fit, val = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed % 2**32)
+    except ValueError:
+        raise NastyError(f"kd-sweep.val_fraction {fraction} of {len(y)} training images cannot hold every one of "
+                         f"{data.num_classes} classes on both sides; change it") from None
+    fit, val = torch.from_numpy(np.sort(fit)), torch.from_numpy(np.sort(val))
+    return replace(data, train_x=data.train_x[fit], train_y=data.train_y[fit], test_x=data.train_x[val],
+                   test_y=data.train_y[val], _device_cache={})
+
+
+@register
+class KDSweep(Attack):
+    name = "kd-sweep"
+
+    def __init__(self, *, taus=(1.0, 2.0, 4.0, 8.0, 16.0), alphas=(0.5, 0.9), val_fraction: float = 0.2,
+                 search_epochs: int = 5):
+        self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
+        if not self.taus or not self.alphas or min(self.taus) <= 0 or not all(0 <= a <= 1 for a in self.alphas):
+            raise NastyError(f"kd-sweep needs taus > 0 and alphas in [0, 1], got {self.taus} and {self.alphas}")
+        if not 0.0 < val_fraction < 1.0:
+            raise NastyError(f"kd-sweep.val_fraction must be in (0, 1), got {val_fraction}")
+        if int(search_epochs) != search_epochs or search_epochs < 1:
+            raise NastyError(f"kd-sweep.search_epochs must be a whole number >= 1, got {search_epochs}")
+        self.val_fraction, self.search_epochs = val_fraction, int(search_epochs)
+
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+        if config is None:
+            raise NastyError("kd-sweep runs inside run_students (it needs the training config)")
+        return {"teacher": teacher, "data": data, "config": config, "device": device, "picks": None}
+
+    def start_epoch(self, ctx, epoch, students):
+        if ctx["picks"] is None:  # at the first epoch (a resumed run has them from its state)
+            ctx["picks"] = self.select(ctx["teacher"], ctx["data"], archs=students.names, config=ctx["config"],
+                                       device=ctx["device"])
+
+    def select(self, teacher, data, *, archs, config, device) -> dict[str, dict]:
+        """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy."""
+        from .base import run_students
+        from .kd import KD
+
+        split = thief_split(data, fraction=self.val_fraction, seed=config.seed)
+        cfg = replace(config, epochs=self.search_epochs)
+        tried = {arch: [] for arch in archs}
+        devices = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
+            for tau in self.taus:
+                for alpha in self.alphas:
+                    acc = run_students(KD(alpha=alpha, tau=tau), {"thief": teacher}, list(archs), split, config=cfg,
+                                       device=device)
+                    for arch in archs:
+                        tried[arch].append({"tau": tau, "alpha": alpha, "val_accuracy": round(acc[("thief", arch)], 4)})
+        return {arch: {**max(rows, key=lambda r: r["val_accuracy"]), "tried": rows} for arch, rows in tried.items()}
+
+    def state(self, ctx):
+        return {"picks": ctx["picks"]}
+
+    def restore(self, ctx, state):
+        ctx["picks"] = state["picks"]
+
+    def notes(self, ctx) -> dict:
+        return {"picks": ctx["picks"]}
+
+    def step(self, ctx, student, x, teacher_logits, y, *, epoch, arch):
+        pick = ctx["picks"][arch]
+        z = student(x).float()
+        return z, {"loss": kd_loss(z, teacher_logits, y, alpha=pick["alpha"], tau=pick["tau"])[0]}

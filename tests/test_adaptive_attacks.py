@@ -1,0 +1,176 @@
+"""The adaptive attacks (skeptical, kd-sweep, kd-topk) and the label-smoothing baseline: their
+losses against hand-computed values, where the skeptical student's KD gradient goes, and that
+kd-sweep chooses without reading the test set."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import attacks.base as base
+from attacks import KDSweep, KDTopK, LabelSmoothing, Skeptical, attack_names, create_attack
+from attacks.kd_sweep import thief_split
+from attacks.skeptical import skeptical_losses
+from nasty.checkpoint import load_model
+from nasty.errors import NastyError
+from nasty.models import create_model
+from nasty.trainer import TrainConfig
+
+
+def softmax(row, tau=1.0):
+    e = [math.exp(v / tau) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+
+
+def test_kd_topk_loss_matches_hand_computation():
+    zs, zt, y, tau, alpha = [1.0, 0.0, -1.0, 0.5], [3.0, 1.0, 0.0, -2.0], 2, 2.0, 0.9
+    ps = softmax(zs, tau)
+    ce = -math.log(softmax(zs)[y])
+    top2 = softmax([3.0, 1.0], tau) + [0.0, 0.0]  # the two largest, renormalised
+    for k, q in ((2, top2), (1, [1.0, 0.0, 0.0, 0.0]), (4, softmax(zt, tau))):
+        loss, terms = KDTopK(k=k, alpha=alpha, tau=tau).loss(torch.tensor([zs]), torch.tensor([zt]), torch.tensor([y]))
+        assert terms["kl"].item() == pytest.approx(kl(q, ps), rel=1e-5), k
+        assert loss.item() == pytest.approx(alpha * tau**2 * kl(q, ps) + (1 - alpha) * ce, rel=1e-5), k
+
+
+def test_label_smoothing_loss_matches_hand_computation():
+    z, y, eps = [2.0, 0.0, -1.0], 0, 0.1
+    target = [1 - eps + eps / 3, eps / 3, eps / 3]
+    expect = -sum(t * math.log(p) for t, p in zip(target, softmax(z)))
+    assert LabelSmoothing(smoothing=eps).loss(torch.tensor([z]), None, torch.tensor([y]))[0].item() == pytest.approx(
+        expect, rel=1e-6)
+
+
+def test_skeptical_losses_match_hand_computation():
+    final, middle, shallow, teacher = [2.0, 0.0, 1.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [3.0, 0.0, 2.0]
+    y, tau, alpha = 0, 4.0, 0.9
+    args = [torch.tensor([v]) for v in (final, middle, shallow, teacher)] + [torch.tensor([y])]
+    got = skeptical_losses(*args, alpha=alpha, tau=tau, middle_kl=0.3, distil=True)
+    ce = lambda z: -math.log(softmax(z)[y])  # noqa: E731
+    assert got["ce"].item() == pytest.approx(ce(final), rel=1e-6)
+    kd = alpha * tau**2 * kl(softmax(teacher, tau), softmax(shallow, tau)) + (1 - alpha) * ce(shallow)
+    assert got["kd"].item() == pytest.approx(kd, rel=1e-5)
+    self_term = 0.3 * kl(softmax(final, tau), softmax(middle, tau)) + 0.7 * ce(middle)
+    assert got["self"].item() == pytest.approx(self_term, rel=1e-5)
+    before = skeptical_losses(*args, alpha=alpha, tau=tau, middle_kl=0.3, distil=False)  # before the delay
+    assert set(before) == {"ce"} and before["ce"].item() == pytest.approx(ce(final), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["tiny-cnn", "mlp", "small-cnn"])
+def test_the_skeptical_kd_gradient_reaches_only_the_shallow_head_and_the_layers_below_it(arch, digits):
+    torch.manual_seed(0)
+    student = Skeptical().student(create_model(arch, num_classes=10, in_chans=1), digits)
+    x, y = next(digits.batches("train", batch_size=16, seed=0))
+    t = torch.randn(16, 10)
+    final, middle, shallow = student.forward_heads(x)
+    losses = skeptical_losses(final, middle, shallow, t, y, alpha=0.9, tau=4.0, middle_kl=0.3, distil=True)
+    losses["kd"].backward()
+    net = student.net
+    shallow_path = net.taps[student.points[0]]  # e.g. features.1: that module and every one before it
+    depth = int(shallow_path.split(".")[1])
+    reached = {n for n, p in student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for name, p in student.named_parameters():
+        below = name.startswith("shallow_head.") or (name.startswith("net.features.") and
+                                                     int(name.split(".")[2]) <= depth)
+        assert (name in reached) == below, f"{name}: {'no' if below else 'a'} KD gradient"
+    assert net.head.weight.grad is None and all(p.grad is None for p in student.middle_head.parameters())
+
+
+@pytest.mark.parametrize("arch,shape", [("tiny-cnn", (1, 8, 8)), ("mlp", (1, 8, 8)), ("small-cnn", (1, 8, 8)),
+                                        ("cnn", (3, 32, 32)), ("resnetc20", (3, 32, 32))])
+def test_zoo_taps_leave_the_plain_forward_as_it_is(arch, shape):
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_chans=shape[0]).eval()
+    x = torch.randn(2, *shape)
+    logits, seen = model.forward_taps(x, list(model.taps))
+    assert len(model.taps) >= 2 and list(seen) == list(model.taps)
+    assert torch.equal(logits, model(x))
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks are gone
+
+
+def test_the_skeptical_student_is_evaluated_on_its_final_head(digits):
+    torch.manual_seed(1)
+    plain = create_model("tiny-cnn", num_classes=10, in_chans=1)
+    torch.manual_seed(1)
+    student = Skeptical().student(create_model("tiny-cnn", num_classes=10, in_chans=1), digits).eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(student(x), plain.eval()(x))  # same weights as the plain model, same forward
+    assert torch.equal(student.forward_heads(x)[0], student(x))
+
+
+def test_bad_skeptical_settings_are_clear_errors(digits):
+    mlp = create_model("mlp", num_classes=10, in_chans=1)
+    with pytest.raises(NastyError, match="skeptical.shallow must index"):
+        Skeptical(shallow=5).student(mlp, digits)
+    with pytest.raises(NastyError, match="must be shallower"):
+        Skeptical(shallow=1, middle=0).student(mlp, digits)
+    with pytest.raises(NastyError, match="skeptical.delay \\(20\\) must be below the student epochs"):
+        Skeptical(delay=20).setup(None, digits, seed=0, batch_size=8, epochs=20, device="cpu")
+    with pytest.raises(NastyError, match="skeptical.delay must be"):
+        Skeptical(delay=-1)
+    tv = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(NastyError, match="at least two named taps"):
+        Skeptical().student(tv, digits)
+
+
+def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
+    with pytest.raises(NastyError, match="kd-topk.k must be a whole number >= 1"):
+        KDTopK(k=0)
+    with pytest.raises(NastyError, match="at most the number of classes \\(10\\)"):
+        KDTopK(k=11).check_data(digits)
+    with pytest.raises(NastyError, match="val_fraction must be in"):
+        KDSweep(val_fraction=1.5)
+    with pytest.raises(NastyError, match="search_epochs"):
+        KDSweep(search_epochs=0)
+    with pytest.raises(NastyError, match="unknown attack 'nope'"):
+        attack_names(["kd", "nope"])
+    assert attack_names(["kd", "all"]) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep",
+                                           "kd-topk"]
+
+
+def test_the_thiefs_validation_split_comes_from_its_training_images_only(digits):
+    split = thief_split(digits, fraction=0.2, seed=3)
+    n = len(digits.train_y)
+    assert len(split.train_y) + len(split.test_y) == n and abs(len(split.test_y) - 0.2 * n) <= 1
+    rows = {bytes(r.flatten().tolist()) for r in digits.train_x}
+    assert all(bytes(r.flatten().tolist()) in rows for r in split.test_x)  # validation images are training images
+    fit, val = torch.bincount(split.train_y, minlength=10), torch.bincount(split.test_y, minlength=10)
+    assert (val > 0).all() and ((val.float() / (fit + val).float()) - 0.2).abs().max() < 0.05  # stratified
+
+
+def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeypatch):
+    normal, _ = load_model(teachers["root"] / "normal")
+    normal.eval().requires_grad_(False)
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
+    seen = []
+    real_evaluate = base.evaluate
+    monkeypatch.setattr(base, "evaluate", lambda model, data, **k: seen.append(data) or real_evaluate(model, data, **k))
+    picks = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")
+    assert len(seen) == 4 and all(d.test_x is not digits.test_x and len(d.test_y) < len(digits.train_y) for d in seen)
+    # a test set of noise with shuffled labels changes nothing in the choice
+    g = torch.Generator().manual_seed(0)
+    poisoned = replace(digits, test_x=torch.randint(0, 256, digits.test_x.shape, dtype=torch.uint8, generator=g),
+                       test_y=digits.test_y[torch.randperm(len(digits.test_y), generator=g)], _device_cache={})
+    assert sweep.select(normal, poisoned, archs=["mlp"], config=cfg, device="cpu") == picks
+    rows = picks["mlp"]["tried"]
+    assert [(r["tau"], r["alpha"]) for r in rows] == [(1.0, 0.5), (1.0, 0.9), (4.0, 0.5), (4.0, 0.9)]
+    best = max(r["val_accuracy"] for r in rows)
+    assert picks["mlp"]["val_accuracy"] == best and next(r for r in rows if r["val_accuracy"] == best) == {
+        k: picks["mlp"][k] for k in ("tau", "alpha", "val_accuracy")}
+
+
+def test_kd_sweep_trains_with_its_pick_and_reports_it(teachers, digits):
+    normal, _ = load_model(teachers["root"] / "normal")
+    notes = {}
+    attack = create_attack("kd-sweep", taus=(2.0,), alphas=(0.7,), search_epochs=1, tau=99.0)  # tau: not its setting
+    acc = base.run_students(attack, {"normal": normal}, ["mlp"], digits, notes=notes,
+                            config=TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=0), device="cpu")
+    assert acc[("normal", "mlp")] > 30.0
+    pick = notes["normal"]["picks"]["mlp"]
+    assert (pick["tau"], pick["alpha"]) == (2.0, 0.7)
