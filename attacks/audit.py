@@ -23,6 +23,7 @@ from pathlib import Path
 from nasty import __version__
 from nasty import checkpoint as ckpt
 from nasty.data import load_dataset
+from nasty.defences import defence_of
 from nasty.errors import NastyError
 from nasty.models import create_model
 from nasty.recipes import RECIPES
@@ -125,6 +126,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
         attack = (BASELINES[name]() if name in BASELINES else
                   create_attack(name, **{"alpha": alpha, "tau": tau, **opts[name]}))
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
+        if name in BASELINES:  # no teacher in them: the same cells serve any audit of these students (compare)
+            del key["teachers"]
         path = cells_dir / f"{name}-seed{seed}.json"
         partial = path.with_name(f"{name}-seed{seed}.partial.pt")
         cell = _load_cell(path, key, force=force)
@@ -159,7 +162,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
                 tqdm.write(f"{name} seed {seed} ({cell['seconds']:.1f}s): " + ", ".join(
                     f"{r['student']}<-{r['source']} {r['accuracy']:.2f}" for r in cell["runs"]))
         cells.append(cell)
-        report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction)
+        report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
+                         common["teachers"])
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
@@ -269,7 +273,10 @@ def _load_cell(path: Path, key: dict, *, force: bool):
 
 
 def _rename_settings(key: dict | None) -> None:
-    """An older cell's key, in place, with the attack's settings under their current names."""
+    """An older cell's key, in place, with the attack's settings under their current names (and
+    without the teachers, for a baseline cell: older audits recorded them there too)."""
+    if isinstance(key, dict) and key.get("attack") in BASELINES:
+        key.pop("teachers", None)
     attack = ATTACKS.get((key or {}).get("attack"))
     settings = (key or {}).get("settings")
     if attack is not None and isinstance(settings, dict):
@@ -360,7 +367,8 @@ def worst_case(summary: list[dict]) -> list[dict]:
     return rows
 
 
-def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction) -> dict:
+def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
+            shas: dict) -> dict:
     key = cells[0]["key"]
     runs, notes = [], {}
     for cell in cells:
@@ -378,10 +386,12 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
         "train_fraction": train_fraction,
         "teachers": {
             "normal": {"arch": normal_card.get("arch"), "accuracy": round(accuracy["normal"], 4),
-                       "sha256": key["teachers"]["normal"]},
+                       "defence": defence_of(normal_card),
+                       "sha256": shas["normal"]},
             "nasty": {"arch": nasty_card.get("arch"), "accuracy": round(accuracy["nasty"], 4),
+                      "defence": defence_of(nasty_card),
                       "omega": nasty_card.get("omega"), "tau": nasty_card.get("tau"),
-                      "sha256": key["teachers"]["nasty"]},
+                      "sha256": shas["nasty"]},
         },
         "teacher_cost": round(accuracy["normal"] - accuracy["nasty"], 4),
         "settings": {"students": key["students"], "epochs": epochs, "batch_size": key["batch_size"],

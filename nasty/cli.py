@@ -304,6 +304,23 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 
 
 @main.command()
+@click.option("--reference", required=True, type=click.Path(), help="The normal model every defence is compared with.")
+@click.option("--teachers", required=True, callback=_names, help="Comma-separated run directories of defended teachers.")
+@_audit_options
+@click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True)
+@click.option("--force", is_flag=True, help="Redo cells of another comparison in --out.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write compare.png.")
+@_unsafe_pickle_option
+@_fail_cleanly
+def compare(reference, teachers, attacks, out, **kw):
+    """Audit several defended teachers against one reference: compare.json and compare.png (Pareto front)."""
+    from attacks.compare import compare as run_compare
+
+    result = run_compare(reference=reference, teachers=teachers, attacks=attacks, out=out, echo=click.echo, **kw)
+    click.echo(f"compared {len(result['rows'])} teachers -> {out}/compare.json" + (", compare.png" if kw["plots"] else ""))
+
+
+@main.command()
 @click.option("--teacher", required=True, type=click.Path(), help="The run directory to export (its transform included).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="FILE.pt2 (torch.export) or FILE.onnx.")
 @_unsafe_pickle_option

@@ -26,7 +26,7 @@ from torch import nn
 from .errors import NastyError
 
 __all__ = ["Transform", "TopK", "ReverseSigmoid", "Round", "Temperature", "TRANSFORMS", "create_transform",
-           "Defended", "describe"]
+           "Defended", "describe", "defence_of"]
 
 _FLOOR = 1e-12  # log of a probability rounded or clipped to zero
 
@@ -134,6 +134,18 @@ def describe(spec: dict | None) -> str:
         return "none"
     return " ".join([spec["name"], *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in spec.items() if k != "name")])
+
+
+def defence_of(card: dict) -> str:
+    """A released model's defence in a few words, from its card: its hardening and serving transform
+    (``nasty omega 0.05 + topk k=2``; ``none`` for a normal model served as it is)."""
+    parts = []
+    if card.get("kind") == "nasty":
+        omega = card.get("omega")
+        parts.append(f"nasty omega {omega:.3g}" if isinstance(omega, (int, float)) else "nasty")
+    if card.get("output_transform"):
+        parts.append(describe(card["output_transform"]))
+    return " + ".join(parts) or "none"
 
 
 class Defended(nn.Module):

@@ -1,0 +1,131 @@
+"""Defences side by side: several defended teachers audited against one reference.
+
+    from attacks.compare import compare
+    result = compare(reference="runs/normal", teachers=["runs/nasty", "runs/stingy2"], out="runs/compare")
+
+Each teacher gets a full audit in ``out/audits/<name>/`` with the same students, seeds, epochs
+and attacks. The baselines that do not depend on the teacher (students from scratch, and with
+label smoothing where the audit has it) are trained once: the first audit's baseline cells are
+copied into the others before they run, and each audit checks them against its own settings.
+Every audit resumes like ``nasty audit`` does, so a killed comparison goes on where it stopped.
+
+``compare.json`` has one row per teacher: its defence, test accuracy, cost against the
+reference, and per student the stolen accuracy of the strongest attack (the worst case);
+``compare.png`` plots teacher accuracy against the best stolen accuracy with the Pareto front.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from nasty import checkpoint as ckpt
+from nasty.defences import defence_of
+from nasty.errors import NastyError
+
+from .audit import audit
+
+__all__ = ["compare", "pareto_front", "plot_compare"]
+
+BASELINES = ("scratch", "label-smoothing")
+
+
+def _slug(path: Path, taken: set[str]) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name or "teacher").strip("-.") or "teacher"
+    slug, k = name, 1
+    while slug in taken:
+        k += 1
+        slug = f"{name}-{k}"
+    taken.add(slug)
+    return slug
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: higher teacher accuracy (x) and lower stolen
+    accuracy (y) are better. Sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
+            alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False, force: bool = False,
+            unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None) -> dict:
+    """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict."""
+    teachers = [Path(t).expanduser() for t in teachers]
+    if not teachers:
+        raise NastyError("--teachers: give at least one teacher to compare")
+    out = Path(out).expanduser()
+    taken: set[str] = set()
+    names = [_slug(t, taken) for t in teachers]
+    kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs, "alpha": alpha,
+              "tau": tau, "device": device,
+              "quiet": quiet, "force": force, "unsafe_pickle": unsafe_pickle, "attack_options": attack_options,
+              "plots": False}
+    if attacks is not None:
+        kwargs["attacks"] = attacks
+    rows, first = [], None
+    for name, teacher in zip(names, teachers):
+        folder = out / "audits" / name
+        if first is not None:  # the teacher-free baselines of the first audit serve every other one
+            (folder / "cells").mkdir(parents=True, exist_ok=True)
+            for cell in (first / "cells").glob("*.json"):
+                if cell.name.startswith(BASELINES) and not (folder / "cells" / cell.name).exists():
+                    shutil.copyfile(cell, folder / "cells" / cell.name)
+        report = audit(teacher=teacher, out=folder, **kwargs)
+        first = first or folder
+        card = ckpt.read_card(teacher) if teacher.is_dir() else {}
+        t = report["teachers"]
+        worst = {w["student"]: w for w in report.get("worst_case", [])} or {
+            r["student"]: r for r in sorted(report["summary"], key=lambda r: r["acc_from_nasty"]["mean"])}
+        rows.append({
+            "teacher": str(teacher), "name": name, "defence": defence_of(card),
+            "accuracy": t["nasty"]["accuracy"], "reference_accuracy": t["normal"]["accuracy"],
+            "cost": round(t["normal"]["accuracy"] - t["nasty"]["accuracy"], 4),
+            "worst_case": {s: {"attack": w["attack"],
+                               "acc_from_teacher": w["acc_from_nasty"] if isinstance(w["acc_from_nasty"], float)
+                               else w["acc_from_nasty"]["mean"]}
+                           for s, w in worst.items()},
+            "summary": report["summary"],
+        })
+        if echo and not quiet:
+            echo(f"{name} ({rows[-1]['defence']}): accuracy {rows[-1]['accuracy']:.2f}%, worst case " + ", ".join(
+                f"{s} {w['acc_from_teacher']:.2f}% ({w['attack']})" for s, w in rows[-1]["worst_case"].items()))
+    result = {"reference": str(reference), "rows": rows,
+              "settings": {k: v for k, v in kwargs.items() if k in ("students", "seeds", "epochs", "alpha", "tau",
+                                                                    "attacks")}}
+    result["settings"]["seeds"] = list(seeds)
+    ckpt.write_json(out / "compare.json", result)
+    if plots:
+        from nasty.diagnostics import save_figure
+
+        save_figure(plot_compare(result), out / "compare.png")
+    return result
+
+
+def plot_compare(result: dict):
+    """Teacher accuracy against the best stolen accuracy, one panel per student, Pareto front drawn."""
+    from matplotlib.figure import Figure
+
+    rows = result["rows"]
+    students = list(rows[0]["worst_case"]) if rows else []
+    fig = Figure(figsize=(6 * max(1, len(students)), 5), layout="constrained")
+    for k, student in enumerate(students):
+        ax = fig.add_subplot(1, len(students), k + 1)
+        pts = [(r["accuracy"], r["worst_case"][student]["acc_from_teacher"]) for r in rows]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3)
+        for p, r in zip(pts, rows):
+            ax.annotate(r["defence"], p, textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", linestyle="--",
+                label="Pareto front (more accurate, less stolen)")
+        ax.set(xlabel="teacher test accuracy (%)", ylabel=f"best stolen accuracy of {student} (%)",
+               title=f"{student}: worst case over the attacks")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
