@@ -190,8 +190,11 @@ def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = Non
             f"{who} {'does' if len(items) == 1 else 'do'} not record the preprocessing it was trained with; assuming "
             f"{data.name}'s own normalisation ({_of(data)}): state it with "
             f"--mean/--std or --normalization if it was trained otherwise"), stacklevel=2)
-    for c in cards:
-        if c.get("classes") and len(c["classes"]) == data.num_classes and tuple(c["classes"]) != data.classes:
+    for option, source, c in items:
+        if c.get("classes") and tuple(c["classes"]) != data.classes:
+            if len(c["classes"]) != data.num_classes:
+                raise DataError(f"{option} {label(source)} names {len(c['classes'])} classes but {data.name} has "
+                                f"{data.num_classes}")
             data = replace(data, classes=tuple(str(x) for x in c["classes"]), _device_cache={})
             break
     return data

@@ -116,6 +116,7 @@ def cases(t, f):
         (bring + ["--normalization", "sepia", "--out", str(f / "i7")], 2, "--normalization"),
         (bring + ["--expect-accuracy", "101", "--out", str(f / "i8")], 2, "--expect-accuracy"),
         (bring + ["--out", normal], 1, "already holds a run"),
+        (bring + ["--classes", "cat,dog,cow", "--out", str(f / "i10")], 1, "names 3 classes but digits has 10"),
         (["import", "--weights", str(f / "untrained.pt"), "--arch", "small-cnn", "--dataset", "digits",
           "--out", str(f / "i9")], 1, "near chance level"),
         (["harden", "--teacher", str(f / "normal.pt"), "--arch", "small-cnn", "--dataset", "digits", "--mean", "0.5",

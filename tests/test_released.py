@@ -96,9 +96,10 @@ def test_audit_warns_about_a_reference_that_is_not_the_adversary(own, teachers, 
     # another model: imported from my.pt, not what the digits nasty teacher was hardened against
     code, out = run("audit", "--teacher", nasty, "--reference", "runs/mine", "--out", "a3", *quick)
     assert code == 1 and "expect different preprocessing" in out, out
+    names = "zero,one,two,three,four,five,six,seven,eight,nine"
     code, out = run("import", "--weights", "my.pt", "--arch", "small-cnn", "--dataset", "digits", "--out", "other",
-                    "--expect-accuracy", "0")
-    assert code == 0, out
+                    "--expect-accuracy", "0", "--classes", names)
+    assert code == 0 and json.loads(Path("other/card.json").read_text())["classes"] == names.split(","), out
     code, out = run("audit", "--teacher", nasty, "--reference", "other", "--out", "a4", *quick)
     assert code == 0 and "is not the adversary the teacher was hardened against" in out, out
     assert len([line for line in out.splitlines() if line.startswith("warning")]) == 1
