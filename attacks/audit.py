@@ -18,15 +18,16 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 from nasty import __version__
 from nasty import checkpoint as ckpt
-from nasty.data import load_dataset
 from nasty.defences import defence_of
-from nasty.errors import NastyError
+from nasty.errors import NastyError, NastyWarning
 from nasty.models import create_model
 from nasty.recipes import RECIPES
+from nasty.released import data_for, is_adversary, label, parse_normalization, read_model, require_options
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, attack_names, attack_settings, create_attack
@@ -47,7 +48,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
           alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
           unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
-          checkpoint_seconds: float = 60.0) -> dict:
+          checkpoint_seconds: float = 60.0, arch: str | None = None, dataset: str | None = None, data=None,
+          mean=None, std=None, normalization: str | None = None) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
@@ -60,6 +62,12 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     pool) to ``cells/<cell>.partial.pt`` at the end of an epoch once ``checkpoint_seconds`` have
     passed since the last save (0: every epoch); the next audit with the same settings goes on
     from there.
+
+    ``teacher`` and ``reference`` may be run directories, weights files or ``nn.Module`` objects;
+    ``arch``, ``dataset`` (or ``data``, a :class:`~nasty.data.TensorData`) and the normalisation
+    (``mean``/``std`` or a ``normalization`` preset) describe those that do not record them
+    (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
+    the teacher's card records, or is itself hardened.
     """
     attacks = attack_names(attacks)  # unknown names fail here, before anything is loaded
     for name, options in (attack_options or {}).items():
@@ -78,20 +86,27 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     if checkpoint_seconds < 0:
         raise NastyError(f"--checkpoint-seconds must be >= 0, got {checkpoint_seconds}")
 
-    nasty_sd, nasty_card = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)
-    normal_sd, normal_card = ckpt.load_weights(reference, unsafe_pickle=unsafe_pickle, option="--reference")
-    dataset = nasty_card.get("dataset") or normal_card.get("dataset")
-    if not dataset:
-        raise NastyError(f"--teacher {teacher} does not record its dataset; audit run directories of `nasty harden`")
-    if normal_card.get("dataset") and normal_card["dataset"] != dataset:
-        raise NastyError(f"--reference {reference} was trained on {normal_card['dataset']}, "
-                         f"but --teacher {teacher} on {dataset}; audit a teacher against its own normal model")
-    data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
+    norm = parse_normalization(mean=mean, std=std, preset=normalization)
+    items = []
+    for option, source in (("--teacher", teacher), ("--reference", reference)):
+        sd, card = read_model(source, option=option, arch=arch, normalization=norm, unsafe_pickle=unsafe_pickle)
+        items.append((option, source, card, sd))
+    (_, _, nasty_card, nasty_sd), (_, _, normal_card, normal_sd) = items
+    items = [i[:3] for i in items]
+    require_options(items, dataset=dataset or (data.name if data is not None else None))
+    trained_on = (nasty_card.get("dataset"), normal_card.get("dataset"))
+    if None not in trained_on and trained_on[0] != trained_on[1]:
+        raise NastyError(f"--reference {label(reference)} was trained on {trained_on[1]}, but --teacher "
+                         f"{label(teacher)} on {trained_on[0]}; audit a teacher against its own normal model")
+    _warn_about_reference(nasty_card, normal_card, reference)
+    data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
+                    train_fraction=train_fraction)
     recipe = RECIPES[data.name]
     fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
-    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {teacher}", served=True, **fit).eval()
-    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {reference}", served=True,
+    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {label(teacher)}", served=True,
                                    **fit).eval()
+    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {label(reference)}", served=True,
+                                    **fit).eval()
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     for s in students:  # unknown or unbuildable architectures fail before any training
         create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0])
@@ -172,6 +187,18 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
                              if a in ("dafl", "deepinversion")},
                     quiet=quiet)
     return report
+
+
+def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> None:
+    """One line on stderr (a warning, not an error) when the comparison is not the one the audit is for."""
+    if normal_card.get("kind") == "nasty":
+        warnings.warn(NastyWarning(f"--reference {label(reference)} is itself a hardened (nasty) teacher; the audit "
+                                   f"measures immunity against the normal model the teacher was hardened from"))
+    elif is_adversary(nasty_card, normal_card) is False:
+        adv = nasty_card["adversary"]
+        warnings.warn(NastyWarning(f"--reference {label(reference)} is not the adversary the teacher was hardened "
+                                   f"against ({adv.get('source')}, sha256 {str(adv.get('sha256'))[:12]}...); "
+                                   f"immunity is measured against another model"))
 
 
 def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, attacks, quiet) -> None:

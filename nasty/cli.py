@@ -1,17 +1,18 @@
-"""The ``nasty`` command line: ``train``, ``harden``, ``audit``, ``demo``, ``plot``, ``models``."""
+"""The ``nasty`` command line: ``train``, ``import``, ``harden``, ``audit``, ``demo``, ``plot``, ``models``."""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__
 from .data import DATASETS
-from .errors import NastyError
+from .errors import NastyError, NastyWarning
 
 
 def _fail_cleanly(fn):
@@ -20,7 +21,10 @@ def _fail_cleanly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # our warnings: one line on stderr each
+                warnings.simplefilter("always", NastyWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except NastyError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
@@ -28,6 +32,16 @@ def _fail_cleanly(fn):
             sys.exit(130)
 
     return wrapper
+
+
+def _show_warning(message, category, *args, **kwargs):
+    if issubclass(category, NastyWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
+
+
+_default_showwarning = warnings.showwarning
 
 
 def _main_rank() -> bool:
@@ -45,12 +59,47 @@ _unsafe_pickle_option = click.option(
     "--unsafe-pickle", is_flag=True,
     help="Allow full unpickling of .pt/.pth weights. Runs code from the file: only for files you trust.")
 _report_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars (the summary still prints).")
+def _dataset_option(help):
+    return click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default=None, help=help)
+
+
+_arch_option = click.option("--arch", default=None,
+                            help="Architecture (see `nasty models`), tv:<name> or timm:<name> [recorded in a run].")
+
+
+def _options(*opts):
+    def deco(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+# what a model you bring expects; a run directory records it (its card's normalization)
+_normalization_options = _options(
+    click.option("--mean", default=None, metavar="M[,M,...]",
+                 help="The model's input normalisation: per-channel mean on the 0..1 scale (one value for all) "
+                      "[recorded in a run, else the dataset's own statistics]."),
+    click.option("--std", default=None, metavar="S[,S,...]", help="Per-channel std, with --mean."),
+    click.option("--normalization", type=click.Choice(["imagenet", "unit"]), default=None,
+                 help="A preset in place of --mean/--std: imagenet, or unit (plain [0, 1] scaling: mean 0, std 1)."),
+)
+# for weights that do not record what they are (audit, plot)
+_bring_options = _options(_arch_option, _dataset_option("Dataset [the teacher's]."), _normalization_options)
+_released_options = _options(
+    _normalization_options,
+    click.option("--classes", default=None, callback=lambda ctx, param, v: _names(ctx, param, v),
+                 help="Comma-separated class names, in the model's output order [the dataset's]."),
+    click.option("--expect-accuracy", type=click.FloatRange(0, 100), default=None,
+                 help="The test accuracy (%) the model is known to have: stop if it scores more than 5 points "
+                      "below (a preprocessing mismatch) [a run's recorded accuracy; else above chance level]."),
+)
 
 
 def _data_options(fn):
     for opt in reversed([
-        click.option("--dataset", type=click.Choice(list(DATASETS), case_sensitive=False), default=None,
-                     help="Dataset [train: digits; harden: the teacher's]."),
+        _dataset_option("Dataset [train: digits; harden: the teacher's]."),
         _data_root_option,
         _download_option,
         click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
@@ -126,6 +175,7 @@ def train(dataset, **kw):
 @click.option("--collapse-margin", type=click.FloatRange(min=0), default=20.0, show_default=True,
               help="Stop hardening if test accuracy falls this many points below the adversary's (after the "
                    "first LR drop; at chance level from epoch 2); 0 turns the guard off.")
+@_released_options
 @_unsafe_pickle_option
 @_fail_cleanly
 def harden(**kw):
@@ -224,9 +274,11 @@ def _attack_options(ctx, param, values):
 
 
 @main.command()
-@click.option("--teacher", required=True, type=click.Path(), help="The audited (nasty) teacher's run directory.")
+@click.option("--teacher", required=True, type=click.Path(),
+              help="The audited (nasty) teacher: a run directory (or weights, with --arch/--dataset).")
 @click.option("--reference", required=True, type=click.Path(),
-              help="The normal teacher it was hardened against (run directory).")
+              help="The normal model it was hardened against: a run directory (e.g. of `nasty import`) or weights.")
+@_bring_options
 @_audit_options
 @_data_root_option
 @_download_option
@@ -341,6 +393,7 @@ def export(teacher, out, unsafe_pickle):
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Temperature of the softened outputs [the teacher's hardening tau, else 4].")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Image file to write (.png, .pdf, .svg).")
+@_bring_options
 @_data_root_option
 @_unsafe_pickle_option
 @_fail_cleanly
@@ -350,6 +403,30 @@ def plot(what, **kw):
     from .diagnostics import render
 
     click.echo(f"wrote {render(what, **kw)}")
+
+
+@main.command(name="import")
+@click.option("--weights", required=True, type=click.Path(),
+              help="The released model: a .pt/.pth state dict (read with weights_only=True) or .safetensors.")
+@_arch_option
+@_dataset_option("The dataset it classifies (its test split measures the accuracy).")
+@_data_root_option
+@_download_option
+@_released_options
+@_device_option
+@click.option("--out", type=click.Path(), default="runs/imported", show_default=True, help="Run directory to write.")
+@click.option("--force", is_flag=True, help="Overwrite a run in --out.")
+@_unsafe_pickle_option
+@_fail_cleanly
+def import_(**kw):
+    """Make a run directory of a model trained elsewhere (weights, architecture, preprocessing), which every
+    command then takes as it is: `nasty harden --teacher runs/mine`."""
+    from .released import fmt_normalization
+    from .runs import import_weights
+
+    card = import_weights(**kw)
+    click.echo(f"imported {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% with "
+               f"{fmt_normalization(card['normalization'])} -> {kw['out']}")
 
 
 @main.command()

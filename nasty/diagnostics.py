@@ -281,11 +281,13 @@ def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100
 
 
 def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
-           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0) -> Path:
-    """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``)."""
-    from .checkpoint import load_model
-    from .data import load_dataset
+           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0, arch: str | None = None,
+           dataset: str | None = None, mean=None, std=None, normalization: str | None = None) -> Path:
+    """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``).
+    ``arch``, ``dataset`` and the normalisation describe weights that do not record them (:mod:`nasty.released`)."""
+    from .checkpoint import build_model
     from .errors import NastyError
+    from .released import data_for, label, parse_normalization, read_model, require_options
 
     if what in ("omega", "frontier"):
         if not sweep:
@@ -306,17 +308,22 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
             raise NastyError(f"--teacher {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
-    models, cards = {}, {}
+    norm = parse_normalization(mean=mean, std=std, preset=normalization)
+    items, weights = [], []
     for option, source in (("--reference", reference), ("--teacher", teacher)):
         if source:
-            model, card = load_model(source, unsafe_pickle=unsafe_pickle, option=option)
-            name = card.get("kind") or option.strip("-")
-            name = name if name not in models else f"{name} ({option.strip('-')})"
-            models[name], cards[name] = model, card
-    card = cards[list(cards)[-1]]
-    if not card.get("dataset"):
-        raise NastyError(f"--teacher {teacher} does not record its dataset; plot run directories of nasty train/harden")
-    data = load_dataset(card["dataset"], root=data_root)
+            sd, card = read_model(source, option=option, arch=arch, normalization=norm, unsafe_pickle=unsafe_pickle)
+            items.append((option, source, card))
+            weights.append(sd)
+    require_options(items, dataset=dataset)
+    data = data_for(items[::-1], dataset=dataset, data_root=data_root)  # the teacher's first
+    models = {}
+    for (option, source, card), sd in zip(items, weights):
+        name = card.get("kind") or option.strip("-")
+        name = name if name not in models else f"{name} ({option.strip('-')})"
+        models[name] = build_model(sd, card, source=f"{option} {label(source)}", num_classes=data.num_classes,
+                                   in_chans=data.input_shape[0]).eval()
+    card = items[-1][2]
     tau = tau or card.get("tau") or 4.0
     if what == "logits":
         fig, numbers = plot_logits(models, data, tau=tau)

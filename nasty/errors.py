@@ -27,6 +27,10 @@ class TrainingStopped(NastyError):
     """Training diverged (NaN/inf) or collapsed; the last good checkpoint is kept."""
 
 
+class NastyWarning(UserWarning):
+    """Something worth a line on stderr that does not stop the command (the CLI prints ``warning: ...``)."""
+
+
 class BudgetNotMet(NastyError):
     """Even the weakest hardening tried costs more than the budget; ``card`` is the run kept (the cheapest)."""
 

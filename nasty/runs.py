@@ -17,10 +17,11 @@ import torch
 from . import __version__
 from . import checkpoint as ckpt
 from . import distributed
-from .data import load_dataset
+from .data import TensorData, load_dataset
 from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
+from .released import check_accuracy, data_for, label, parse_normalization, read_model, require_options
 from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
 
@@ -92,8 +93,10 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
     return final
 
 
-def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data_root=None, download: bool = False,
-           train_fraction: float = 1.0, epochs: int | None = None, batch_size: int | None = None,
+def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
+           data_root=None, download: bool = False, train_fraction: float = 1.0, mean=None, std=None,
+           normalization: str | None = None, classes=None, expect_accuracy: float | None = None,
+           epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
            max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
            out="runs/nasty", resume: bool = False, force: bool = False, unsafe_pickle: bool = False,
@@ -106,18 +109,25 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     With ``omega``, that fixed strength is used (no search).
     ``init='scratch'`` (the paper) starts from random weights of the same architecture;
     ``init='teacher'`` fine-tunes a copy of the released weights.
+
+    ``teacher`` is a run directory, a weights file or an ``nn.Module`` (give ``arch``, a name that
+    builds it); ``data`` a :class:`~nasty.data.TensorData` in place of ``dataset``. The released
+    model's preprocessing (``mean``/``std`` or a ``normalization`` preset, else its card's) is
+    what the nasty teacher is trained and recorded with (:mod:`nasty.released`). Before any
+    training, the adversary must score near ``expect_accuracy`` (else its card's accuracy; with
+    neither, above chance level): a model that does not is almost always fed the wrong preprocessing.
     """
     if init not in ("scratch", "teacher"):
         raise NastyError(f"--init must be 'scratch' or 'teacher', got {init!r}")
     if omega is not None and max_cost is not None:
         raise NastyError("give either --omega (a fixed strength) or --max-cost (a budget to search within), not both")
-    weights, known = ckpt.load_weights(teacher, unsafe_pickle=unsafe_pickle)  # fail fast, before loading data
-    if not (arch or known.get("arch")):
-        raise NastyError(f"--teacher {teacher} does not record its architecture; pass --arch (see `nasty models`)")
-    dataset = dataset or known.get("dataset")
-    if not dataset:
-        raise NastyError(f"--teacher {teacher} does not record its dataset; pass --dataset")
-    data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
+    norm = parse_normalization(mean=mean, std=std, preset=normalization)
+    # fail fast, before loading data
+    weights, known = read_model(teacher, arch=arch, normalization=norm, classes=classes, unsafe_pickle=unsafe_pickle)
+    require_options([("--teacher", teacher, known)], dataset=dataset or (data.name if data is not None else None))
+    data = data_for([("--teacher", teacher, known)], dataset=dataset, data=data, data_root=data_root,
+                    download=download, train_fraction=train_fraction)
+    arch = known["arch"]
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     tau = recipe.tau if tau is None else tau
@@ -136,13 +146,16 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         if searching and w.active:
             raise NastyError("the budgeted search runs in one process; under torchrun give a fixed --omega "
                              "(e.g. the one a single-process search chose)")
-        adversary = ckpt.build_model(weights, known, source=teacher, arch=arch, num_classes=data.num_classes,
+        adversary = ckpt.build_model(weights, known, source=f"--teacher {label(teacher)}", num_classes=data.num_classes,
                                      in_chans=data.input_shape[0]).to(dev).eval()
-        arch = arch or known["arch"]
         adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
+        imported_from = known["source"].get("sha256") if isinstance(known.get("source"), dict) else None
+        check_accuracy(adv_acc, data=data, what=f"--teacher {label(teacher)}",
+                       expected=known.get("accuracy") if expect_accuracy is None else expect_accuracy)
         out = prepare_out(out, resume=resume, force=force, world=w)
-        adversary_card = {"source": str(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
-                          "sha256": known.get("sha256")}
+        adversary_card = {"source": label(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
+                          "sha256": known.get("sha256"),
+                          **{k: v for k, v in (("kind", known.get("kind")), ("source_sha256", imported_from)) if v}}
         trace = None
         if searching:
             trace = search_strength(adversary, arch=arch, data=data, config=cfg, tau=tau, omega0=recipe.omega,
@@ -182,6 +195,32 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
                          f"(omega {omega:g}) costs {_cost_of(trace, omega)} on validation; it is kept in {out} "
                          f"(raise the budget, or give a fixed omega)")
     return final
+
+
+def import_weights(*, weights, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
+                   data_root=None, download: bool = False, mean=None, std=None, normalization: str | None = None,
+                   classes=None, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
+                   force: bool = False, unsafe_pickle: bool = False) -> dict:
+    """Turn a released model (a weights file or an ``nn.Module``) into a run directory that every command
+    takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
+    source's sha256 and the test accuracy measured here, with that normalisation)."""
+    norm = parse_normalization(mean=mean, std=std, preset=normalization)
+    sd, known = read_model(weights, option="--weights", arch=arch, normalization=norm, classes=classes,
+                           unsafe_pickle=unsafe_pickle)
+    item = [("--weights", weights, known)]
+    require_options(item, dataset=dataset or (data.name if data is not None else None))
+    data = data_for(item, dataset=dataset, data=data, data_root=data_root, download=download)
+    dev = resolve_device(device)
+    model = ckpt.build_model(sd, known, source=f"--weights {label(weights)}", num_classes=data.num_classes,
+                             in_chans=data.input_shape[0]).to(dev).eval()
+    acc = evaluate(model, data, device=dev)["accuracy"]
+    check_accuracy(acc, data=data, expected=expect_accuracy, what=f"--weights {label(weights)}")
+    out = prepare_out(out, resume=False, force=force)
+    card = {"nasty_version": __version__, "kind": "imported", "arch": known["arch"], **data.describe(),
+            "accuracy": round(acc, 4), "source": {"path": label(weights), "sha256": known.get("sha256")}}
+    for key in ("train_fraction", "train_size"):  # nothing was trained here
+        card.pop(key, None)
+    return ckpt.save_release(out, model, card)
 
 
 def _cheapest(trace: dict) -> float:

@@ -44,6 +44,9 @@ def files(tmp_path_factory, teachers):
     ckpt.save_release(d / "rgb", create_model("small-cnn", num_classes=10, in_chans=3),
                       {"arch": "small-cnn", "num_classes": 10, "input_shape": [3, 32, 32]})
     (d / "empty-data").mkdir()
+    torch.manual_seed(0)  # an untrained model: at chance level on any data
+    torch.save(create_model("small-cnn", num_classes=10, in_chans=1).state_dict(), d / "untrained.pt")
+    torch.save(ckpt.load_weights(teachers["root"] / "normal")[0], d / "normal.pt")  # bare weights of a good model
     return d
 
 
@@ -52,6 +55,7 @@ def cases(t, f):
     normal, nasty = str(t / "normal"), str(t / "nasty")
     audit = ["audit", "--teacher", nasty, "--reference", normal, "--out", str(f / "audit-out")]
     harden = ["harden", "--teacher", normal, "--out", str(f / "harden-out")]
+    bring = ["import", "--weights", str(f / "normal.pt"), "--arch", "small-cnn", "--dataset", "digits"]
     return [
         (["train", "--dataset", "imagenet-21k"], 2, "--dataset"),
         (["train", "--arch", "resnet9000", "--out", str(f / "t1")], 1, "unknown architecture 'resnet9000'"),
@@ -107,6 +111,27 @@ def cases(t, f):
          "kd-sweep.val_fraction must be in (0, 1)"),
         (["audit", "--teacher", nasty, "--reference", str(f / "missing"), "--out", str(f / "a2")], 1,
          "--reference"),
+        # a model you bring: what is missing is named at once; its preprocessing; its sanity checks
+        (["import", "--weights", str(f / "other.pt"), "--out", str(f / "i1")], 1,
+         "does not record its architecture and dataset; pass --arch (see `nasty models`) and --dataset"),
+        (["audit", "--teacher", str(f / "other.pt"), "--reference", str(f / "other.pt"), "--out", str(f / "a4")], 1,
+         "do not record their architecture and dataset; pass --arch"),
+        (["plot", "logits", "--teacher", str(f / "normal.pt"), "--out", str(f / "p.png")], 1, "pass --arch"),
+        (bring + ["--mean", "0", "--out", str(f / "i2")], 1, "--mean and --std together"),
+        (bring + ["--mean", "0,0", "--std", "1", "--out", str(f / "i3")], 1, "2 mean values but the data has 1 channels"),
+        (bring + ["--normalization", "unit", "--mean", "0", "--std", "1", "--out", str(f / "i4")], 1, "not both"),
+        (bring + ["--mean", "0", "--std", "0", "--out", str(f / "i5")], 1, "--std must be > 0"),
+        (bring + ["--mean", "dark", "--std", "1", "--out", str(f / "i6")], 1, "--mean takes numbers"),
+        (bring + ["--normalization", "sepia", "--out", str(f / "i7")], 2, "--normalization"),
+        (bring + ["--expect-accuracy", "101", "--out", str(f / "i8")], 2, "--expect-accuracy"),
+        (bring + ["--out", normal], 1, "already holds a run"),
+        (bring + ["--classes", "cat,dog,cow", "--out", str(f / "i10")], 1, "names 3 classes but digits has 10"),
+        (["import", "--weights", str(f / "untrained.pt"), "--arch", "small-cnn", "--dataset", "digits",
+          "--out", str(f / "i9")], 1, "near chance level"),
+        (["harden", "--teacher", str(f / "normal.pt"), "--arch", "small-cnn", "--dataset", "digits", "--mean", "0.5",
+          "--std", "0.01", "--expect-accuracy", "90", "--out", str(f / "h11")], 1, "far below the 90.00% expected"),
+        (harden + ["--mean", "0", "--std", "1"], 1, "differ from the normalisation recorded with --teacher"),
+        (audit + ["--arch", "tiny-cnn"], 1, "--arch tiny-cnn does not match"),
         (["plot", "tsne", "--out", str(f / "p.png")], 1, "--teacher"),
         (["plot", "omega", "--sweep", str(f / "a-file"), "--out", str(f / "p.png")], 1, "--sweep"),
     ]

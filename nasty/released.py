@@ -1,0 +1,231 @@
+"""A model you bring: what it is (architecture), what it expects (normalisation, class names),
+and whether it works on the data it will be hardened, audited or plotted with.
+
+Every command that loads a model (``import``, ``harden``, ``audit``, ``plot``) goes through here:
+
+    sd, card = read_model("my.pt", option="--teacher", arch="small-cnn", mean="0", std="1")
+    require_options([("--teacher", "my.pt", card)], dataset=None)   # one message for all that is missing
+    data = data_for([card], dataset="digits")     # the dataset, normalised as the model expects
+    model = ckpt.build_model(sd, card, source="my.pt", num_classes=data.num_classes, in_chans=...)
+
+A source is a run directory, a ``.safetensors``/``.pt`` file (read safely by
+:func:`nasty.checkpoint.load_weights`) or an ``nn.Module`` (from a notebook). The model's
+preprocessing is its card's ``normalization: {mean, std}`` (per channel, on the 0..1 scale);
+a card without one is fed the dataset's own statistics, with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import TensorData, load_dataset
+from .errors import DataError, ModelError, NastyError, NastyWarning
+
+__all__ = ["PRESETS", "parse_normalization", "read_model", "require_options", "data_for", "check_accuracy",
+           "is_adversary", "identities", "label", "fmt_normalization", "TOLERANCE"]
+
+PRESETS = {
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "unit": {"mean": [0.0], "std": [1.0]},  # plain [0, 1] scaling (x / 255)
+}
+TOLERANCE = 5.0  # points a model may score below the accuracy it is expected to have
+
+
+def label(source) -> str:
+    """How a source is named in messages and cards."""
+    return f"<{type(source).__name__} module>" if isinstance(source, nn.Module) else str(source)
+
+
+def _floats(value, what: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        out = [float(v) for v in items if not isinstance(v, str) or v.strip()]
+    except (TypeError, ValueError):
+        raise DataError(f"--{what} takes numbers, one per channel or one for all (e.g. 0.5 or 0.485,0.456,0.406), "
+                        f"got {value!r}") from None
+    if not out or not all(math.isfinite(v) for v in out):
+        raise DataError(f"--{what} takes finite numbers, got {value!r}")
+    return out
+
+
+def parse_normalization(*, mean=None, std=None, preset: str | None = None) -> dict | None:
+    """``{"mean": [...], "std": [...]}`` on the 0..1 scale from the options, or ``None`` if none is stated."""
+    if preset is not None:
+        if mean is not None or std is not None:
+            raise DataError("give either --normalization or --mean/--std, not both")
+        if preset not in PRESETS:
+            raise DataError(f"unknown --normalization {preset!r}; choose one of: {', '.join(PRESETS)}")
+        return {k: list(v) for k, v in PRESETS[preset].items()}
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise DataError("give --mean and --std together (per channel, on the 0..1 scale)")
+    norm = {"mean": _floats(mean, "mean"), "std": _floats(std, "std")}
+    if min(norm["std"]) <= 0:
+        raise DataError(f"--std must be > 0, got {std!r}")
+    return norm
+
+
+def _per_channel(norm: dict, channels: int, source) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    out = []
+    for key in ("mean", "std"):
+        v = [float(x) for x in norm[key]]
+        if len(v) == 1:
+            v = v * channels
+        if len(v) != channels:
+            raise DataError(f"{source}: the normalisation has {len(v)} {key} values but the data has "
+                            f"{channels} channels")
+        out.append(tuple(v))
+    return out[0], out[1]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-6 for x, y in zip(a, b))
+
+
+def _digest(sd: dict) -> str:
+    """A sha256 of a state dict's names, shapes, dtypes and values (for a module, which has no file)."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{list(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def read_model(source, *, option: str = "--teacher", arch: str | None = None, normalization: dict | None = None,
+               classes=None, unsafe_pickle: bool = False) -> tuple[dict, dict]:
+    """``(state_dict, card)`` of a run directory, weights file or ``nn.Module``; what the caller states
+    (``arch``, ``normalization``, ``classes``) is merged into the card, and must agree with what it records."""
+    if isinstance(source, nn.Module):
+        sd = ckpt.plain_state_dict(source)
+        card = {"sha256": _digest(sd)}
+    else:
+        sd, card = ckpt.load_weights(source, unsafe_pickle=unsafe_pickle, option=option)
+    name = f"{option} {label(source)}"
+    if arch:
+        if card.get("arch") and card["arch"] != arch:
+            raise ModelError(f"--arch {arch} does not match the architecture recorded with {name} ({card['arch']})")
+        card = {**card, "arch": arch}
+    if normalization is not None:
+        known = card.get("normalization")
+        if known and not _agree(known, normalization, name):
+            raise DataError(f"--mean/--std {fmt_normalization(normalization)} differ from the normalisation "
+                            f"recorded with {name} ({fmt_normalization(known)})")
+        card = {**card, "normalization": normalization}
+    if classes is not None:
+        names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
+        card = {**card, "classes": names}
+    return sd, card
+
+
+def _agree(a: dict, b: dict, source) -> bool:
+    """Two normalisations that mean the same (one value stands for every channel)."""
+    n = max(len(a["mean"]), len(b["mean"]), len(a["std"]), len(b["std"]))
+    try:
+        (ma, sa), (mb, sb) = _per_channel(a, n, source), _per_channel(b, n, source)
+    except DataError:
+        return False
+    return _same(ma, mb) and _same(sa, sb)
+
+
+def fmt_normalization(norm: dict) -> str:
+    return f"mean {','.join(f'{v:g}' for v in norm['mean'])} std {','.join(f'{v:g}' for v in norm['std'])}"
+
+
+def _of(data: TensorData) -> str:
+    return fmt_normalization({"mean": data.mean, "std": data.std})
+
+
+def require_options(items: list[tuple[str, object, dict]], *, dataset: str | None = None) -> None:
+    """Name, in one message, every option that bare weights leave open (architecture, dataset).
+
+    ``items`` are ``(option, source, card)``; the dataset may come from any card."""
+    no_arch = [(o, s) for o, s, c in items if not c.get("arch")]
+    no_data = [] if dataset or any(c.get("dataset") for _, _, c in items) else [(o, s) for o, s, _ in items]
+    if not (no_arch or no_data):
+        return
+    named = list(dict.fromkeys(no_arch + no_data))
+    what = " and ".join(w for w, gap in (("architecture", no_arch), ("dataset", no_data)) if gap)
+    need = " and ".join(f for f, gap in (("--arch (see `nasty models`)", no_arch), ("--dataset", no_data)) if gap)
+    who = " and ".join(f"{o} {label(s)}" for o, s in named)
+    raise NastyError(f"{who} {'does' if len(named) == 1 else 'do'} not record {'its' if len(named) == 1 else 'their'} "
+                     f"{what}; pass {need}")
+
+
+def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = None, data: TensorData | None = None,
+             data_root=None, download: bool = False, train_fraction: float = 1.0) -> TensorData:
+    """The dataset the models of ``items`` (``(option, source, card)``) are used on: ``data`` as given,
+    else ``dataset`` or the one their cards record; normalised as they expect: the normalisation their
+    cards state (they must agree), else the dataset's own statistics (with a warning that it is
+    assumed). Class names a card states are kept."""
+    cards = [c for _, _, c in items]
+    if data is None:
+        name = dataset or next(c["dataset"] for c in cards if c.get("dataset"))
+        data = load_dataset(name, root=data_root, download=download, train_fraction=train_fraction)
+    elif train_fraction != 1.0:
+        data = data.subset(train_fraction)
+    stated = [(f"{o} {label(s)}", c["normalization"]) for o, s, c in items if c.get("normalization")]
+    if stated:
+        (who, norm) = stated[0]
+        for other, theirs in stated[1:]:
+            if not _agree(norm, theirs, other):
+                raise DataError(f"{other} and {who} expect different preprocessing ({fmt_normalization(theirs)} vs "
+                                f"{fmt_normalization(norm)}); a nasty teacher is used with the preprocessing of the model it was hardened against")
+        mean, std = _per_channel(norm, data.input_shape[0], who)
+        if not (_same(mean, data.mean) and _same(std, data.std)):
+            data = replace(data, mean=mean, std=std, _device_cache={})
+    else:
+        who = " and ".join(f"{o} {label(s)}" for o, s, _ in items)
+        warnings.warn(NastyWarning(
+            f"{who} {'does' if len(items) == 1 else 'do'} not record the preprocessing it was trained with; assuming "
+            f"{data.name}'s own normalisation ({_of(data)}): state it with "
+            f"--mean/--std or --normalization if it was trained otherwise"), stacklevel=2)
+    for option, source, c in items:
+        if c.get("classes") and tuple(c["classes"]) != data.classes:
+            if len(c["classes"]) != data.num_classes:
+                raise DataError(f"{option} {label(source)} names {len(c['classes'])} classes but {data.name} has "
+                                f"{data.num_classes}")
+            data = replace(data, classes=tuple(str(x) for x in c["classes"]), _device_cache={})
+            break
+    return data
+
+
+def check_accuracy(measured: float, *, data: TensorData, expected: float | None, what: str) -> None:
+    """Stop before any training when a model scores near chance (nothing expected) or more than
+    :data:`TOLERANCE` points below ``expected``: almost always a preprocessing mismatch."""
+    chance = 100.0 / data.num_classes
+    if expected is None:
+        if measured > chance + 0.1 * (100.0 - chance):
+            return
+        why = f"near chance level ({chance:.0f}%)"
+    elif measured >= expected - TOLERANCE:
+        return
+    else:
+        why = f"far below the {expected:.2f}% expected"
+    raise NastyError(f"{what} scores {measured:.2f}% on the {data.name} test split, {why}; the likely cause is "
+                     f"preprocessing: it was fed {_of(data)}, so state the "
+                     f"normalisation it was trained with (--mean/--std or --normalization), or pass "
+                     f"--expect-accuracy 0 to go on anyway")
+
+
+def identities(card: dict) -> set[str]:
+    """The sha256s a model is known by: its weights', and those of the file it was imported from."""
+    src = card.get("source")
+    imported = src.get("sha256") if isinstance(src, dict) else None
+    return {h for h in (card.get("sha256"), card.get("source_sha256"), imported) if h}
+
+
+def is_adversary(nasty_card: dict, card: dict) -> bool | None:
+    """Whether ``card`` describes the adversary the nasty teacher's card records (``None``: not recorded)."""
+    recorded = identities(nasty_card.get("adversary") or {})
+    return bool(recorded & identities(card)) if recorded else None
