@@ -94,7 +94,10 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     tau = default_tau(data.num_classes) if tau is None else tau
     dev = resolve_device(device)
     models = {"normal": normal_model, "nasty": nasty_model}
-    opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
+    # one precedence, lowest first: the attack's defaults, the dataset recipe, the audit-level --alpha/--tau,
+    # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
+    opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
+            for a in attacks}
     for name in attacks:  # an attack that cannot run on these teachers fails now, not hours in
         for model in models.values():
             create_attack(name, **opts[name]).check(model)
@@ -115,7 +118,7 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
     plan = [("scratch", seed) for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
     todo = []  # every finished cell is read (and a foreign one refused) before anything is written
     for name, seed in plan:
-        attack = Scratch() if name == "scratch" else create_attack(name, alpha=alpha, tau=tau, **opts[name])
+        attack = Scratch() if name == "scratch" else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         path = cells_dir / f"{name}-seed{seed}.json"
         partial = path.with_name(f"{name}-seed{seed}.partial.pt")

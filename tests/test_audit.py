@@ -70,6 +70,19 @@ def test_html_report_has_every_section_with_images_embedded(tiny_audit):
     assert set(json.loads((out / "logits.json").read_text())["teachers"]) == {"normal", "nasty"}
 
 
+def test_an_attack_option_beats_the_audit_level_value_for_that_attack(teachers, tmp_path):
+    """--tau/--alpha reach every attack; --attack-option dafl.tau=2 overrides it for dafl alone
+    (it used to end in "create_attack() got multiple values for keyword argument 'tau'")."""
+    res = CliRunner().invoke(main, ["audit", "--teacher", str(teachers["root"] / "nasty"), "--reference",
+                                    str(teachers["root"] / "normal"), "--out", str(tmp_path), "--attacks", "kd,dafl",
+                                    "--students", "mlp", "--seeds", "0,", "--epochs", "1", "--tau", "3", "--alpha",
+                                    "0.5", "--attack-option", "dafl.tau=2", "--attack-option", "kd.alpha=0.7",
+                                    "--no-plots", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    settings = json.loads((tmp_path / "report.json").read_text())["settings"]["attacks"]
+    assert settings["dafl"]["tau"] == 2 and settings["kd"] == {"alpha": 0.7, "tau": 3.0}
+
+
 def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):
     _, report = tiny_audit
     by_attack = {a: sorted((r["student"], r["seed"], r["accuracy"]) for r in report["runs"]
