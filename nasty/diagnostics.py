@@ -25,6 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from . import accel
 from .data import TensorData
 
 __all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
@@ -35,21 +36,23 @@ COLORS = {"normal": "tab:blue", "nasty": "tab:red"}
 
 @torch.no_grad()
 def _outputs(model: nn.Module, data: TensorData, limit: int | None = None):
-    """Penultimate features and logits of the test set (first ``limit`` images), as numpy arrays."""
+    """Penultimate features and logits of the test set (first ``limit`` images), as numpy arrays.
+    The batches go to the model's device (a CUDA teacher gets CUDA batches), the results come back."""
+    device = accel.device_of(model)
     model.eval()
-    feats, logits, labels = [], [], []
+    feats, logits = [], []
     seen = 0
-    for x, y in data.batches("test", batch_size=500, device="cpu"):
-        f = model.forward_features(x) if hasattr(model, "forward_features") else None
-        z = model.forward_head(f) if f is not None else model(x)
-        feats.append(f if f is not None else z)
-        logits.append(z)
-        labels.append(y)
+    for x, y in data.batches("test", batch_size=500, device=device):  # in order: the labels are test_y's
+        with accel.autocast(device):
+            f = model.forward_features(x) if hasattr(model, "forward_features") else None
+            z = model.forward_head(f) if f is not None else model(x)
+        feats.append((f if f is not None else z).float().cpu())
+        logits.append(z.float().cpu())
         seen += len(y)
         if limit and seen >= limit:
             break
-    cat = lambda ts: torch.cat(ts)[:limit].float().numpy()  # noqa: E731
-    return cat(feats), cat(logits), cat(labels).astype(int)
+    cat = lambda ts: torch.cat(ts)[:limit].numpy()  # noqa: E731
+    return cat(feats), cat(logits), data.test_y[:seen][:limit].numpy().astype(int)
 
 
 def softened(logits: np.ndarray, tau: float) -> np.ndarray:
@@ -172,6 +175,7 @@ def plot_images(grids: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Tenso
     _, h, w = data.input_shape
     for ax, (title, (images, labels)) in zip(axes, grids.items()):
         mosaic = np.ones((per_class * (h + 1), c * (w + 1), 3))
+        images, labels = images.cpu(), labels.cpu()
         for k in range(c):
             mine = images[labels == k][:per_class].float().numpy()
             for r, img in enumerate(mine):
