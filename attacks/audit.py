@@ -8,7 +8,9 @@ the real labels, the baseline every attack is compared with). A cell trains ever
 architecture against both teachers in one loop (one teacher forward per batch per teacher)
 and is written to ``out/cells/`` as soon as it finishes; running the same audit again skips
 the cells that are done. Accuracies are final-epoch test accuracies in percent (never the best
-epoch). ``report.json`` and ``report.md`` are rewritten after every cell.
+epoch). ``report.json`` and ``report.md`` are rewritten after every cell. A data-free cell (DAFL,
+DeepInversion) also keeps a few of the images it synthesised from each teacher
+(``cells/<cell>.images.safetensors``): ``report.html`` shows those, and trains nothing again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from nasty.models import create_model
 from nasty.recipes import RECIPES
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, attack_settings, create_attack
+from . import ATTACKS, IMAGE_TITLES, attack_settings, create_attack
 from .base import Scratch, run_students
 
 __all__ = ["audit", "summarize", "format_table", "default_tau"]
@@ -134,9 +136,13 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
             t0 = time.perf_counter() - (resume["seconds"] if resume else 0.0)
             teachers = {"scratch": None} if name == "scratch" else models
             cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
+            made = {}  # what a data-free attack synthesised, kept for report.html
             acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
                                desc=f"{name} seed {seed}", resume=resume,
-                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds))
+                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds),
+                               images=made, image_count=IMAGES_PER_CLASS * data.num_classes)
+            if made:  # before the cell: a finished cell always has its images
+                _save_images(_images_path(path), made)
             cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
                     "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
                              for (src, s), a in acc.items()]}
@@ -155,13 +161,48 @@ def audit(*, teacher, reference, attacks=tuple(ATTACKS), students=None, seeds=(0
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
-        _write_html(report, out, models, data, tau=tau, epochs=epochs, batch_size=recipe.batch_size,
-                    attacks={a: create_attack(a, tau=tau, **opts[a]) for a in attacks if a in ("dafl", "deepinversion")},
-                    quiet=quiet)
+        grids = {}  # the first seed's images of each data-free attack, as its cell saved them
+        for a in attacks:
+            saved = _load_images(_images_path(cells_dir / f"{a}-seed{seeds[0]}.json"))
+            for src in (s for s in SOURCES if s in saved):
+                grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
+        _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
     return report
 
 
-def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, attacks, quiet) -> None:
+IMAGES_PER_CLASS = 4  # what a data-free cell keeps of its synthesised images (report.html shows 2 a class)
+
+
+def _images_path(cell: Path) -> Path:
+    return cell.with_name(cell.name.replace(".json", ".images.safetensors"))
+
+
+def _save_images(path: Path, made: dict) -> None:
+    """``source -> (images, labels)`` as one safetensors file (images in fp16: they are only shown)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for src, (x, y) in made.items():
+        tensors[f"{src}.images"] = x.half().contiguous()
+        tensors[f"{src}.labels"] = y.contiguous()
+    ckpt.atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+
+def _load_images(path: Path) -> dict:
+    """What :func:`_save_images` wrote; empty for a cell without images (not data-free, or made by an
+    older version) or an unreadable file (the report then shows no grid for it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        t = load_file(str(path)) if path.exists() else {}
+    except (OSError, SafetensorError):
+        return {}
+    return {src: (t[f"{src}.images"].float(), t[f"{src}.labels"]) for src in SOURCES
+            if f"{src}.images" in t and f"{src}.labels" in t}
+
+
+def _write_html(report, out: Path, models, data, *, tau, grids, quiet) -> None:
     """report.html: the teachers, the table, and the diagnostics figures, images embedded."""
     import base64
     import io
@@ -172,8 +213,7 @@ def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, att
         from tqdm.auto import tqdm
 
         tqdm.write("plotting logit peaks, t-SNE and synthesised images for report.html")
-    steps = epochs * max(1, len(data.train_y) // batch_size)  # the generator steps DAFL had in the audit
-    figures = audit_figures(models, data, tau=tau, attacks=attacks, dafl_steps=steps)
+    figures = audit_figures(models, data, tau=tau, grids=grids)
     embedded = {}
     for name, (fig, numbers) in figures.items():
         save_figure(fig, out / f"{name}.png", numbers=numbers)
@@ -201,7 +241,8 @@ def format_html(report: dict, images: dict[str, str]) -> str:
         "tsne": ("t-SNE of features and logits",
                  "Penultimate features and logits of the test set, coloured by class."),
         "images": ("What the data-free attacks synthesised",
-                   "Images DAFL's generator and DeepInversion made from each teacher, by the teacher's class."),
+                   "Images DAFL's generator and DeepInversion made from each teacher while the audit trained "
+                   "(the first seed's cell), by the teacher's class."),
     }
     figures = "".join(
         f"<section id='{k}'><h2>{title}</h2><p>{text}</p><img alt='{k}' src='data:image/png;base64,{images[k]}'>"

@@ -266,6 +266,10 @@ def plot(what, **kw):
     """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images) or an omega sweep."""
     from .diagnostics import render
 
+    if what == "images":
+        from attacks import synthesized_grids  # the data-free attacks make the images (attacks/ builds on nasty/)
+
+        kw["synthesize"] = synthesized_grids
     click.echo(f"wrote {render(what, **kw)}")
 
 

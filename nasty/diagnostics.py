@@ -229,8 +229,11 @@ def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100
 
 
 def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
-           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0) -> Path:
-    """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``)."""
+           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0, synthesize=None) -> Path:
+    """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``).
+
+    ``images`` needs ``synthesize(models, data, tau=, count=, seed=)`` -> ``{title: (images, labels)}``
+    (the data-free attacks live in ``attacks/``, a layer above this one: ``attacks.synthesized_grids``)."""
     from .checkpoint import load_model
     from .data import load_dataset
     from .errors import NastyError
@@ -262,31 +265,21 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     if what == "tsne":
         return save_figure(plot_tsne(models, data, seed=seed), out)
     if what == "images":
-        from attacks import DAFL, DeepInversion
-
+        if synthesize is None:
+            raise NastyError("nasty plot images: no image synthesizer given (the CLI passes attacks.synthesized_grids)")
         count = per_class * data.num_classes * 2  # the teacher chooses the classes: leave room
-        grids = {}
-        for name, model in models.items():
-            grids[f"DAFL generator, from the {name} teacher"] = DAFL(tau=tau).sample(model, data, count=count, seed=seed)
-            grids[f"DeepInversion, from the {name} teacher"] = DeepInversion(tau=tau).sample(model, data, count=count,
-                                                                                              seed=seed)
+        grids = synthesize(models, data, tau=tau, count=count, seed=seed)
         return save_figure(plot_images(grids, data, per_class=per_class), out)
     raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images or omega")
 
 
-def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float, attacks: dict, dafl_steps: int,
-                  seed: int = 0, per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
-    """The figures an audit report shows: logit peaks, t-SNE, and what ``attacks`` (name -> a
-    data-free attack) synthesise from each teacher (DAFL after ``dafl_steps`` generator steps)."""
+def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float,
+                  grids: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, seed: int = 0,
+                  per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
+    """The figures an audit report shows: logit peaks, t-SNE, and ``grids`` (title -> images and the
+    teacher's labels), the images the audit's data-free attacks synthesised while it trained."""
     fig, numbers = plot_logits(models, data, tau=tau)
     figures = {"logits": (fig, numbers), "tsne": (plot_tsne(models, data, seed=seed), None)}
-    if attacks:
-        count = per_class * data.num_classes * 2
-        grids = {}
-        for name, model in models.items():
-            for attack_name, attack in attacks.items():
-                kw = {"steps": dafl_steps} if attack_name == "dafl" else {}
-                label = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}.get(attack_name, attack_name)
-                grids[f"{label}, from the {name} teacher"] = attack.sample(model, data, count=count, seed=seed, **kw)
+    if grids:
         figures["images"] = (plot_images(grids, data, per_class=per_class), None)
     return figures

@@ -85,6 +85,9 @@ def test_cli_plot(teachers, tmp_path):
                                     str(root / "normal"), "--out", str(tmp_path / "l.png")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "l.png").stat().st_size > 10_000 and (tmp_path / "l.json").exists()
+    res = CliRunner().invoke(main, ["plot", "images", "--teacher", str(root / "nasty"), "--out", str(tmp_path / "i.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "i.png").stat().st_size > 5_000
     for args, words in ((["omega", "--out", "x.png"], "needs --sweep"),
                         (["tsne", "--out", "x.png"], "needs --teacher"),
                         (["logits", "--teacher", str(tmp_path / "none"), "--out", "x.png"], "no such file")):
@@ -130,3 +133,15 @@ def test_diagnostics_feed_a_model_on_another_device_batches_on_that_device(digit
     assert numbers["teachers"]["elsewhere"]["mean_peaks"] == 10.0  # all-zero logits: ten equal peaks
     assert model.seen and set(model.seen) == {torch.device("meta")}
 
+
+def test_the_diagnostics_do_not_import_the_attacks():
+    """nasty/ is the lower layer: attacks/ builds on it, never the other way round."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = "import sys, nasty.diagnostics; print(sorted(m for m in sys.modules if m.split('.')[0] == 'attacks'))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
+    assert res.stdout.strip() == "[]", res.stdout
