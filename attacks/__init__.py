@@ -50,6 +50,21 @@ def create_attack(name: str, **kwargs) -> Attack:
     return ATTACKS[name](**{k: v for k, v in kwargs.items() if k in accepted})
 
 
+IMAGE_TITLES = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}
+
+
+def synthesized_grids(models: dict, data, *, tau: float, count: int, seed: int = 0) -> dict:
+    """What ``nasty plot images`` shows: per teacher, ``count`` images that DAFL (300 generator steps)
+    and DeepInversion make from it, on the teacher's device. An audit shows its own instead."""
+    grids = {}
+    for name, model in models.items():
+        grids[f"{IMAGE_TITLES['dafl']}, from the {name} teacher"] = DAFL(tau=tau).sample(model, data, count=count,
+                                                                                          seed=seed)
+        grids[f"{IMAGE_TITLES['deepinversion']}, from the {name} teacher"] = DeepInversion(tau=tau).sample(
+            model, data, count=count, seed=seed)
+    return grids
+
+
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "attack_names",
-           "attack_settings", "create_attack", "register", "run_students",
+           "attack_settings", "create_attack", "register", "run_students", "synthesized_grids", "IMAGE_TITLES",
            "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "KDTopK"]

@@ -10,7 +10,9 @@ architecture against both teachers in one loop (one teacher forward per batch pe
 and is written to ``out/cells/`` as soon as it finishes; running the same audit again skips
 the cells that are done. Accuracies are final-epoch test accuracies in percent (never the best
 epoch). ``report.json`` and ``report.md`` are rewritten after every cell. Per student, the
-``worst_case`` is the attack that gets most from the nasty teacher; it heads every report.
+``worst_case`` is the attack that gets most from the nasty teacher; it heads every report. A
+data-free cell (DAFL, DeepInversion) also keeps a few of the images it synthesised from each
+teacher (``cells/<cell>.images.safetensors``): ``report.html`` shows those, and trains nothing again.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from nasty.recipes import RECIPES
 from nasty.released import data_for, is_adversary, label, parse_normalization, read_model, require_options
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, DEFAULT_ATTACKS, attack_names, attack_settings, create_attack
+from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
 from .base import LabelSmoothing, Scratch, run_students
 
 __all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
@@ -113,9 +115,12 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     tau = default_tau(data.num_classes) if tau is None else tau
     dev = resolve_device(device)
     models = {"normal": normal_model, "nasty": nasty_model}
-    opts = {a: {**recipe.attack_options.get(a, {}), **(attack_options or {}).get(a, {})} for a in attacks}
+    # one precedence, lowest first: the attack's defaults, the dataset recipe, the audit-level --alpha/--tau,
+    # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
+    opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
+            for a in attacks}
     for name in attacks:  # an attack that cannot run on these teachers or students fails now, not hours in
-        attack = create_attack(name, **{"alpha": alpha, "tau": tau, **opts[name]})
+        attack = create_attack(name, **opts[name])
         attack.check_data(data)
         for model in models.values():
             attack.check(model)
@@ -138,8 +143,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     plan = [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
     todo = []  # every finished cell is read (and a foreign one refused) before anything is written
     for name, seed in plan:
-        attack = (BASELINES[name]() if name in BASELINES else
-                  create_attack(name, **{"alpha": alpha, "tau": tau, **opts[name]}))
+        attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         if name in BASELINES:  # no teacher in them: the same cells serve any audit of these students (compare)
             del key["teachers"]
@@ -158,9 +162,13 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             teachers = {name: None} if name in BASELINES else models
             cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
             notes = {}
+            made = {}  # what a data-free attack synthesised, kept for report.html
             acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
                                desc=f"{name} seed {seed}", resume=resume, notes=notes,
-                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds))
+                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds),
+                               images=made, image_count=IMAGES_PER_CLASS * data.num_classes)
+            if made:  # before the cell: a finished cell always has its images
+                _save_images(_images_path(path), made)
             cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
                     "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
                              for (src, s), a in acc.items()]}
@@ -182,10 +190,12 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
-        _write_html(report, out, models, data, tau=tau, epochs=epochs, batch_size=recipe.batch_size,
-                    attacks={a: create_attack(a, **{"tau": tau, **opts[a]}) for a in attacks
-                             if a in ("dafl", "deepinversion")},
-                    quiet=quiet)
+        grids = {}  # the first seed's images of each data-free attack, as its cell saved them
+        for a in attacks:
+            saved = _load_images(_images_path(cells_dir / f"{a}-seed{seeds[0]}.json"))
+            for src in (s for s in SOURCES if s in saved):
+                grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
+        _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
     return report
 
 
@@ -201,7 +211,39 @@ def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> Non
                                    f"immunity is measured against another model"))
 
 
-def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, attacks, quiet) -> None:
+IMAGES_PER_CLASS = 4  # what a data-free cell keeps of its synthesised images (report.html shows 2 a class)
+
+
+def _images_path(cell: Path) -> Path:
+    return cell.with_name(cell.name.replace(".json", ".images.safetensors"))
+
+
+def _save_images(path: Path, made: dict) -> None:
+    """``source -> (images, labels)`` as one safetensors file (images in fp16: they are only shown)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for src, (x, y) in made.items():
+        tensors[f"{src}.images"] = x.half().contiguous()
+        tensors[f"{src}.labels"] = y.contiguous()
+    ckpt.atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+
+def _load_images(path: Path) -> dict:
+    """What :func:`_save_images` wrote; empty for a cell without images (not data-free, or made by an
+    older version) or an unreadable file (the report then shows no grid for it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        t = load_file(str(path)) if path.exists() else {}
+    except (OSError, SafetensorError):
+        return {}
+    return {src: (t[f"{src}.images"].float(), t[f"{src}.labels"]) for src in SOURCES
+            if f"{src}.images" in t and f"{src}.labels" in t}
+
+
+def _write_html(report, out: Path, models, data, *, tau, grids, quiet) -> None:
     """report.html: the teachers, the table, and the diagnostics figures, images embedded."""
     import base64
     import io
@@ -212,8 +254,7 @@ def _write_html(report, out: Path, models, data, *, tau, epochs, batch_size, att
         from tqdm.auto import tqdm
 
         tqdm.write("plotting logit peaks, t-SNE and synthesised images for report.html")
-    steps = epochs * max(1, len(data.train_y) // batch_size)  # the generator steps DAFL had in the audit
-    figures = audit_figures(models, data, tau=tau, attacks=attacks, dafl_steps=steps)
+    figures = audit_figures(models, data, tau=tau, grids=grids)
     embedded = {}
     for name, (fig, numbers) in figures.items():
         save_figure(fig, out / f"{name}.png", numbers=numbers)
@@ -251,7 +292,8 @@ def format_html(report: dict, images: dict[str, str]) -> str:
         "tsne": ("t-SNE of features and logits",
                  "Penultimate features and logits of the test set, coloured by class."),
         "images": ("What the data-free attacks synthesised",
-                   "Images DAFL's generator and DeepInversion made from each teacher, by the teacher's class."),
+                   "Images DAFL's generator and DeepInversion made from each teacher while the audit trained "
+                   "(the first seed's cell), by the teacher's class."),
     }
     figures = "".join(
         f"<section id='{k}'><h2>{title}</h2><p>{text}</p><img alt='{k}' src='data:image/png;base64,{images[k]}'>"

@@ -8,6 +8,7 @@ things, and nothing else:
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
     logits, losses = attack.step(ctx, student, x, t, y, epoch=..., arch=...)  # one student's step
     attack.state(ctx) / attack.restore(ctx, state)                   # what a resumed run needs of ctx
+    attack.synthesized(ctx, count)                                   # data-free: images it made, for reports
 
 :meth:`Attack.step` owns the student's forward (so it can read intermediate features, as
 mdistiller's ``Distiller.forward_train`` does) and returns the final logits and named losses,
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasty import accel
 from nasty.accel import autocast, prepare
 from nasty.data import TensorData, mix_seed
 from nasty.errors import NastyError
@@ -36,7 +38,7 @@ from nasty.models import create_model
 from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
-__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "register", "run_students"]
+__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "labelled", "register", "run_students"]
 
 ATTACKS: dict[str, type["Attack"]] = {}  # by name, in the order they were registered
 
@@ -108,6 +110,19 @@ class Attack:
     def restore(self, ctx, state: dict) -> None:
         """Put a :meth:`state` back into a fresh ``ctx`` from :meth:`setup`."""
 
+    def synthesized(self, ctx, count: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Up to ``count`` of the images this attack made from its teacher (as training left them),
+        with the teacher's labels, on the CPU; ``None`` for attacks that use real images. What an
+        audit keeps of a cell to show in its report, without training anything again."""
+        return None
+
+
+@torch.no_grad()
+def labelled(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and the teacher's class for each image, both on the CPU (``x`` on the teacher's device)."""
+    device = accel.device_of(teacher)
+    return x.detach().float().cpu(), frozen_logits(teacher, x.to(device), device).argmax(dim=1).cpu()
+
 
 class Scratch(Attack):
     """The baseline: no teacher, cross-entropy on the real labels."""
@@ -163,9 +178,13 @@ def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Atta
 
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
                  config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
-                 save: Callable[[dict], None] | None = None, notes: dict | None = None) -> dict[tuple[str, str], float]:
+                 save: Callable[[dict], None] | None = None, notes: dict | None = None, images: dict | None = None,
+                 image_count: int = 40) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
     (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
+
+    ``images``, a dict, receives per source ``(images, labels)``: ``image_count`` of the images a
+    data-free attack synthesised from that teacher (:meth:`Attack.synthesized`), after training.
 
     ``save(state)`` is offered the training state after every epoch but the last (the caller
     decides whether to write it); ``resume`` is such a state to go on from. Every epoch seeds its
@@ -230,5 +249,10 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
         bar.close()
     if notes is not None:
         notes.update({src: n for src, ctx in contexts.items() if (n := attack.notes(ctx))})
+    if images is not None:
+        for src, ctx in contexts.items():
+            made = attack.synthesized(ctx, image_count)
+            if made is not None:
+                images[src] = made
     return {(src, name): evaluate(student, data, device=device)["accuracy"]
             for src in teachers for name, student in zip(students, banks[src].students)}

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasty import accel
 from nasty.data import mix_seed
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
-from .base import Attack, register
+from .base import Attack, labelled, register
 
 
 class Generator(nn.Module):
@@ -86,7 +87,8 @@ class DAFL(Attack):
         gen = Generator(latent=self.latent, channels=c, size=(h, w)).to(device)
         opt = torch.optim.Adam(gen.parameters(), lr=self.lr_g)
         noise = torch.Generator(device=device).manual_seed(mix_seed(seed, 22))
-        return {"teacher": teacher, "gen": gen, "opt": opt, "noise": noise, "batch": batch_size, "device": device}
+        return {"teacher": teacher, "gen": gen, "opt": opt, "noise": noise, "batch": batch_size, "device": device,
+                "seed": seed}
 
     def state(self, ctx):
         return {"gen": ctx["gen"].state_dict(), "opt": ctx["opt"].state_dict(), "noise": ctx["noise"].get_state()}
@@ -114,15 +116,26 @@ class DAFL(Attack):
         # no labels: alpha 1 keeps only the KL term (the CE term is reported against argmax T)
         return kd_loss(student_logits, teacher_logits, teacher_logits.argmax(dim=1), alpha=1.0, tau=self.tau)
 
-    def sample(self, teacher, data, *, count: int = 64, steps: int = 300, seed: int = 0, device="cpu"):
+    def synthesized(self, ctx, count):
+        """``count`` images of the generator as it stands (eval mode, its own noise: the training
+        stream is left alone) and the teacher's labels for them."""
+        gen = ctx["gen"]
+        was_training = gen.training
+        gen.eval()
+        noise = torch.Generator(device=ctx["device"]).manual_seed(mix_seed(ctx["seed"], 23))
+        z = torch.randn(count, self.latent, device=ctx["device"], generator=noise)
+        with torch.no_grad():
+            x = gen(z)
+        gen.train(was_training)
+        return labelled(ctx["teacher"], x)
+
+    def sample(self, teacher, data, *, count: int = 64, steps: int = 300, seed: int = 0, device=None):
         """``count`` generated images and the teacher's labels for them, after ``steps`` generator
-        updates against ``teacher`` (what the image grids in the diagnostics show)."""
+        updates against ``teacher``, on ``device`` (default: the teacher's). For ``nasty plot images``;
+        an audit shows what its own generator made (:meth:`synthesized`) and trains nothing again."""
+        device = accel.device_of(teacher) if device is None else torch.device(device)
         teacher.to(device).eval().requires_grad_(False)
         ctx = self.setup(teacher, data, seed=seed, batch_size=count, epochs=1, device=device)
         for step in range(steps):
             self.inputs(ctx, None, None, step=step, epoch=0)
-        ctx["gen"].eval()
-        z = torch.randn(count, self.latent, device=device, generator=ctx["noise"])
-        with torch.no_grad():
-            x = ctx["gen"](z)
-            return x.cpu(), teacher(x).argmax(dim=1).cpu()
+        return self.synthesized(ctx, count)

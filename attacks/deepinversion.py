@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasty import accel
 from nasty.data import augment, mix_seed
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
-from .base import Attack, register
+from .base import Attack, labelled, register
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -148,14 +149,19 @@ class DeepInversion(Attack):
     def loss(self, student_logits, teacher_logits, y):
         return kd_loss(student_logits, teacher_logits, teacher_logits.argmax(dim=1), alpha=1.0, tau=self.tau)
 
-    def sample(self, teacher, data, *, count: int = 64, seed: int = 0, device="cpu"):
-        """``count`` inverted images (target classes cycling) and the teacher's labels for them."""
+    def synthesized(self, ctx, count):
+        """The first ``count`` images of the pool (target classes cycle) and the teacher's labels."""
+        return labelled(ctx["teacher"], ctx["pool"][:count]) if "pool" in ctx else None
+
+    def sample(self, teacher, data, *, count: int = 64, seed: int = 0, device=None):
+        """``count`` inverted images (target classes cycling) and the teacher's labels for them, made on
+        ``device`` (default: the teacher's). For ``nasty plot images``; an audit shows its own pool."""
+        device = accel.device_of(teacher) if device is None else torch.device(device)
         teacher.to(device).eval().requires_grad_(False)
         self.check(teacher)
         x = synthesize(teacher, data, attack=self, first=0, count=count, batch_size=count, device=device,
                        noise=torch.Generator(device=device).manual_seed(mix_seed(seed, 33)))
-        with torch.no_grad():
-            return x.cpu(), teacher(x).argmax(dim=1).cpu()
+        return labelled(teacher, x)
 
 
 def synthesize(teacher: nn.Module, data, *, attack: DeepInversion, first: int, count: int, noise: torch.Generator,

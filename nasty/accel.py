@@ -8,6 +8,8 @@ branch of the CUDA path on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -18,10 +20,12 @@ def enabled(device) -> bool:
 
 
 def autocast(device):
-    """bf16 autocast where :func:`enabled`; a no-op context elsewhere. Losses are computed in fp32
-    by the callers (``logits.float()``)."""
+    """bf16 autocast where :func:`enabled`; a no-op context elsewhere (any device type, even one
+    that autocast does not know). Losses are computed in fp32 by the callers (``logits.float()``)."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled(device))
+    if not enabled(device):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def prepare(module: nn.Module, device) -> nn.Module:
@@ -41,3 +45,12 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     """One host-to-device copy; through pinned memory to a GPU, so it runs at full bandwidth."""
     device = torch.device(device)
     return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module`` runs: the device of its first parameter (or buffer); the CPU if it has none.
+    Whatever feeds a model moves its batches there (a CUDA teacher must never see CPU batches)."""
+    t = next(module.parameters(), None)
+    if t is None:
+        t = next(module.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")

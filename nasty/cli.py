@@ -402,6 +402,10 @@ def plot(what, **kw):
     its cost-damage frontier (frontier) or a hardened run's budgeted search (search)."""
     from .diagnostics import render
 
+    if what == "images":
+        from attacks import synthesized_grids  # the data-free attacks make the images (attacks/ builds on nasty/)
+
+        kw["synthesize"] = synthesized_grids
     click.echo(f"wrote {render(what, **kw)}")
 
 

@@ -92,7 +92,7 @@ class TensorData:
         n = len(y_all)
         gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
         order = (torch.randperm(n, generator=gen) if shuffle else torch.arange(n)).to(x_all.device)
-        dev_gen = torch.Generator(device=x_all.device).manual_seed(mix_seed(seed, epoch, 1))
+        dev_gen = torch.Generator(device=x_all.device).manual_seed(mix_seed(seed, epoch, 1)) if train else None
         stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
         for i in range(0, stop, batch_size):
             idx = order[i : i + batch_size]

@@ -25,31 +25,34 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from . import accel
 from .data import TensorData
 
-__all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve", "plot_frontier", "plot_search",
-           "save_figure"]
+__all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
+           "plot_frontier", "plot_search", "save_figure"]
 
 COLORS = {"normal": "tab:blue", "nasty": "tab:red"}
 
 
 @torch.no_grad()
 def _outputs(model: nn.Module, data: TensorData, limit: int | None = None):
-    """Penultimate features and logits of the test set (first ``limit`` images), as numpy arrays."""
+    """Penultimate features and logits of the test set (first ``limit`` images), as numpy arrays.
+    The batches go to the model's device (a CUDA teacher gets CUDA batches), the results come back."""
+    device = accel.device_of(model)
     model.eval()
-    feats, logits, labels = [], [], []
+    feats, logits = [], []
     seen = 0
-    for x, y in data.batches("test", batch_size=500, device="cpu"):
-        f = model.forward_features(x) if hasattr(model, "forward_features") else None
-        z = model.forward_head(f) if f is not None else model(x)
-        feats.append(f if f is not None else z)
-        logits.append(z)
-        labels.append(y)
+    for x, y in data.batches("test", batch_size=500, device=device):  # in order: the labels are test_y's
+        with accel.autocast(device):
+            f = model.forward_features(x) if hasattr(model, "forward_features") else None
+            z = model.forward_head(f) if f is not None else model(x)
+        feats.append((f if f is not None else z).float().cpu())
+        logits.append(z.float().cpu())
         seen += len(y)
         if limit and seen >= limit:
             break
-    cat = lambda ts: torch.cat(ts)[:limit].float().numpy()  # noqa: E731
-    return cat(feats), cat(logits), cat(labels).astype(int)
+    cat = lambda ts: torch.cat(ts)[:limit].numpy()  # noqa: E731
+    return cat(feats), cat(logits), data.test_y[:seen][:limit].numpy().astype(int)
 
 
 def softened(logits: np.ndarray, tau: float) -> np.ndarray:
@@ -172,6 +175,7 @@ def plot_images(grids: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Tenso
     _, h, w = data.input_shape
     for ax, (title, (images, labels)) in zip(axes, grids.items()):
         mosaic = np.ones((per_class * (h + 1), c * (w + 1), 3))
+        images, labels = images.cpu(), labels.cpu()
         for k in range(c):
             mine = images[labels == k][:per_class].float().numpy()
             for r, img in enumerate(mine):
@@ -282,9 +286,14 @@ def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100
 
 def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
            unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0, arch: str | None = None,
-           dataset: str | None = None, mean=None, std=None, normalization: str | None = None) -> Path:
+           dataset: str | None = None, mean=None, std=None, normalization: str | None = None,
+           synthesize=None) -> Path:
     """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``).
-    ``arch``, ``dataset`` and the normalisation describe weights that do not record them (:mod:`nasty.released`)."""
+    ``arch``, ``dataset`` and the normalisation describe weights that do not record them (:mod:`nasty.released`).
+    The teachers answer through their cards' output transforms (what is served).
+
+    ``images`` needs ``synthesize(models, data, tau=, count=, seed=)`` -> ``{title: (images, labels)}``
+    (the data-free attacks live in ``attacks/``, a layer above this one: ``attacks.synthesized_grids``)."""
     from .checkpoint import build_model
     from .errors import NastyError
     from .released import data_for, label, parse_normalization, read_model, require_options
@@ -322,7 +331,7 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
         name = card.get("kind") or option.strip("-")
         name = name if name not in models else f"{name} ({option.strip('-')})"
         models[name] = build_model(sd, card, source=f"{option} {label(source)}", num_classes=data.num_classes,
-                                   in_chans=data.input_shape[0]).eval()
+                                   in_chans=data.input_shape[0], served=True).eval()
     card = items[-1][2]
     tau = tau or card.get("tau") or 4.0
     if what == "logits":
@@ -331,31 +340,21 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     if what == "tsne":
         return save_figure(plot_tsne(models, data, seed=seed), out)
     if what == "images":
-        from attacks import DAFL, DeepInversion
-
+        if synthesize is None:
+            raise NastyError("nasty plot images: no image synthesizer given (the CLI passes attacks.synthesized_grids)")
         count = per_class * data.num_classes * 2  # the teacher chooses the classes: leave room
-        grids = {}
-        for name, model in models.items():
-            grids[f"DAFL generator, from the {name} teacher"] = DAFL(tau=tau).sample(model, data, count=count, seed=seed)
-            grids[f"DeepInversion, from the {name} teacher"] = DeepInversion(tau=tau).sample(model, data, count=count,
-                                                                                              seed=seed)
+        grids = synthesize(models, data, tau=tau, count=count, seed=seed)
         return save_figure(plot_images(grids, data, per_class=per_class), out)
     raise NastyError(f"unknown plot {what!r}; choose logits, tsne, images, omega, frontier or search")
 
 
-def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float, attacks: dict, dafl_steps: int,
-                  seed: int = 0, per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
-    """The figures an audit report shows: logit peaks, t-SNE, and what ``attacks`` (name -> a
-    data-free attack) synthesise from each teacher (DAFL after ``dafl_steps`` generator steps)."""
+def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float,
+                  grids: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, seed: int = 0,
+                  per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
+    """The figures an audit report shows: logit peaks, t-SNE, and ``grids`` (title -> images and the
+    teacher's labels), the images the audit's data-free attacks synthesised while it trained."""
     fig, numbers = plot_logits(models, data, tau=tau)
     figures = {"logits": (fig, numbers), "tsne": (plot_tsne(models, data, seed=seed), None)}
-    if attacks:
-        count = per_class * data.num_classes * 2
-        grids = {}
-        for name, model in models.items():
-            for attack_name, attack in attacks.items():
-                kw = {"steps": dafl_steps} if attack_name == "dafl" else {}
-                label = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}.get(attack_name, attack_name)
-                grids[f"{label}, from the {name} teacher"] = attack.sample(model, data, count=count, seed=seed, **kw)
+    if grids:
         figures["images"] = (plot_images(grids, data, per_class=per_class), None)
     return figures

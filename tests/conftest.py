@@ -24,3 +24,13 @@ def teachers(tmp_path_factory):
     normal = train(dataset="digits", out=root / "normal", quiet=True, device="cpu")
     nasty = harden(teacher=root / "normal", out=root / "nasty", omega=0.05, quiet=True, device="cpu")
     return {"root": root, "normal": normal, "nasty": nasty}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cuda tier (``@pytest.mark.cuda``) runs where a GPU is; elsewhere it is skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="cuda tier: no CUDA device here (run bench/gpu_check.sh on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

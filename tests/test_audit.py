@@ -119,6 +119,49 @@ def test_cells_that_recorded_dafls_old_setting_names_are_still_used(tiny_audit, 
     path.write_text(json.dumps(cell))
     monkeypatch.setattr(audit_mod, "run_students", lambda *a, **k: pytest.fail("a finished cell was trained again"))
     assert run(teachers, out)["runs"] == report["runs"]
+def test_data_free_cells_keep_their_images_and_the_report_shows_them_without_training(tiny_audit, teachers,
+                                                                                      monkeypatch):
+    """report.html shows what the audit's own DAFL generator and DeepInversion pool made (saved with
+    each cell); drawing it trains no generator and inverts no image again."""
+    from safetensors.torch import load_file
+
+    import attacks.dafl
+    import attacks.deepinversion
+
+    out, report = tiny_audit
+    for name in ("dafl", "deepinversion"):
+        for seed in (0, 1):
+            saved = load_file(str(out / "cells" / f"{name}-seed{seed}.images.safetensors"))
+            assert set(saved) == {f"{src}.{k}" for src in ("normal", "nasty") for k in ("images", "labels")}
+            assert saved["nasty.images"].shape == (40, 1, 8, 8) and saved["nasty.labels"].shape == (40,)
+            assert int(saved["nasty.labels"].min()) >= 0 and int(saved["nasty.labels"].max()) < 10
+    assert not list((out / "cells").glob("kd-*.images.safetensors"))  # real-data attacks have none
+
+    def boom(*a, **k):
+        raise AssertionError("the report made images again instead of showing the audit's")
+
+    for target, name in ((attacks.dafl.DAFL, "sample"), (attacks.dafl.DAFL, "inputs"),
+                         (attacks.deepinversion.DeepInversion, "sample"), (attacks.deepinversion, "synthesize"),
+                         (audit_mod, "run_students")):
+        monkeypatch.setattr(target, name, boom)
+    html_before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    run(teachers, out)  # every cell is done: only report.html is drawn again, from the saved images
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and html == html_before
+
+
+def test_an_attack_option_beats_the_audit_level_value_for_that_attack(teachers, tmp_path):
+    """--tau/--alpha reach every attack; --attack-option dafl.tau=2 overrides it for dafl alone
+    (it used to end in "create_attack() got multiple values for keyword argument 'tau'")."""
+    res = CliRunner().invoke(main, ["audit", "--teacher", str(teachers["root"] / "nasty"), "--reference",
+                                    str(teachers["root"] / "normal"), "--out", str(tmp_path), "--attacks", "kd,dafl",
+                                    "--students", "mlp", "--seeds", "0,", "--epochs", "1", "--tau", "3", "--alpha",
+                                    "0.5", "--attack-option", "dafl.tau=2", "--attack-option", "kd.alpha=0.7",
+                                    "--no-plots", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    settings = json.loads((tmp_path / "report.json").read_text())["settings"]["attacks"]
+    assert settings["dafl"]["tau"] == 2 and settings["kd"] == {"alpha": 0.7, "tau": 3.0}
 
 
 def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):

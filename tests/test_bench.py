@@ -29,3 +29,22 @@ def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):
     rows = r["details"]["audit"]["rows"]
     assert [len(row["students"]) for row in rows] == [1, 2, 4]
     assert "hardening step / normal step" in capsys.readouterr().out
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: bench/gpu_check.sh would run the whole check (run it by hand)")
+    res = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "gpu")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "no CUDA device" in res.stdout
+    doc = json.loads((tmp_path / "gpu" / "gpu_check.json").read_text())
+    assert [s["step"] for s in doc["steps"]] == ["environment"] and doc["steps"][0]["status"].startswith("skipped")
+    assert "no CUDA device" in (tmp_path / "gpu" / "gpu_check.log").read_text()

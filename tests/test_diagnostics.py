@@ -85,8 +85,63 @@ def test_cli_plot(teachers, tmp_path):
                                     str(root / "normal"), "--out", str(tmp_path / "l.png")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "l.png").stat().st_size > 10_000 and (tmp_path / "l.json").exists()
+    res = CliRunner().invoke(main, ["plot", "images", "--teacher", str(root / "nasty"), "--out", str(tmp_path / "i.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "i.png").stat().st_size > 5_000
     for args, words in ((["omega", "--out", "x.png"], "needs --sweep"),
                         (["tsne", "--out", "x.png"], "needs --teacher"),
                         (["logits", "--teacher", str(tmp_path / "none"), "--out", "x.png"], "no such file")):
         res = CliRunner().invoke(main, ["plot", *args])
         assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output, res.output
+
+
+class Elsewhere(torch.nn.Module):
+    """A teacher whose weights live on another device than the CPU, as a CUDA teacher's do. This
+    machine has no GPU, so the other device is ``meta`` (tensors without values): like CUDA, the
+    model refuses an input that is not on its weights' device (with CUDA's own message), and it
+    answers with zeros, since meta inputs carry no pixels. What it proves is where the diagnostics
+    put their batches, not what the model computes."""
+
+    def __init__(self, num_classes=10, num_features=6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(num_features, device="meta"))
+        self.num_classes, self.seen = num_classes, []
+
+    def _check(self, x):
+        self.seen.append(x.device)
+        if x.device != self.weight.device:
+            raise RuntimeError(f"Input type ({x.device}) and weight type ({self.weight.device}) should be the same")
+
+    def forward_features(self, x):
+        self._check(x)
+        return torch.zeros(len(x), len(self.weight))
+
+    def forward_head(self, f):
+        return torch.zeros(len(f), self.num_classes)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_diagnostics_feed_a_model_on_another_device_batches_on_that_device(digits):
+    """report.html crashed on CUDA: the logit and t-SNE diagnostics fed CPU batches to CUDA teachers.
+    Fails with the CUDA-style error if any diagnostic feeds a batch from the CPU to this teacher."""
+    model = Elsewhere()
+    summary = peak_summary(model, digits, tau=4.0)
+    assert sum(summary["peaks_histogram"]) == len(digits.test_y)
+    fig, numbers = plot_logits({"elsewhere": model}, digits, tau=4.0, samples=2)
+    assert numbers["teachers"]["elsewhere"]["mean_peaks"] == 10.0  # all-zero logits: ten equal peaks
+    assert model.seen and set(model.seen) == {torch.device("meta")}
+
+
+def test_the_diagnostics_do_not_import_the_attacks():
+    """nasty/ is the lower layer: attacks/ builds on it, never the other way round."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = "import sys, nasty.diagnostics; print(sorted(m for m in sys.modules if m.split('.')[0] == 'attacks'))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
+    assert res.stdout.strip() == "[]", res.stdout

@@ -1,0 +1,139 @@
+"""The cuda tier: every path that runs on the CPU, run on a GPU (bf16 autocast, channels_last).
+
+Skipped where ``torch.cuda.is_available()`` is false (tests/conftest.py); ``bench/gpu_check.sh``
+runs it with ``pytest -m cuda``. Sized to take about a minute on one H100.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nasty import checkpoint as ckpt
+from nasty.cli import main
+
+pytestmark = pytest.mark.cuda
+ATTACK_NAMES = {"kd", "hard-label", "dafl", "deepinversion"}
+
+
+@pytest.fixture(scope="module")
+def gpu_teachers(tmp_path_factory):
+    """A normal and a nasty digits teacher trained on the GPU (4 epochs each)."""
+    from nasty.runs import harden, train
+
+    root = tmp_path_factory.mktemp("gpu-teachers")
+    normal = train(dataset="digits", out=root / "normal", epochs=4, device="cuda", quiet=True)
+    nasty = harden(teacher=root / "normal", out=root / "nasty", epochs=4, device="cuda", quiet=True)
+    return {"root": root, "normal": normal, "nasty": nasty}
+
+
+def test_demo_quick_with_plots_finishes_on_cuda(tmp_path):
+    """The crash of issue 16: report.html fed CPU batches to CUDA teachers."""
+    res = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cuda"])
+    assert res.exit_code == 0, res.output
+    audit = tmp_path / "audit"
+    report = json.loads((audit / "report.json").read_text())
+    assert {s["attack"] for s in report["summary"]} == ATTACK_NAMES
+    html = (audit / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "id='images'" in html
+    for name in ("logits.png", "tsne.png", "images.png"):
+        assert (audit / name).stat().st_size > 10_000
+
+
+def test_train_and_harden_on_cuda_learn_and_resume(gpu_teachers, tmp_path, monkeypatch):
+    from nasty.runs import train
+
+    assert gpu_teachers["normal"]["accuracy"] > 90, gpu_teachers["normal"]["accuracy"]
+    assert gpu_teachers["nasty"]["accuracy"] > 80, gpu_teachers["nasty"]["accuracy"]
+    model, card = ckpt.load_model(gpu_teachers["root"] / "nasty")  # written from CUDA, loads and verifies
+    assert card["sha256"] == ckpt.sha256_file(gpu_teachers["root"] / "nasty" / ckpt.WEIGHTS)
+
+    # a run stopped after its second epoch goes on with --resume and ends where it should
+    real, calls = ckpt.save_state, []
+
+    def stop_after_two(out, state):
+        real(out, state)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_state", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset="digits", out=tmp_path / "n", epochs=4, device="cuda", quiet=True)
+    monkeypatch.setattr(ckpt, "save_state", real)
+    resumed = train(dataset="digits", out=tmp_path / "n", epochs=4, device="cuda", quiet=True, resume=True)
+    metrics = [json.loads(line) for line in (tmp_path / "n" / ckpt.METRICS).read_text().splitlines()]
+    assert resumed["epoch"] == 4 and len(metrics) == 4
+    # the same seed on the GPU (cuDNN is not bit-deterministic): the same accuracy within a few points
+    assert abs(resumed["accuracy"] - gpu_teachers["normal"]["accuracy"]) <= 3.0, resumed["accuracy"]
+
+
+def test_audit_with_plots_on_cuda_resumes_inside_a_cell(gpu_teachers, tmp_path, monkeypatch):
+    import attacks.audit as audit_mod
+
+    root = gpu_teachers["root"]
+    kw = {"teacher": root / "nasty", "reference": root / "normal", "attacks": ["kd", "dafl", "deepinversion"],
+          "students": ["tiny-cnn", "mlp"], "seeds": (0,), "epochs": 3, "device": "cuda", "quiet": True,
+          "checkpoint_seconds": 0, "attack_options": {"deepinversion": {"pool_size": 64, "iterations": 20}}}
+    real = audit_mod.run_students
+
+    def crash_in_dafl(attack, *a, save=None, **k):
+        def save_then_crash(state):
+            save(state)
+            if attack.name == "dafl" and state["epoch"] == 2:
+                raise KeyboardInterrupt
+        return real(attack, *a, save=save_then_crash, **k)
+
+    monkeypatch.setattr(audit_mod, "run_students", crash_in_dafl)
+    with pytest.raises(KeyboardInterrupt):
+        audit_mod.audit(out=tmp_path, **kw)
+    assert (tmp_path / "cells" / "dafl-seed0.partial.pt").exists()
+    monkeypatch.setattr(audit_mod, "run_students", real)
+    report = audit_mod.audit(out=tmp_path, **kw)
+    assert json.loads((tmp_path / "cells" / "dafl-seed0.json").read_text())["resumed_from_epoch"] == 2
+    kd = {(r["student"], r["source"]): r["accuracy"] for r in report["runs"] if r["attack"] == "kd"}
+    assert kd[("tiny-cnn", "normal")] > 50, kd  # the students learn on the GPU
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+
+
+def test_bf16_on_cuda_is_within_tolerance_of_fp32(gpu_teachers, digits):
+    """The teacher's logits and the KD students' accuracies: bf16 autocast + channels_last on the
+    GPU against fp32 on the CPU, from the same weights and the same seeds."""
+    from attacks import create_attack
+    from attacks.base import run_students
+    from nasty import accel
+    from nasty.trainer import TrainConfig, evaluate
+
+    model, _ = ckpt.load_model(gpu_teachers["root"] / "normal")
+    x = next(digits.batches("test", batch_size=256, device="cpu"))[0]
+    with torch.no_grad():
+        want = model.eval()(x)
+        fast = accel.prepare(model, "cuda")
+        with accel.autocast("cuda"):
+            got = fast(accel.layout(x.cuda(), "cuda")).float().cpu()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max() + 0.05, (got - want).abs().max()
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.98
+    cpu = evaluate(model.cpu(), digits, device="cpu")["accuracy"]
+    gpu = evaluate(accel.prepare(model, "cuda"), digits, device="cuda")["accuracy"]
+    assert abs(cpu - gpu) <= 1.0, (cpu, gpu)
+
+    pair = {k: ckpt.load_model(gpu_teachers["root"] / k)[0] for k in ("normal", "nasty")}
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    on = {dev: run_students(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, device=dev)
+          for dev in ("cuda", "cpu")}
+    assert all(abs(on["cuda"][k] - on["cpu"][k]) <= 3.0 for k in on["cpu"]), on  # 3 points: 13 of 450 images
+
+
+def test_diagnostics_on_cuda_teachers(gpu_teachers, digits):
+    from nasty.diagnostics import peak_summary, plot_logits
+
+    models = {k: ckpt.load_model(gpu_teachers["root"] / k)[0].cuda() for k in ("normal", "nasty")}
+    fig, numbers = plot_logits(models, digits, tau=4.0, samples=2)
+    for name, model in models.items():
+        assert sum(numbers["teachers"][name]["peaks_histogram"]) == len(digits.test_y)
+        on_cpu = peak_summary(model.cpu(), digits, tau=4.0)
+        assert abs(on_cpu["mean_peaks"] - numbers["teachers"][name]["mean_peaks"]) <= 0.1
