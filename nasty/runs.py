@@ -9,6 +9,7 @@ Options left as ``None`` take the dataset's recipe (:mod:`nasty.recipes`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from .data import load_dataset
 from .errors import NastyError
 from .models import create_model
 from .recipes import RECIPES
+from .safety import temp_beside
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
 
 RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS)
@@ -43,13 +45,13 @@ def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | No
 
 
 def _clear_out(out: Path, stale: list[str]) -> None:
-    for f in stale:
-        (out / f).unlink()
     try:
+        for f in stale:
+            (out / f).unlink()  # a link is removed, never followed
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temps(out)
-        probe = out / f".write-test-{id(out)}"
-        probe.write_bytes(b"")
+        fd, probe = temp_beside(out / ".write-test")  # a new file of a random name, never one found there
+        os.close(fd)
         probe.unlink()
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
