@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +25,11 @@ def teachers(tmp_path_factory):
     normal = train(dataset="digits", out=root / "normal", quiet=True, device="cpu")
     nasty = harden(teacher=root / "normal", out=root / "nasty", quiet=True, device="cpu")
     return {"root": root, "normal": normal, "nasty": nasty}
+
+
+def bench_script(name: str):
+    """A script of bench/ (not a package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
