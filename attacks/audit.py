@@ -17,7 +17,7 @@ teacher (``cells/<cell>.images.safetensors``): ``report.html`` shows those, and 
 
 from __future__ import annotations
 
-import json
+import os
 import statistics
 import time
 import warnings
@@ -26,7 +26,11 @@ from pathlib import Path
 from nasty import __version__
 from nasty import checkpoint as ckpt
 from nasty.defences import defence_of
-from nasty.errors import NastyError, NastyWarning
+from nasty.errors import NastyError, NastyWarning, one_line
+from nasty.safety import html_text as h
+from nasty.safety import md_text as md
+from nasty.safety import read_json
+from nasty.schema import AuditCell, PartialCell, validate
 from nasty.models import create_model
 from nasty.recipes import RECIPES
 from nasty.released import data_for, is_adversary, label, parse_normalization, read_model, require_options
@@ -130,6 +134,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
 
     out = Path(out).expanduser()
     cells_dir = out / "cells"
+    if cells_dir.is_symlink():  # a published audit folder must not send our writes elsewhere
+        raise NastyError(f"--out {one_line(out)}: cells is a link ({one_line(os.readlink(cells_dir))}); refused")
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
         for folder in (out, cells_dir):
@@ -266,21 +272,18 @@ def _write_html(report, out: Path, models, data, *, tau, grids, quiet) -> None:
 
 def _html_rows(header: list[str], rows: list[list[str]], *, signed_from: int) -> str:
     """Table rows; the columns from ``signed_from`` on are margins, green when >= 0, red below."""
-    from html import escape
 
     def cell(i, c):
         if i < signed_from:
-            return f"<td>{escape(c)}</td>"
-        return f"<td class='{'bad' if c.startswith('-') and c != '-' else 'good'}'>{escape(c)}</td>"
+            return f"<td>{h(c)}</td>"
+        return f"<td class='{'bad' if c.startswith('-') and c != '-' else 'good'}'>{h(c)}</td>"
 
-    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+    head = "<tr>" + "".join(f"<th>{h(name)}</th>" for name in header) + "</tr>"
     return head + "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
 
 
 def format_html(report: dict, images: dict[str, str]) -> str:
     """One self-contained page: ``images`` maps a section to a base64 PNG."""
-    from html import escape
-
     t, s = report["teachers"], report["settings"]
     worst = _html_rows(WORST_HEADER, _worst_cells(report), signed_from=3)
     rows = _html_rows(TABLE_HEADER, _table_cells(report), signed_from=6)
@@ -300,45 +303,50 @@ def format_html(report: dict, images: dict[str, str]) -> str:
         f"</section>" for k, (title, text) in sections.items() if k in images)
     seeds = sorted({r["seed"] for r in report["runs"]})
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>KD-immunity audit: {escape(report['dataset'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>KD-immunity audit: {h(report['dataset'])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; }}
 th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
 .good {{ color: #1a7f37; }} .bad {{ color: #b42318; }} img {{ max-width: 100%; }}
 </style></head><body>
-<h1>KD-immunity audit: {escape(report['dataset'])}</h1>
+<h1>KD-immunity audit: {h(report['dataset'])}</h1>
 <section id="worst-case"><h2>Worst case per student</h2>
 <p>The attack that gets most from the nasty teacher (highest mean final-epoch test accuracy of its students):
 the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
 <table>{worst}</table></section>
 <section id="teachers"><h2>Teachers</h2><table>
-<tr><th>teacher</th><th>arch</th><th>test accuracy (%)</th><th>omega</th><th>tau</th></tr>
-<tr><td>normal</td><td>{escape(str(t['normal']['arch']))}</td><td>{t['normal']['accuracy']:.2f}</td><td></td><td></td></tr>
-<tr><td>nasty</td><td>{escape(str(t['nasty']['arch']))}</td><td>{t['nasty']['accuracy']:.2f}</td>
-<td>{t['nasty']['omega']}</td><td>{t['nasty']['tau']}</td></tr></table>
+<tr><th>teacher</th><th>arch</th><th>test accuracy (%)</th><th>defence</th><th>omega</th><th>tau</th></tr>
+<tr><td>reference</td><td>{h(str(t['normal']['arch']))}</td><td>{t['normal']['accuracy']:.2f}</td>
+<td>{h(t['normal'].get('defence', 'none'))}</td><td></td><td></td></tr>
+<tr><td>audited</td><td>{h(str(t['nasty']['arch']))}</td><td>{t['nasty']['accuracy']:.2f}</td>
+<td>{h(t['nasty'].get('defence', ''))}</td><td>{h(t['nasty']['omega'])}</td><td>{h(t['nasty']['tau'])}</td></tr></table>
 <p>Teacher cost (normal - nasty): <b>{report['teacher_cost']:+.2f}</b> points.</p></section>
 <section id="immunity"><h2>Immunity</h2>
-<p>Final-epoch test accuracy (%) of students, mean ± std over seeds {seeds}; {s['epochs']} epochs, KD alpha
-{s['alpha']}, tau {s['tau']}; the attacker holds {report['train_fraction']:g} of the training set.
+<p>Final-epoch test accuracy (%) of students, mean ± std over seeds {h(seeds)}; {h(s['epochs'])} epochs, KD alpha
+{h(s['alpha'])}, tau {h(s['tau'])}; the attacker holds {report['train_fraction']:g} of the training set.
 immunity = from normal - from nasty; below scratch = scratch - from nasty; below label smoothing = label
 smoothing - from nasty.</p>
 <table>{rows}</table></section>
 {figures}
-<p>Machine-readable: report.json. nasty {escape(str(report.get('nasty_version', '')))}.</p>
+<p>Machine-readable: report.json. nasty {h(str(report.get('nasty_version', '')))}.</p>
 </body></html>
 """
 
 
 def _load_cell(path: Path, key: dict, *, force: bool):
-    if not path.exists():
+    """A finished cell with this audit's key; one that does not fit the schema is refused
+    (or, with ``force``, done again)."""
+    if not os.path.lexists(path):
         return None
     try:
-        cell = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable (cannot happen with atomic writes, but never trust it): run it again
-    _rename_settings(cell.get("key"))
-    return cell if _same_key(cell.get("key"), key, path, force=force) else None
+        cell = validate(AuditCell, read_json(path), path)
+    except NastyError as e:
+        if force:
+            return None
+        raise NastyError(f"{e}; remove it, or pass --force to redo the cell") from None
+    _rename_settings(cell["key"])
+    return cell if _same_key(cell["key"], key, path, force=force) else None
 
 
 def _rename_settings(key: dict | None) -> None:
@@ -360,8 +368,11 @@ def _load_partial(path: Path, key: dict, *, force: bool):
         path.unlink(missing_ok=True)
         return None
     state = ckpt.load_resume_file(path)
-    _rename_settings((state or {}).get("key"))
-    return state if state is not None and _same_key(state.get("key"), key, path, force=force) else None
+    if state is None:
+        return None
+    validate(PartialCell, state, path)
+    _rename_settings(state["key"])
+    return state if _same_key(state["key"], key, path, force=force) else None
 
 
 def _partial_saver(path: Path, key: dict, *, t0: float, every: float):
@@ -392,8 +403,8 @@ def _same_key(saved: dict | None, key: dict, path: Path, *, force: bool) -> bool
         saved, now = saved.get(diff), now.get(diff)
         if not (isinstance(saved, dict) and isinstance(now, dict)):
             break
-    raise NastyError(f"--out {path.parent.parent} holds results of another audit ({name} differs: "
-                     f"{saved!r} there, {now!r} now); use another --out or --force to redo them")
+    raise NastyError(f"--out {one_line(path.parent.parent)} holds results of another audit ({one_line(name)[:80]} "
+                     f"differs: {one_line(repr(saved))[:80]} there, {now!r} now); use another --out or --force to redo them")
 
 
 def _mean_std(xs):
@@ -501,7 +512,9 @@ def _table_cells(report: dict) -> list[list[str]]:
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    """A markdown table; every cell escaped (``|`` and markup), since names can come from files."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(md(c) for c in r) + " |" for r in rows])
 
 
 def format_table(report: dict) -> str:
@@ -516,13 +529,14 @@ def format_markdown(report: dict) -> str:
     t, s = report["teachers"], report["settings"]
     seeds = sorted({r["seed"] for r in report["runs"]})
     return "\n".join([
-        f"# KD-immunity audit: {report['dataset']}",
+        f"# KD-immunity audit: {md(report['dataset'])}",
         "",
-        f"- normal teacher: {t['normal']['arch']}, test accuracy {t['normal']['accuracy']:.2f}%",
-        f"- nasty teacher: {t['nasty']['arch']}, test accuracy {t['nasty']['accuracy']:.2f}% "
-        f"(omega {t['nasty']['omega']}, tau {t['nasty']['tau']}); teacher cost {report['teacher_cost']:+.2f} points",
-        f"- students: {', '.join(s['students'])}; seeds {seeds}; {s['epochs']} epochs, batch {s['batch_size']}, "
-        f"lr {s['lr']}; KD alpha {s['alpha']}, tau {s['tau']}; attacker's share of the training set "
+        f"- normal teacher: {md(t['normal']['arch'])}, test accuracy {t['normal']['accuracy']:.2f}%",
+        f"- audited teacher: {md(t['nasty']['arch'])}, test accuracy {t['nasty']['accuracy']:.2f}% "
+        f"(defence {md(t['nasty'].get('defence', ''))}; omega {md(t['nasty']['omega'])}, tau {md(t['nasty']['tau'])}); "
+        f"teacher cost {report['teacher_cost']:+.2f} points",
+        f"- students: {md(', '.join(s['students']))}; seeds {md(seeds)}; {md(s['epochs'])} epochs, batch "
+        f"{md(s['batch_size'])}, lr {md(s['lr'])}; KD alpha {md(s['alpha'])}, tau {md(s['tau'])}; attacker's share of the training set "
         f"{report['train_fraction']:g}",
         "",
         "Final-epoch test accuracy (%), mean ± std over seeds. immunity = from normal - from nasty "

@@ -17,13 +17,17 @@ import json
 import os
 import pickle
 import re
+import stat
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError, ModelError, first_line
+from .safety import check_regular, one_line, open_regular, read_json, stale_temps, temp_beside
+from .schema import Card, TrainState, validate
 
 WEIGHTS, CARD, STATE, METRICS = "model.safetensors", "card.json", "train_state.pt", "metrics.jsonl"
 PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -34,47 +38,47 @@ __all__ = ["atomic_write", "remove_stale_temps", "save_release", "save_state", "
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``. Errors become one line."""
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``. Errors become one line.
+
+    ``tmp_path`` is a new file with a random name in the same folder (:func:`nasty.safety.temp_beside`);
+    if it is not the same file when ``write`` returns (swapped for a link), nothing is renamed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd, tmp = temp_beside(path)
+        try:
+            made = os.fstat(fd)
+            write(tmp)
+            now = os.lstat(tmp)
+            if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+                raise OSError(f"the temporary file {tmp.name} was replaced while it was written")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        tmp = None
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
+        raise CheckpointError(f"cannot write {one_line(path)}: {one_line(e.strerror or e)}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder) -> list[str]:
     """Delete the temporary files a killed writer left in ``folder`` (never trusted, never read)."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if not pid.isdigit() or _alive(int(pid)):
+    for tmp in stale_temps(folder):
+        if stat.S_ISDIR(os.lstat(tmp).st_mode):
             continue
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # a link is removed, never followed
         removed.append(tmp.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def write_json(path, obj) -> None:
@@ -83,7 +87,7 @@ def write_json(path, obj) -> None:
 
 def sha256_file(path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, limit_name="WEIGHTS_BYTES") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -97,13 +101,14 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_release(out, model: nn.Module, card: dict) -> dict:
     """Write weights then card (with the weights' sha256); return the card written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     sd = plain_state_dict(model)
     meta = {"format": "nasty", "arch": str(card.get("arch", "")), "num_classes": str(card.get("num_classes", "")),
             "input_shape": json.dumps(card.get("input_shape"))}
-    atomic_write(out / WEIGHTS, lambda p: save_file(sd, str(p), metadata=meta))
+    # bytes written into our temporary file (save_file would make a file of its own at that name)
+    atomic_write(out / WEIGHTS, lambda p: Path(p).write_bytes(save(sd, metadata=meta)))
     card = {**card, "sha256": sha256_file(out / WEIGHTS)}
     write_json(out / CARD, card)
     return card
@@ -115,7 +120,10 @@ def save_state(out, state: dict) -> None:
 
 
 def load_state(out) -> dict | None:
-    return load_resume_file(Path(out) / STATE)
+    """The resume state in ``out`` (structure checked), or ``None`` if there is none."""
+    path = Path(out) / STATE
+    state = load_resume_file(path)
+    return None if state is None else validate(TrainState, state, path)
 
 
 def save_resume_file(path, state: dict) -> None:
@@ -126,23 +134,73 @@ def save_resume_file(path, state: dict) -> None:
 def load_resume_file(path) -> dict | None:
     """Read a file of :func:`save_resume_file` with ``weights_only=True``; ``None`` if there is none."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        check_regular(os.stat(path), path, limit_name="WEIGHTS_BYTES")
+        check_pt_archive(path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume from {one_line(path)}: {e}; remove it or use another output folder") from None
     except Exception as e:  # noqa: BLE001 - anything unreadable is reported the same way
-        raise CheckpointError(f"cannot read {path} to resume ({first_line(e)}); remove it or use another --out") from None
+        reason = _weights_only_reason(e) if isinstance(e, pickle.UnpicklingError) else first_line(e)
+        raise CheckpointError(f"cannot read {one_line(path)} to resume ({one_line(reason)}); "
+                              f"remove it or use another output folder") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{one_line(path)}: expected a mapping, found {type(obj).__name__}")
+    return obj
+
+
+def check_pt_archive(path) -> None:
+    """Before ``torch.load``: the zip archive's declared sizes (its central directory, nothing
+    decompressed) must fit the weights limit, and no more than the file holds (torch never
+    compresses, so a small file declaring a large tensor is forged). The legacy (non-zip)
+    format declares its tensor sizes inside the pickle, unchecked: refused."""
+    from .safety import limit, over_limit
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        _refuse_legacy(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{one_line(path)} could not be read as a PyTorch file ({first_line(e)})") from None
+    if declared > limit("WEIGHTS_BYTES"):
+        raise CheckpointError(over_limit(f"{one_line(path)} declares tensors that", declared, "WEIGHTS_BYTES"))
+    size = os.stat(path).st_size
+    if declared > 2 * size + (1 << 20):
+        raise CheckpointError(f"{one_line(path)} declares {declared:,} bytes of content in a {size:,}-byte file "
+                              f"(compressed entries: not written by torch.save); refused")
+
+
+def _refuse_legacy(path: Path) -> None:
+    """A non-zip file: its first pickle read by torch's safe unpickler (which names a forbidden
+    global, raising ``pickle.UnpicklingError``); if that passes, refused all the same."""
+    from torch import _weights_only_unpickler
+
+    with open_regular(path, limit_name="WEIGHTS_BYTES") as f, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        try:
+            _weights_only_unpickler.load(f)
+        except pickle.UnpicklingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - garbage
+            raise CheckpointError(f"{one_line(path)} could not be read as a PyTorch file ({first_line(e)})") from None
+    raise CheckpointError(f"{one_line(path)} is in the legacy (non-zip) torch.save format, whose tensor sizes cannot "
+                          f"be checked before loading; re-save it with a current torch.save or convert it to "
+                          f"safetensors, or pass --unsafe-pickle if you trust its source")
 
 
 def read_card(path) -> dict:
+    """A run's ``card.json`` (or the file itself), checked against :class:`nasty.schema.Card`."""
     path = Path(path)
     path = path / CARD if path.is_dir() else path
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"no {CARD} in {path.parent}; is it a run directory of `nasty train`/`harden`?") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
+    if not os.path.lexists(path):
+        raise CheckpointError(f"no {CARD} in {one_line(path.parent)}; is it a run directory of `nasty train`/`harden`?")
+    return validate(Card, read_json(path), path)
 
 
 # --------------------------------------------------------------------------- loading
@@ -155,20 +213,25 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher"
     card.json, a card.json beside the file, or the safetensors metadata), possibly empty.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{option} {path}: no such file or directory")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        what = "no such file or directory" if isinstance(e, FileNotFoundError) else (e.strerror or str(e))
+        raise CheckpointError(f"{option} {one_line(path)}: {one_line(what)}") from None
     card: dict = {}
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         card = read_card(path)
-        if not (path / WEIGHTS).exists():
-            raise CheckpointError(f"{path} has {CARD} but no {WEIGHTS}; the run did not finish an epoch")
+        if not os.path.lexists(path / WEIGHTS):
+            raise CheckpointError(f"{one_line(path)} has {CARD} but no {WEIGHTS}; the run did not finish an epoch")
         path = path / WEIGHTS
-    elif (path.parent / CARD).exists() and path.name == WEIGHTS:
+        st = os.stat(path)
+    elif path.name == WEIGHTS and os.path.lexists(path.parent / CARD):
         card = read_card(path.parent)
+    check_regular(st, path, limit_name="WEIGHTS_BYTES")  # before a byte is read: no FIFO, no /dev/zero
     file_sha = sha256_file(path)
     if card.get("sha256") and file_sha != card["sha256"]:
-        raise CheckpointError(f"{path} does not match the sha256 in {path.parent / CARD} (an interrupted write "
-                              f"or a modified file); re-run with --resume to rewrite it")
+        raise CheckpointError(f"{one_line(path)} does not match the sha256 in {one_line(path.parent / CARD)} (an "
+                              f"interrupted write or a modified file); re-run with --resume to rewrite it")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -177,29 +240,49 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher"
                 meta = f.metadata() or {}
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...
-            raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)})") from None
+            raise CheckpointError(f"{one_line(path)} is not a valid safetensors file ({first_line(e)})") from None
         if not card and meta.get("format") == "nasty":
-            card = {"arch": meta.get("arch") or None, "num_classes": int(meta["num_classes"]) if meta.get("num_classes") else None,
-                    "input_shape": json.loads(meta["input_shape"]) if meta.get("input_shape") else None}
+            card = _card_from_metadata(meta, path)
         return sd, {**card, "sha256": file_sha}
 
     if path.suffix.lower() not in PICKLE_EXTS:
-        raise CheckpointError(f"{path}: expected a run directory, a .safetensors file or a "
+        raise CheckpointError(f"{one_line(path)}: expected a run directory, a .safetensors file or a "
                               f"{'/'.join(PICKLE_EXTS)} state dict")
     try:
+        if not unsafe_pickle:
+            check_pt_archive(path)
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not unsafe_pickle:
             raise CheckpointError(
-                f"{path} refused: it holds Python objects beyond tensors, and unpickling them could run "
+                f"{one_line(path)} refused: it holds Python objects beyond tensors, and unpickling them could run "
                 f"arbitrary code; convert it to safetensors, or pass --unsafe-pickle if you trust its source "
                 f"(torch.load(weights_only=True): {_weights_only_reason(e)})") from None
         obj = _unsafe_load(path)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated zip, garbage, ...
-        raise CheckpointError(f"{path} could not be read as a PyTorch file ({first_line(e)})") from None
+        raise CheckpointError(f"{one_line(path)} could not be read as a PyTorch file ({first_line(e)})") from None
     return _find_state_dict(obj, path), {**card, "sha256": file_sha}
+
+
+def _card_from_metadata(meta: dict, path) -> dict:
+    """What a nasty ``.safetensors`` file's metadata (strings) says, as a checked card."""
+    where = f"{path} (metadata)"
+    card: dict = {"arch": meta.get("arch") or None}
+    num = meta.get("num_classes")
+    if num:
+        if not (num.isascii() and num.isdigit() and len(num) <= 12):
+            raise CheckpointError(f"{one_line(where)}: field num_classes: not an integer (got {one_line(num)[:40]!r})")
+        card["num_classes"] = int(num)
+    shape = meta.get("input_shape")
+    if shape:
+        from .safety import parse_json
+
+        card["input_shape"] = parse_json(shape, f"{where} input_shape")
+    return validate(Card, card, where, strict=False)
 
 
 def _weights_only_reason(e: Exception) -> str:
@@ -213,7 +296,8 @@ def _weights_only_reason(e: Exception) -> str:
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         rest = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))]
         reason = rest[0] if rest else first_line(e)
-    return " ".join(reason.split(" Please use ")[0].split())
+    reason = re.split(r"\s*(?:Please use|In PyTorch 2\.6|Re-running|weights_only=False|\(1\))", reason)[0]
+    return one_line(" ".join(reason.split())[:200])
 
 
 def _unsafe_load(path):
@@ -249,6 +333,21 @@ def _strip_prefixes(sd: dict) -> dict:
 
 def fit_state_dict(model: nn.Module, sd: dict, *, arch: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line account of what does not fit."""
+    sd = _fitted(model, sd, arch=arch)
+    own = model.state_dict()
+    for k, v in sd.items():  # the dtypes a model is trained in, and finite numbers
+        floating = own[k].is_floating_point()
+        if (v.dtype not in _WEIGHT_DTYPES) if floating else (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool):
+            raise ModelError(f"weights for {arch}: {one_line(k)[:80]} is {str(v.dtype).removeprefix('torch.')}, "
+                             f"expected {'float32, float16 or bfloat16' if floating else 'an integer type'}")
+        if floating and not bool(torch.isfinite(v).all()):
+            raise ModelError(f"weights for {arch}: {one_line(k)[:80]} holds NaN or infinite values")
+    model.load_state_dict(sd)
+
+
+def _fitted(model: nn.Module, sd: dict, *, arch: str) -> dict:
+    """``sd`` with its names as ``model`` has them, if every tensor has a place of its shape (works
+    on a model built on the ``meta`` device: the check needs no memory)."""
     sd = _strip_prefixes(sd)
     if hasattr(model, "remap_state_dict"):
         sd = model.remap_state_dict(sd)
@@ -258,13 +357,16 @@ def fit_state_dict(model: nn.Module, sd: dict, *, arch: str) -> None:
     shapes = [f"{k} {list(sd[k].shape)} vs {list(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         def some(xs):
-            return ", ".join(xs[:3]) + (f", +{len(xs) - 3} more" if len(xs) > 3 else "")
+            return one_line(", ".join(x[:80] for x in xs[:3])) + (f", +{len(xs) - 3} more" if len(xs) > 3 else "")
 
         parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
                  f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
-        raise ModelError(f"weights do not fit --arch {arch}: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(sd)
+        raise ModelError(f"weights do not fit --arch {one_line(arch)}: " + "; ".join(p for p in parts if p))
+    return sd
+
+
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def load_model(source, *, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
@@ -288,10 +390,8 @@ def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in
     (the adversary that ``harden`` trains against).
     """
     from .defences import Defended, create_transform
-    from .models import create_model
 
     transform = create_transform(card.get("output_transform")) if served else None
-
     arch = arch or card.get("arch")
     if not arch:
         raise ModelError(f"{source}: the architecture is not recorded with these weights; pass --arch")
@@ -306,9 +406,29 @@ def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in
         in_chans = shape[0] if shape else 3
     elif shape and shape[0] != in_chans:
         raise ModelError(f"{source} expects {shape[0]}-channel input but the dataset has {in_chans} channels")
-    model = create_model(arch, num_classes=int(num_classes), in_chans=int(in_chans))
+    _check_size(arch, int(num_classes), int(in_chans), sd, source)
+    model = _create(arch, num_classes=int(num_classes), in_chans=int(in_chans))
     fit_state_dict(model, sd, arch=arch)
     return model if transform is None else Defended(model, transform)
+
+
+def _create(arch, **kw) -> nn.Module:
+    from .models import create_model
+
+    try:
+        return create_model(arch, **kw)
+    except (ModelError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a library refusing a name or a size
+        raise ModelError(f"cannot build {one_line(arch)[:80]} ({first_line(e)})") from None
+
+
+def _check_size(arch, num_classes: int, in_chans: int, sd: dict, source) -> None:
+    """Build the architecture on the ``meta`` device (no memory) and check that the weights fill
+    it exactly, before it is built for real: a card naming a giant model costs nothing."""
+    with torch.device("meta"):
+        model = _create(arch, num_classes=num_classes, in_chans=in_chans)
+    _fitted(model, sd, arch=arch)
 
 
 def _guess_num_classes(sd: dict, source) -> int:

@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .data import DATASETS
-from .errors import NastyError, NastyWarning
+from .errors import NastyError, NastyWarning, one_line
 
 
 def _fail_cleanly(fn):
@@ -25,8 +25,8 @@ def _fail_cleanly(fn):
                 warnings.simplefilter("always", NastyWarning)
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
-        except NastyError as e:
-            raise click.ClickException(str(e)) from None
+        except NastyError as e:  # text from files may hold newlines or escape sequences: one line, escaped
+            raise click.ClickException(one_line(e)) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted; the last finished epoch is saved: run the same command with --resume", err=True)
             sys.exit(130)

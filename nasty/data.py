@@ -15,6 +15,7 @@ reproducible on its own (which is what makes ``--resume`` exact).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import accel
-from .errors import DataError, first_line
+from .errors import DataError, first_line, one_line
+from .safety import limit, open_regular, over_limit, read_bytes, read_text
 
 __all__ = ["TensorData", "load_dataset", "DATASETS", "augment", "mix_seed"]
 
@@ -233,8 +235,44 @@ def _mnist_like(folder, cls_name, name):
     files = [f"{folder}/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
     hint = f"{folder}/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte"
-    return lambda root=None, download=False: _torchvision(
-        name, cls_name, root, download, files, hint, lambda s: {"train": s == "train"})
+
+    def load(root=None, download=False):
+        if download:  # torchvision fetches the files; we read them ourselves, checked
+            _torchvision(name, cls_name, root, True, files, hint, lambda s: {"train": s == "train"})
+        _need(root, name, files, hint)
+        base = Path(root or "data").expanduser()
+        out = []
+        for split in ("train", "t10k"):
+            x = _read_idx(base / folder / "raw" / f"{split}-images-idx3-ubyte", ndim=3)
+            y = _read_idx(base / folder / "raw" / f"{split}-labels-idx1-ubyte", ndim=1)
+            if x.shape[1:] != (28, 28):
+                raise DataError(f"{base / folder / 'raw' / f'{split}-images-idx3-ubyte'}: images are "
+                                f"{x.shape[1]}x{x.shape[2]}, expected 28x28")
+            if len(x) != len(y) or not len(y):
+                raise DataError(f"dataset '{name}': {len(x)} {split} images but {len(y)} labels under {base / folder}")
+            if int(y.max()) > 9:
+                raise DataError(f"{base / folder / 'raw' / f'{split}-labels-idx1-ubyte'}: label {int(y.max())} "
+                                f"(expected 0..9)")
+            out += [np.ascontiguousarray(x[:, None]), y.astype(np.int64)]
+        return (*out, tuple(str(c) for c in range(10)))
+
+    return load
+
+
+def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (MNIST's format) with ``ndim`` dimensions, every header
+    field checked against the file's length before anything is allocated."""
+    data = read_bytes(path, limit_name="DATA_BYTES", error=DataError)
+    head = 4 + 4 * ndim
+    if len(data) < head or data[:2] != b"\0\0" or data[3] != ndim:
+        raise DataError(f"{path}: not an idx file with {ndim} dimension(s) (bad magic number)")
+    if data[2] != 0x08:
+        raise DataError(f"{path}: element type 0x{data[2]:02x}, expected 0x08 (unsigned bytes)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if int(np.prod(dims, dtype=object)) != len(data) - head:
+        raise DataError(f"{path}: the header declares {'x'.join(map(str, dims))} bytes of data but the file holds "
+                        f"{len(data) - head}")
+    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
 
 
 def _cifar10(root=None, download=False):
@@ -281,7 +319,7 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
     ann = root / "val" / "val_annotations.txt"
     if ann.exists():
         val = []
-        for line in ann.read_text().splitlines():
+        for line in read_text(ann, error=DataError).splitlines():
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
                 val.append((root / "val" / "images" / parts[0], index[parts[1]]))
@@ -290,22 +328,53 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
     if not train or not val:
         raise DataError(f"dataset 'imagefolder': found {len(train)} training and {len(val)} validation images under {root}")
 
-    size = image_size
-    if size is None:
-        with Image.open(train[0][0]) as im:
-            size = im.size[0]
+    size = image_size or _open_image(train[0][0], lambda im: im.size[0])
+    if size < 8:
+        raise DataError(f"dataset 'imagefolder': images of {size}x{size} pixels are too small (at least 8x8)")
+    total = (len(train) + len(val)) * 3 * size * size
+    if total > limit("DATA_BYTES"):
+        raise DataError(over_limit(f"dataset 'imagefolder' at {size}x{size} pixels", total, "DATA_BYTES"))
 
     def decode(items, what):
         x = np.empty((len(items), 3, size, size), dtype=np.uint8)
         for i, (p, _) in enumerate(tqdm(items, desc=f"decode {what}", leave=False, disable=None)):
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                x[i] = np.asarray(im).transpose(2, 0, 1)
+            x[i] = _open_image(p, lambda im: _pixels(im, size))
         return x, np.array([c for _, c in items], dtype=np.int64)
 
     return (*decode(train, "train"), *decode(val, "val"), tuple(classes))
+
+
+def _pixels(im, size: int) -> np.ndarray:
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im).transpose(2, 0, 1)
+
+
+def _open_image(path: Path, use):
+    """``use(image)`` for the image at ``path``: only a regular file, its pixel count (from the
+    header) within the limit before it is decoded; anything undecodable is one line."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limit("IMAGE_PIXELS")  # PIL's own bomb check, at our limit, as an error
+    with open_regular(path, limit_name="DATA_BYTES", error=DataError) as f, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+                if w * h > limit("IMAGE_PIXELS"):
+                    raise DataError(over_limit(f"{one_line(path)} ({w}x{h})", w * h, "IMAGE_PIXELS", "pixels"))
+                if w < 1 or h < 1:
+                    raise DataError(f"{one_line(path)}: an empty image")
+                return use(im)
+        except DataError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(f"{one_line(path)}: {first_line(e)} (set NASTY_MAX_IMAGE_PIXELS to raise the limit)") from None
+        except (OSError, ValueError, SyntaxError, MemoryError) as e:
+            raise DataError(f"{one_line(path)}: not a readable image ({first_line(e)})") from None
 
 
 # name -> (loader, crop padding, horizontal flip)

@@ -17,7 +17,6 @@ Jupyter shows them inline.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ from torch import nn
 
 from . import accel
 from .data import TensorData
+from .errors import one_line
+from .safety import plot_text
 
 __all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
            "plot_frontier", "plot_search", "save_figure"]
@@ -93,7 +94,7 @@ def plot_logits(teachers: dict[str, nn.Module], data: TensorData, *, tau: float,
     outs = {k: _outputs(m, data) for k, m in teachers.items()}
     labels = outs[names[0]][2]
     picks = [int(np.flatnonzero(labels == c)[0]) for c in range(data.num_classes) if (labels == c).any()][:samples]
-    classes = [str(c) for c in data.classes]
+    classes = [plot_text(c)[:20] for c in data.classes]
     xs = np.arange(data.num_classes)
     ncols = 1 + len(names)
     fig = Figure(figsize=(3.2 * ncols, 2.2 * (len(picks) + 1) + 0.6), layout="constrained")
@@ -160,7 +161,7 @@ def plot_tsne(teachers: dict[str, nn.Module], data: TensorData, *, limit: int = 
             ax.set_yticks([])
     if data.num_classes <= 20:
         cbar = fig.colorbar(sc, ax=axes, ticks=range(data.num_classes), shrink=0.8)
-        cbar.ax.set_yticklabels([str(c) for c in data.classes], fontsize=8)
+        cbar.ax.set_yticklabels([plot_text(c)[:20] for c in data.classes], fontsize=8)
         cbar.set_label("class")
     fig.suptitle(f"t-SNE of {len(labels)} {data.name} test images")
     return fig
@@ -182,17 +183,27 @@ def plot_images(grids: dict[str, tuple[torch.Tensor, torch.Tensor]], data: Tenso
                 pix = _pixels(img, data)
                 mosaic[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = pix  # grey broadcasts to RGB
         ax.imshow(mosaic, interpolation="nearest")
-        ax.set_xticks([k * (w + 1) + w / 2 for k in range(c)], [str(x) for x in data.classes], fontsize=8)
+        ax.set_xticks([k * (w + 1) + w / 2 for k in range(c)], [plot_text(x)[:20] for x in data.classes], fontsize=8)
         ax.set_yticks([])
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"Synthesised {data.name} images, one column per class the teacher assigns")
     return fig
 
 
+def _sweep(sweep: dict | str | Path) -> dict:
+    """A sweep file of ``bench/omega_sweep.py --json``, read and checked (a dict passes as it is)."""
+    if isinstance(sweep, dict):
+        return sweep
+    from .errors import NastyError
+    from .safety import read_json
+    from .schema import Sweep, validate
+
+    return validate(Sweep, read_json(sweep, error=NastyError), sweep, error=NastyError)
+
+
 def plot_omega_curve(sweep: dict | str | Path) -> Figure:
     """Teacher accuracy and KD-student accuracy against omega, from ``bench/omega_sweep.py --json``."""
-    if not isinstance(sweep, dict):
-        sweep = json.loads(Path(sweep).read_text())
+    sweep = _sweep(sweep)
     rows = sorted(sweep["summary"], key=lambda r: (r["epochs"], r["tau"], r["omega"]))
     students = [k[3:] for k in rows[0] if k.startswith("kd_")]
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -209,8 +220,8 @@ def plot_omega_curve(sweep: dict | str | Path) -> Figure:
         if scratch:
             ax.axhline(scratch[0], color=f"C{k}", linestyle="--", linewidth=1, label=f"{s} from scratch")
     ax.set(xlabel="omega", ylabel="test accuracy (%)",
-           title=f"{sweep.get('dataset', '')} {sweep.get('arch', '')}: the omega trade-off "
-                 f"(mean ± std over seeds {sweep.get('seeds', '')})")
+           title=plot_text(f"{sweep.get('dataset', '')} {sweep.get('arch', '')}: the omega trade-off "
+                           f"(mean ± std over seeds {sweep.get('seeds', '')})"))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -219,8 +230,7 @@ def plot_omega_curve(sweep: dict | str | Path) -> Figure:
 def plot_frontier(sweep: dict | str | Path, *, budget: float | None = 1.0) -> Figure:
     """The frontier a budget picks from: how far each KD student falls below its from-scratch
     accuracy against what the teacher gives up, one point per omega (``bench/omega_sweep.py --json``)."""
-    if not isinstance(sweep, dict):
-        sweep = json.loads(Path(sweep).read_text())
+    sweep = _sweep(sweep)
     rows = sorted(sweep["summary"], key=lambda r: r["teacher_cost"][0])
     students = [k[3:] for k in rows[0] if k.startswith("kd_")]
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -277,11 +287,30 @@ def save_figure(fig: Figure, out, *, numbers: dict | None = None, dpi: int = 100
     from .checkpoint import atomic_write, write_json
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_figure_path(out, numbers=numbers is not None)
     atomic_write(out, lambda p: fig.savefig(p, dpi=dpi, format=out.suffix.lstrip(".") or "png"))
     if numbers is not None:
         write_json(out.with_suffix(".json"), numbers)
     return out
+
+
+FIGURE_FORMATS = (".png", ".pdf", ".svg")
+# files of a run or an audit that a figure (or the numbers beside it) must never replace
+PROTECTED = ("card.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "report.json", "report.md",
+             "report.html")
+
+
+def check_figure_path(out: Path, *, numbers: bool) -> None:
+    """A figure goes to ``.png``/``.pdf``/``.svg``; neither it nor its numbers (``.json`` beside it)
+    may land on a run's or an audit's own files, or in an audit's ``cells``."""
+    from .errors import NastyError
+
+    if out.suffix.lower() not in FIGURE_FORMATS:
+        raise NastyError(f"{one_line(out)}: a figure is written as {', '.join(FIGURE_FORMATS)}, "
+                         f"not {one_line(out.suffix) or 'a file without extension'}")
+    for target in (out, out.with_suffix(".json")) if numbers else (out,):
+        if target.name in PROTECTED or target.parent.name == "cells":
+            raise NastyError(f"{one_line(target)} is a run's or an audit's own file; write the figure elsewhere")
 
 
 def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
@@ -298,13 +327,15 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     from .errors import NastyError
     from .released import data_for, label, parse_normalization, read_model, require_options
 
+    check_figure_path(Path(out), numbers=what == "logits")  # before anything is loaded
     if what in ("omega", "frontier"):
         if not sweep:
             raise NastyError(f"nasty plot {what} needs --sweep FILE.json (from bench/omega_sweep.py --json)")
         try:
-            return save_figure((plot_omega_curve if what == "omega" else plot_frontier)(sweep), out)
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
-            raise NastyError(f"--sweep {sweep}: not a bench/omega_sweep.py JSON ({type(e).__name__}: {e})") from None
+            fig = (plot_omega_curve if what == "omega" else plot_frontier)(sweep)
+        except (NastyError, KeyError, TypeError, IndexError, ValueError) as e:  # frontier reads extra columns
+            raise NastyError(f"--sweep: not a bench/omega_sweep.py JSON: {one_line(e)}") from None
+        return save_figure(fig, out)
     if not teacher:
         raise NastyError(f"nasty plot {what} needs --teacher (a run directory)")
     if what == "search":
@@ -328,7 +359,7 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     data = data_for(items[::-1], dataset=dataset, data_root=data_root)  # the teacher's first
     models = {}
     for (option, source, card), sd in zip(items, weights):
-        name = card.get("kind") or option.strip("-")
+        name = plot_text(card.get("kind") or option.strip("-"))
         name = name if name not in models else f"{name} ({option.strip('-')})"
         models[name] = build_model(sd, card, source=f"{option} {label(source)}", num_classes=data.num_classes,
                                    in_chans=data.input_shape[0], served=True).eval()

@@ -1,10 +1,16 @@
 """Errors that the CLI prints as one line (no traceback)."""
 
 
+def one_line(text) -> str:
+    """``text`` on one line: newlines, escape sequences and other control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    """The first line of an exception's message (at most 200 characters, control characters
+    escaped), or its type's name."""
     text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+    return one_line(text[0][:200]) if text else type(e).__name__
 
 
 class NastyError(Exception):

@@ -9,6 +9,7 @@ Options left as ``None`` take the dataset's recipe (:mod:`nasty.recipes`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
 from .released import check_accuracy, data_for, label, parse_normalization, read_model, require_options
+from .safety import temp_beside
 from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
 
@@ -48,13 +50,13 @@ def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | No
 def _clear_out(out: Path, stale: list[str]) -> None:
     import shutil
 
-    for f in stale:
-        shutil.rmtree(out / f) if (out / f).is_dir() else (out / f).unlink()
     try:
+        for f in stale:  # a link is removed, never followed; a real folder (search/) with what it holds
+            shutil.rmtree(out / f) if (out / f).is_dir() and not (out / f).is_symlink() else (out / f).unlink()
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_temps(out)
-        probe = out / f".write-test-{id(out)}"
-        probe.write_bytes(b"")
+        fd, probe = temp_beside(out / ".write-test")  # a new file of a random name, never one found there
+        os.close(fd)
         probe.unlink()
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None

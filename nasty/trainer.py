@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,9 @@ from . import distributed
 from .accel import autocast, prepare
 from .data import TensorData, mix_seed
 from .distributed import World
-from .errors import NastyError, TrainingStopped
+from .errors import NastyError, TrainingStopped, one_line
+from .safety import parse_json, read_text
+from .schema import MetricsRow, validate
 from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
 __all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer",
@@ -181,10 +184,8 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
         # rank 0 reads the run directory and hands the state to the other ranks (no shared disk needed)
         state = distributed.share(ckpt.load_state(out) if w.main else None, w)
         if state is not None:
-            _check_same_run(state.get("config", {}), run_config, out)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
+            _check_same_run(state["config"], run_config, out)
+            _load_resume(state, model, opt, sched, config, out / ckpt.STATE, arch=str((card or {}).get("arch")))
             start, seconds, last = int(state["epoch"]), float(state["seconds"]), state.get("last")
             if writes:
                 _truncate_metrics(out / ckpt.METRICS, start)
@@ -259,6 +260,62 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     return written or {**base_card, **(last or {})}
 
 
+def _load_resume(state: dict, model, opt, sched, config: TrainConfig, where: Path, *, arch: str) -> None:
+    """Load a resume state whose structure :func:`nasty.checkpoint.load_state` checked, after
+    checking its contents against the model, optimizer and schedule they go into."""
+    if state["epoch"] > config.epochs:
+        raise NastyError(f"{where}: field epoch: {state['epoch']} is beyond the run's {config.epochs} epochs")
+    try:
+        ckpt.fit_state_dict(model, state["model"], arch=arch)
+    except NastyError as e:
+        raise NastyError(f"{where}: field model: {e}") from None
+    fresh = opt.state_dict()
+    _same_structure(state["optimizer"], {**fresh, "state": state["optimizer"].get("state")}, f"{where}: field optimizer")
+    params = dict(enumerate(p for g in opt.param_groups for p in g["params"]))
+    saved = state["optimizer"]["state"]
+    if not isinstance(saved, dict):
+        raise NastyError(f"{where}: field optimizer.state: expected a mapping, found {type(saved).__name__}")
+    for i, s in saved.items():
+        p = params.get(i)
+        buf = s.get("momentum_buffer") if isinstance(s, dict) and set(s) <= {"momentum_buffer"} else False
+        if p is None or not (buf is None or (torch.is_tensor(buf) and buf.shape == p.shape and buf.dtype == p.dtype
+                                             and bool(torch.isfinite(buf).all()))):
+            raise NastyError(f"{where}: field optimizer.state.{one_line(i)}: not a momentum buffer of parameter "
+                             f"{one_line(i)}'s shape and dtype")
+    _same_structure(state["scheduler"], sched.state_dict(), f"{where}: field scheduler", exact=("milestones", "gamma",
+                                                                                             "base_lrs"))
+    if state["scheduler"]["last_epoch"] != state["epoch"]:
+        raise NastyError(f"{where}: field scheduler.last_epoch: {state['scheduler']['last_epoch']} is not the "
+                         f"epoch {state['epoch']}")
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+
+
+def _same_structure(saved, fresh, where: str, exact=()) -> None:
+    """``saved`` has the keys, types, lengths and tensor shapes of ``fresh`` (and its values for
+    the keys in ``exact``); numbers are finite."""
+    if isinstance(fresh, dict):
+        if not isinstance(saved, dict) or set(saved) != set(fresh):
+            raise NastyError(f"{where}: expected the keys {sorted(map(str, fresh))[:8]}")
+        for k in fresh:
+            if k in exact and not _equal(saved[k], fresh[k]):
+                raise NastyError(f"{where}.{k}: {one_line(repr(saved[k]))[:60]}, expected {fresh[k]!r}")
+            if fresh[k] is not None or saved[k] is not None:
+                _same_structure(saved[k], fresh[k], f"{where}.{k}")
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            raise NastyError(f"{where}: expected a list of {len(fresh)}")
+        for i, (a, b) in enumerate(zip(saved, fresh)):
+            _same_structure(a, b, f"{where}.{i}")
+    elif torch.is_tensor(fresh):
+        if not torch.is_tensor(saved) or saved.shape != fresh.shape or saved.dtype != fresh.dtype:
+            raise NastyError(f"{where}: expected a {fresh.dtype} tensor of shape {list(fresh.shape)}")
+    elif type(saved) is not type(fresh) and not (isinstance(fresh, float) and type(saved) is int):
+        raise NastyError(f"{where}: expected {type(fresh).__name__}, found {type(saved).__name__}")
+    elif isinstance(saved, float) and not math.isfinite(saved):
+        raise NastyError(f"{where}: {saved} is not a finite number")
+
+
 def _intact_release(out: Path, epoch: int) -> dict | None:
     """The card in ``out`` if it and its weights are the ones written at ``epoch``.
 
@@ -266,9 +323,9 @@ def _intact_release(out: Path, epoch: int) -> dict | None:
     weights can change the file's sha256, which a nasty teacher records for its adversary.
     """
     try:
-        card = json.loads((out / ckpt.CARD).read_text())
+        card = ckpt.read_card(out)
         same = card.get("epoch") == epoch and card.get("sha256") == ckpt.sha256_file(out / ckpt.WEIGHTS)
-    except (OSError, ValueError):
+    except NastyError:
         return None
     return card if same else None
 
@@ -282,20 +339,22 @@ def _check_same_run(saved: dict, now: dict, out) -> None:
             va, vb = a.get(key), b.get(key)
             if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
                 va, vb = list(va or []), list(vb or [])
-            if va != vb:
-                raise NastyError(f"--resume: the run in {out} was made with {key}={va!r}, not {vb!r}; "
+            if not _equal(va, vb):
+                raise NastyError(f"--resume: the run in {out} was made with {key}={one_line(repr(va))[:80]}, not {vb!r}; "
                                  f"repeat its options or choose another --out")
 
 
+def _equal(a, b) -> bool:
+    same = False if torch.is_tensor(a) or torch.is_tensor(b) else a == b
+    return same if isinstance(same, bool) else False
+
+
 def _metric_rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # not ours to trust (metrics are rewritten atomically, so this is foreign)
-    return rows
+    """The rows of ``metrics.jsonl``, each checked (:class:`nasty.schema.MetricsRow`)."""
+    if not os.path.lexists(path):
+        return []
+    return [validate(MetricsRow, parse_json(line, f"{path} line {i}"), f"{path} line {i}")
+            for i, line in enumerate(read_text(path).splitlines(), start=1) if line.strip()]
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
@@ -309,4 +368,4 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
     if path.exists():
-        _write_metrics(path, [r for r in _metric_rows(path) if r.get("epoch", 0) <= epochs_done])
+        _write_metrics(path, [r for r in _metric_rows(path) if r["epoch"] <= epochs_done])

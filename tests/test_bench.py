@@ -1,17 +1,12 @@
 """bench/bench.py runs end to end (at toy sizes) and writes the JSON the README's table comes from."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_script("bench")
 
 
 def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):

@@ -1,0 +1,212 @@
+"""The schema of every file a run, an audit or a sweep holds, checked before anything is built
+from it (pydantic). A file that does not fit is one line naming the file and the field.
+
+    card = validate(Card, obj, "runs/x/card.json")      # the dict itself, checked
+
+Unknown fields are allowed (later versions add some); known ones must have their type and range.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import CheckpointError
+from .safety import limit, one_line
+
+ARCH = r"^(tv:|timm:)?[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"  # no globs, spaces, markup or control characters
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+SHA256 = r"^[0-9a-f]{64}$"
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Name = Annotated[str, Field(pattern=NAME)]
+Text = Annotated[str, Field(max_length=200)]
+MeanStd = Annotated[list[Finite], Field(min_length=2, max_length=2)]  # [mean, std]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class Normalization(_Strict):
+    mean: list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] = Field(min_length=1, max_length=64)
+    std: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(min_length=1, max_length=64)
+
+
+class Adversary(_Strict):
+    source: Optional[Text] = None
+    arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
+    accuracy: Optional[Percent] = None
+    sha256: Optional[Annotated[str, Field(pattern=SHA256)]] = None
+
+
+class Card(_Strict):
+    """``card.json`` (and what a ``.safetensors`` file's metadata says)."""
+
+    nasty_version: Optional[Text] = None
+    kind: Optional[Name] = None
+    arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
+    dataset: Optional[Name] = None
+    num_classes: Optional[Annotated[int, Field(ge=1)]] = None
+    classes: Optional[list[Text]] = None
+    input_shape: Optional[Annotated[list[Annotated[int, Field(ge=1, le=8192)]], Field(min_length=3, max_length=3)]] = None
+    normalization: Optional[Normalization] = None
+    omega: Optional[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = None
+    tau: Optional[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] = None
+    init: Optional[Name] = None
+    adversary: Optional[Adversary] = None
+    accuracy: Optional[Percent] = None
+    teacher_cost: Optional[Finite] = None
+    kl_to_adversary: Optional[Finite] = None
+    epoch: Optional[Annotated[int, Field(ge=0)]] = None
+    epochs: Optional[Annotated[int, Field(ge=1)]] = None
+    batch_size: Optional[Annotated[int, Field(ge=1)]] = None
+    lr: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
+    seed: Optional[int] = None
+    seconds: Optional[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = None
+    train_fraction: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = None
+    train_size: Optional[Annotated[int, Field(ge=0)]] = None
+    test_size: Optional[Annotated[int, Field(ge=0)]] = None
+    device: Optional[Name] = None
+    status: Optional[Name] = None
+    sha256: Optional[Annotated[str, Field(pattern=SHA256)]] = None
+
+    @field_validator("num_classes")
+    @classmethod
+    def _classes_limit(cls, v):
+        if v is not None and v > limit("CLASSES"):
+            raise ValueError(f"{v:,} classes is more than the limit of {limit('CLASSES'):,} "
+                             f"(set NASTY_MAX_CLASSES to raise it)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.classes is not None and self.num_classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(f"classes lists {len(self.classes)} names but num_classes is {self.num_classes}")
+        if self.input_shape and self.input_shape[0] > 64:
+            raise ValueError(f"input_shape: {self.input_shape[0]} channels (at most 64)")
+        if self.normalization and self.input_shape and len(self.normalization.mean) != self.input_shape[0]:
+            raise ValueError("normalization does not have one mean per input channel")
+        return self
+
+
+class MetricsRow(BaseModel):
+    """One line of ``metrics.jsonl``: the epoch and numbers."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    __pydantic_extra__: dict[str, Optional[Finite]]
+    epoch: Annotated[int, Field(ge=1)]
+
+
+class TrainState(BaseModel):
+    """``train_state.pt`` (after a ``weights_only`` load): its structure; the trainer checks the
+    state dicts against the model and optimizer they are loaded into."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    model: dict[str, object]
+    optimizer: dict[str, object]
+    scheduler: dict[str, object]
+    epoch: Annotated[int, Field(ge=0)]
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    last: Optional[dict[str, object]] = None
+    config: dict[str, dict[str, object]]
+
+    @field_validator("model")
+    @classmethod
+    def _tensors(cls, v):
+        import torch
+
+        bad = next((k for k, t in v.items() if not torch.is_tensor(t)), None)
+        if bad is not None:
+            raise ValueError(f"entry {one_line(bad)[:60]!r} is not a tensor")
+        return v
+
+
+class Run(_Strict):
+    attack: Name
+    student: Annotated[str, Field(pattern=ARCH)]
+    source: Literal["scratch", "normal", "nasty"]
+    seed: int
+    accuracy: Percent
+
+
+class AuditCell(_Strict):
+    """``cells/<attack>-seed<n>.json``."""
+
+    key: dict
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    runs: list[Run] = Field(max_length=10_000)
+    resumed_from_epoch: Optional[Annotated[int, Field(ge=0)]] = None
+
+
+class PartialCell(BaseModel):
+    """``cells/<cell>.partial.pt``: the state of a cell in training."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    key: dict
+    epoch: Annotated[int, Field(ge=0)]
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class SweepRow(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+    __pydantic_extra__: dict[str, object]
+    omega: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    tau: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    epochs: Annotated[int, Field(ge=1)]
+    nasty_accuracy: MeanStd
+
+    @model_validator(mode="after")
+    def _students(self):
+        import re
+
+        for k, v in (self.__pydantic_extra__ or {}).items():
+            if k.startswith("kd_"):
+                if not re.match(NAME, k[3:]):
+                    raise ValueError(f"{one_line(k)[:60]!r} is not kd_<student name>")
+                MeanStdCheck.model_validate({"v": v}, strict=True)
+        return self
+
+
+class MeanStdCheck(BaseModel):
+    v: MeanStd
+
+
+class Sweep(BaseModel):
+    """The JSON of ``bench/omega_sweep.py --json``."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    summary: list[SweepRow] = Field(min_length=1, max_length=10_000)
+    baseline: dict[Name, dict[Name, MeanStd]] = {}
+    dataset: Optional[Name] = None
+    arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
+    seeds: Optional[list[int] | int] = None
+
+    @model_validator(mode="after")
+    def _same_students(self):
+        first = {k for k in (self.summary[0].__pydantic_extra__ or {}) if k.startswith("kd_")}
+        for row in self.summary:
+            if {k for k in (row.__pydantic_extra__ or {}) if k.startswith("kd_")} != first:
+                raise ValueError("every summary row must have the same kd_<student> columns")
+        return self
+
+
+def validate(schema: type[BaseModel], obj, where, *, error=CheckpointError, strict: bool = True):
+    """``obj`` checked against ``schema``; returns ``obj`` itself. A misfit raises ``error``
+    with one line: the file, the first field that does not fit, and why."""
+    if not isinstance(obj, dict):
+        raise error(f"{one_line(where)}: expected a JSON object, found {type(obj).__name__}")
+    try:
+        schema.model_validate(obj, strict=strict)
+    except ValidationError as e:
+        errs = e.errors(include_url=False)
+        first = errs[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = first["msg"].removeprefix("Value error, ")
+        got = "" if first["type"] in ("missing", "value_error") or isinstance(first.get("input"), (dict, list)) \
+            else f" (got {one_line(repr(first.get('input')))[:60]})"
+        more = f"; {len(errs) - 1} more" if len(errs) > 1 else ""
+        raise error(f"{one_line(where)}: field {one_line(field)[:80]}: {one_line(msg)[:160]}{got}{more}") from None
+    return obj
