@@ -176,7 +176,9 @@ def test_scratch_baseline_is_shared_by_every_attack(tiny_audit):
 def test_rerun_skips_completed_cells(tiny_audit, teachers, monkeypatch):
     out, report = tiny_audit
     cells = sorted(p.name for p in (out / "cells").iterdir())
-    assert len(cells) == 2 * 6  # (scratch + label smoothing + 4 attacks) x 2 seeds
+    assert len([c for c in cells if c.endswith(".json")]) == 2 * 6  # (scratch + label smoothing + 4 attacks) x 2 seeds
+    assert len([c for c in cells if c.endswith(".images.safetensors")]) == 2 * 2  # dafl, deepinversion x 2 seeds
+    assert len(cells) == 2 * 8
 
     def boom(*a, **k):
         raise AssertionError("a completed cell was trained again")
