@@ -12,30 +12,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import torch
 
-from nasty.data import TensorData
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
 from .base import Attack, register
-
-
-def thief_split(data: TensorData, *, fraction: float, seed: int) -> TensorData:
-    """The thief's training images as (fit, validation): a TensorData whose ``train`` is the rest
-    and whose ``test`` is a stratified ``fraction`` of ``data.train``; ``data.test`` is left out."""
-    from sklearn.model_selection import train_test_split
-
-    y = data.train_y.numpy()
-    try:
-        fit, val = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed % 2**32)
-    except ValueError:
-        raise NastyError(f"kd-sweep.val_fraction {fraction} of {len(y)} training images cannot hold every one of "
-                         f"{data.num_classes} classes on both sides; change it") from None
-    fit, val = torch.from_numpy(np.sort(fit)), torch.from_numpy(np.sort(val))
-    return replace(data, train_x=data.train_x[fit], train_y=data.train_y[fit], test_x=data.train_x[val],
-                   test_y=data.train_y[val], _device_cache={})
 
 
 @register
@@ -68,7 +50,7 @@ class KDSweep(Attack):
         from .base import run_students
         from .kd import KD
 
-        split = thief_split(data, fraction=self.val_fraction, seed=config.seed)
+        split = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
         cfg = replace(config, epochs=self.search_epochs)
         tried = {arch: [] for arch in archs}
         devices = [device] if torch.device(device).type == "cuda" else []

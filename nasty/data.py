@@ -300,7 +300,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def _imagefolder(root=None, download=False, image_size: int | None = None):
     """``root/train/<class>/**/image`` and ``root/val`` as either ``<class>/**/image`` or
     Tiny-ImageNet's ``images/`` + ``val_annotations.txt``. Decoded once into memory."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
     if download:

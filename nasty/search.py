@@ -178,7 +178,7 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
                              f"not {omega:g}); use another output folder or start over")
         trials.append(row)
         say(f"search: trial {k} omega {omega:g}: " + (
-            f"collapsed" if row.get("collapsed") else
+            "collapsed" if row.get("collapsed") else
             f"validation cost {row['val_cost']:+.2f} points" + (
                 f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")))
     affordable = [t for t in trials if t["affordable"]]

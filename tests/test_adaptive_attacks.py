@@ -10,7 +10,6 @@ import torch
 
 import attacks.base as base
 from attacks import KDSweep, KDTopK, LabelSmoothing, Skeptical, attack_names, create_attack
-from attacks.kd_sweep import thief_split
 from attacks.skeptical import skeptical_losses
 from nasty.checkpoint import load_model
 from nasty.errors import NastyError
@@ -131,16 +130,6 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
         attack_names(["kd", "nope"])
     assert attack_names(["kd", "all"]) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep",
                                            "kd-topk"]
-
-
-def test_the_thiefs_validation_split_comes_from_its_training_images_only(digits):
-    split = thief_split(digits, fraction=0.2, seed=3)
-    n = len(digits.train_y)
-    assert len(split.train_y) + len(split.test_y) == n and abs(len(split.test_y) - 0.2 * n) <= 1
-    rows = {bytes(r.flatten().tolist()) for r in digits.train_x}
-    assert all(bytes(r.flatten().tolist()) in rows for r in split.test_x)  # validation images are training images
-    fit, val = torch.bincount(split.train_y, minlength=10), torch.bincount(split.test_y, minlength=10)
-    assert (val > 0).all() and ((val.float() / (fit + val).float()) - 0.2).abs().max() < 0.05  # stratified
 
 
 def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeypatch):

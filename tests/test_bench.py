@@ -1,8 +1,11 @@
 """bench/bench.py runs end to end (at toy sizes) and writes the JSON the README's table comes from."""
 
 import json
+from pathlib import Path
 
 from conftest import bench_script
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
