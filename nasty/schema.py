@@ -127,7 +127,7 @@ class TrainState(BaseModel):
 class Run(_Strict):
     attack: Name
     student: Annotated[str, Field(pattern=ARCH)]
-    source: Literal["scratch", "normal", "nasty"]
+    source: Literal["scratch", "label-smoothing", "normal", "nasty"]  # the baselines, then the two teachers
     seed: int
     accuracy: Percent
 

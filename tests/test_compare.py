@@ -1,0 +1,77 @@
+"""nasty compare: defences side by side, baselines trained once, resumable after a kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from attacks.compare import pareto_front
+from nasty.cli import main
+
+SETTINGS = ["--attacks", "kd,hard-label", "--students", "mlp", "--seeds", "1,", "--epochs", "2", "--device", "cpu",
+            "--quiet", "--no-plots"]
+
+
+def test_the_pareto_front_keeps_what_nothing_beats():
+    # (teacher accuracy, stolen accuracy): more accurate and less stolen is better
+    pts = [(99.0, 97.0), (98.0, 90.0), (97.0, 95.0), (99.0, 98.0), (96.0, 80.0)]
+    assert pareto_front(pts) == [4, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def defended(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    run = lambda *a: CliRunner().invoke(main, [str(v) for v in a])  # noqa: E731
+    assert run("train", "--arch", "tiny-cnn", "--epochs", 2, "--out", root / "n", "-q").exit_code == 0
+    assert run("defend", "--teacher", root / "n", "--topk", 1, "--out", root / "k1").exit_code == 0
+    return root
+
+
+def _compare(root, out, background=False):
+    cmd = [sys.executable, "-m", "nasty", "compare", "--reference", str(root / "n"), "--teachers",
+           f"{root / 'n'},{root / 'k1'}", *SETTINGS, "--out", str(out)]
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def test_compare_trains_the_baselines_once_and_resumes_after_a_kill(defended, tmp_path):
+    done = _compare(defended, tmp_path / "ref")
+    assert done.returncode == 0, done.stderr
+    ref = json.loads((tmp_path / "ref" / "compare.json").read_text())
+    assert [r["defence"] for r in ref["rows"]] == ["none", "topk k=1"]
+    # top-1 keeps the argmax: the same accuracy, and the hard-label thief steals exactly the same
+    assert ref["rows"][0]["accuracy"] == ref["rows"][1]["accuracy"] and ref["rows"][1]["cost"] == 0
+    hard = [next(s for s in r["summary"] if s["attack"] == "hard-label") for r in ref["rows"]]
+    assert hard[0]["acc_from_nasty"] == hard[1]["acc_from_nasty"]
+    # the scratch and label-smoothing cells of the second audit are the first one's, not trained again
+    for cell in ("scratch-seed1.json", "label-smoothing-seed1.json"):
+        a, b = (tmp_path / "ref" / "audits" / name / "cells" / cell for name in ("n", "k1"))
+        assert a.read_bytes() == b.read_bytes()
+    # kill a comparison once its first audit has a cell, then run it again: the same result
+    p = _compare(defended, tmp_path / "x", background=True)
+    while not list((tmp_path / "x" / "audits").glob("*/cells/kd-seed1.json")):
+        assert p.poll() is None, "the comparison ended before it could be killed"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    again = _compare(defended, tmp_path / "x")
+    assert again.returncode == 0, again.stderr
+    got = json.loads((tmp_path / "x" / "compare.json").read_text())
+    strip = lambda d: [{k: v for k, v in r.items() if k != "teacher"} for r in d["rows"]]  # noqa: E731
+    assert strip(got) == strip(ref)
+
+
+def test_compare_draws_the_front(defended, tmp_path):
+    from attacks.compare import compare
+
+    result = compare(reference=defended / "n", teachers=[defended / "n", defended / "k1"], attacks=["kd"],
+                     students=["mlp"], seeds=(0,), epochs=1, out=tmp_path, device="cpu", quiet=True)
+    assert (tmp_path / "compare.png").stat().st_size > 0 and len(result["rows"]) == 2
+    assert set(result["rows"][0]["worst_case"]) == {"mlp"}
