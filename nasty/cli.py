@@ -316,7 +316,9 @@ def _print_summary(report: dict, out) -> None:
 @main.command()
 @click.option("--out", type=click.Path(), default="runs/demo", show_default=True,
               help="Folder for the two teachers and the audit (re-running reuses what is finished).")
-@click.option("--quick", is_flag=True, help="A tiny budget (1 seed, few epochs): checks the pipeline in seconds.")
+@click.option("--quick", is_flag=True,
+              help="A smoke test: 1 seed, 2-3 epochs, tiny attack budgets (1-4 minutes on 2 cores). It checks that "
+                   "every step runs; its numbers mean nothing.")
 @_device_option
 @_report_quiet_option
 @_fail_cleanly
@@ -326,6 +328,9 @@ def demo(out, quick, device, quiet):
 
     report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)
     _print_summary(report, f"{out}/audit")
+    if quick:
+        click.echo("--quick is a smoke test (1 seed, a few epochs): the numbers above mean nothing; "
+                   "run `nasty demo` without it for the real table")
 
 
 @main.command()
