@@ -251,6 +251,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert {s["attack"] for s in report["summary"]} == set(ATTACK_NAMES)
     assert "id='images'" in (tmp_path / "audit" / "report.html").read_text()
     assert "| dafl | tiny-cnn |" in res.output
+    assert "--quick is a smoke test" in res.output and "mean nothing" in res.output
     # a second run reuses the teachers and every cell
     again = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
     assert again.exit_code == 0, again.output
