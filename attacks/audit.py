@@ -226,13 +226,14 @@ def _images_path(cell: Path) -> Path:
 
 def _save_images(path: Path, made: dict) -> None:
     """``source -> (images, labels)`` as one safetensors file (images in fp16: they are only shown)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {}
     for src, (x, y) in made.items():
         tensors[f"{src}.images"] = x.half().contiguous()
         tensors[f"{src}.labels"] = y.contiguous()
-    ckpt.atomic_write(path, lambda p: save_file(tensors, str(p)))
+    data = save(tensors)  # encoded here, written into atomic_write's own temporary file (save_file would replace it)
+    ckpt.atomic_write(path, lambda p: Path(p).write_bytes(data))
 
 
 def _load_images(path: Path) -> dict:
