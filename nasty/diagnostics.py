@@ -343,7 +343,7 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
 
         card = read_card(teacher)
         if not isinstance(card.get("search"), dict):
-            raise NastyError(f"--teacher {teacher} was not hardened with a budgeted search (it has a fixed omega)")
+            raise NastyError(f"--teacher {teacher} holds no budgeted search (a normal run, or hardened with a fixed omega)")
         try:
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
