@@ -347,9 +347,10 @@ def hostile_cases(t, f):
         # 6: plot --out with a suffix matplotlib cannot write
         (["plot", "logits", "--teacher", normal, "--out", str(f / "p.txt")], 1, ".png, .pdf, .svg"),
         # 7: weights of other dtypes, NaN
-        *[(plot + [str(d / f"{n}.safetensors")], 1, w) for n, w in (("int8", "is int8"), ("bool", "is bool"),
-                                                                   ("float64", "is float64"), ("complex", "is complex64"),
-                                                                   ("nan", "NaN"))],
+        # (a bare .safetensors records no dataset: it is named, so that the weights are what is refused)
+        *[(plot[:-1] + ["--dataset", "digits", "--teacher", str(d / f"{n}.safetensors")], 1, w)
+          for n, w in (("int8", "is int8"), ("bool", "is bool"), ("float64", "is float64"),
+                       ("complex", "is complex64"), ("nan", "NaN"))],
         # 7: control characters from a file are escaped, the message stays one line
         (plot + [str(d / "arch-escape")], 1, "small-cnn\\nError: forged line \\x1b[31mred"),
     ]
