@@ -24,7 +24,7 @@ from nasty import checkpoint as ckpt
 from nasty.defences import defence_of
 from nasty.errors import NastyError
 
-from .audit import audit
+from .audit import audit, worst_case
 
 __all__ = ["compare", "pareto_front", "plot_compare"]
 
@@ -81,15 +81,12 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
         first = first or folder
         card = ckpt.read_card(teacher) if teacher.is_dir() else {}
         t = report["teachers"]
-        worst = {w["student"]: w for w in report.get("worst_case", [])} or {
-            r["student"]: r for r in sorted(report["summary"], key=lambda r: r["acc_from_nasty"]["mean"])}
+        worst = {w["student"]: w for w in report.get("worst_case") or worst_case(report["summary"])}
         rows.append({
             "teacher": str(teacher), "name": name, "defence": defence_of(card),
             "accuracy": t["nasty"]["accuracy"], "reference_accuracy": t["normal"]["accuracy"],
             "cost": round(t["normal"]["accuracy"] - t["nasty"]["accuracy"], 4),
-            "worst_case": {s: {"attack": w["attack"],
-                               "acc_from_teacher": w["acc_from_nasty"] if isinstance(w["acc_from_nasty"], float)
-                               else w["acc_from_nasty"]["mean"]}
+            "worst_case": {s: {"attack": w["attack"], "acc_from_teacher": w["acc_from_nasty"]["mean"]}
                            for s, w in worst.items()},
             "summary": report["summary"],
         })
