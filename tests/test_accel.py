@@ -61,6 +61,7 @@ def test_every_zoo_model_trains_in_bf16_and_channels_last(arch, cuda_path):
     assert all(t.is_contiguous() for t in ckpt.plain_state_dict(fast).values())
 
 
+@pytest.mark.slow
 def test_train_harden_and_audit_on_the_cuda_path(cuda_path, monkeypatch, tmp_path, digits, teachers):
     """The whole pipeline in bf16 autocast and channels_last: it learns as the fp32 CPU path does
     (the session's teachers), writes checkpoints that load and verify, and resumes."""

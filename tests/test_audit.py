@@ -244,6 +244,7 @@ def test_attack_options_reach_the_attack_and_the_cell_key(teachers, tmp_path):
     assert (settings["pool_size"], settings["iterations"], settings["bn"]) == (16, 2, 0.5)
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
     assert res.exit_code == 0, res.output
@@ -316,6 +317,7 @@ def test_a_cell_resumed_from_a_saved_epoch_ends_bit_identical(name, opts, teache
     assert resumed == whole
 
 
+@pytest.mark.slow
 def test_an_audit_killed_inside_a_cell_goes_on_from_its_partial_state(teachers, tmp_path, monkeypatch):
     settings = {"attacks": ["dafl"], "seeds": (0,), "epochs": 3, "checkpoint_seconds": 0}
     reference = run(teachers, tmp_path / "whole", **settings)

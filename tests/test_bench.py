@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,6 +14,7 @@ def _bench():
     return bench_script("bench")
 
 
+@pytest.mark.slow
 def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # resnetc20, 4 steps an epoch: the adversary's extra forward (~0.06 s a step) stands well above timing noise,

@@ -81,6 +81,7 @@ def ddp_runs(teachers, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_harden_as_well_as_one(ddp_runs, teachers):
     normal = _written_once(ddp_runs / "normal", teachers["normal"]["epochs"])
     nasty = _written_once(ddp_runs / "nasty", teachers["nasty"]["epochs"])
@@ -91,6 +92,7 @@ def test_two_processes_train_and_harden_as_well_as_one(ddp_runs, teachers):
     assert nasty["kl_to_adversary"] >= 0.8 * teachers["nasty"]["kl_to_adversary"]
 
 
+@pytest.mark.slow
 def test_a_killed_ddp_run_resumes_to_the_same_model(ddp_runs, teachers, tmp_path):
     out, ref = tmp_path / "nasty", ddp_runs / "nasty"
     args = ("harden", "--teacher", teachers["root"] / "normal", "--omega", "0.05", "--out", out)

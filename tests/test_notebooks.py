@@ -23,6 +23,7 @@ def test_notebook_is_stored_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path_factory, monkeypatch):
     runs = tmp_path_factory.getbasetemp() / "notebook-runs"  # shared: the second notebook reuses the teachers

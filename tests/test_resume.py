@@ -190,7 +190,9 @@ def _check_finished(kind, out, reference):
         _same_run(out, reference["normal" if kind == "train" else "nasty"])
 
 
-@pytest.mark.parametrize("kind", ["train", "harden", "audit"])
+# the audit in the default suite; train and harden (the same loop, other files) in the slow tier
+@pytest.mark.parametrize("kind", [pytest.param("train", marks=pytest.mark.slow),
+                                  pytest.param("harden", marks=pytest.mark.slow), "audit"])
 def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(kind, reference, tmp_path):
     rng = random.Random(f"{KILL_SEED}-{kind}")
     out = tmp_path / kind
@@ -201,8 +203,12 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_does(kind, referenc
     _check_finished(kind, out, reference)
 
 
-@pytest.mark.parametrize("name,nth", [(ckpt.STATE, 3), (ckpt.WEIGHTS, 3), (ckpt.CARD, 3), (ckpt.METRICS, 3),
-                                      ("report.json", 2), ("kd-seed0.json", 1), ("kd-seed0.partial.pt", 2)])
+# one run file and one audit file in the default suite, the rest in the slow tier
+@pytest.mark.parametrize("name,nth", [pytest.param(ckpt.STATE, 3, marks=pytest.mark.slow),
+                                      pytest.param(ckpt.WEIGHTS, 3, marks=pytest.mark.slow), (ckpt.CARD, 3),
+                                      pytest.param(ckpt.METRICS, 3, marks=pytest.mark.slow),
+                                      pytest.param("report.json", 2, marks=pytest.mark.slow),
+                                      pytest.param("kd-seed0.json", 1, marks=pytest.mark.slow), ("kd-seed0.partial.pt", 2)])
 def test_kill_during_a_write_leaves_nothing_a_later_run_trusts(name, nth, reference, tmp_path):
     kind = "audit" if name in AUDIT_FILES else "train"
     out = tmp_path / kind

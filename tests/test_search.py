@@ -127,6 +127,7 @@ def _harden(out, *extra, background=False):
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_search_killed_in_the_middle_resumes_to_the_same_teacher(released, tmp_path):
     import shutil
 
