@@ -33,7 +33,7 @@ from nasty.safety import read_json
 from nasty.schema import AuditCell, PartialCell, validate
 from nasty.models import create_model
 from nasty.recipes import RECIPES
-from nasty.released import data_for, is_adversary, label, parse_normalization, read_model, require_options
+from nasty.released import data_for, is_adversary, label, parse_input, parse_normalization, read_model, require_options
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
@@ -55,7 +55,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
           unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
           checkpoint_seconds: float = 60.0, arch: str | None = None, dataset: str | None = None, data=None,
-          mean=None, std=None, normalization: str | None = None) -> dict:
+          mean=None, std=None, normalization: str | None = None, inputs: dict | None = None) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
@@ -71,8 +71,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
 
     ``teacher`` and ``reference`` may be run directories, weights files or ``nn.Module`` objects;
     ``arch``, ``dataset`` (or ``data``, a :class:`~nasty.data.TensorData`) and the normalisation
-    (``mean``/``std`` or a ``normalization`` preset) describe those that do not record them
-    (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
+    (``mean``/``std`` or a ``normalization`` preset; ``inputs`` ``{size, channels, channel_order}``)
+    describe those that do not record them (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
     the teacher's card records, or is itself hardened.
     """
     attacks = attack_names(attacks)  # unknown names fail here, before anything is loaded
@@ -95,7 +95,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
     items = []
     for option, source in (("--teacher", teacher), ("--reference", reference)):
-        sd, card = read_model(source, option=option, arch=arch, normalization=norm, unsafe_pickle=unsafe_pickle)
+        sd, card = read_model(source, option=option, arch=arch, normalization=norm, inputs=parse_input(**inputs or {}),
+                              unsafe_pickle=unsafe_pickle)
         items.append((option, source, card, sd))
     (_, _, nasty_card, nasty_sd), (_, _, normal_card, normal_sd) = items
     items = [i[:3] for i in items]

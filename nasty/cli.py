@@ -76,14 +76,44 @@ def _options(*opts):
     return deco
 
 
-# what a model you bring expects; a run directory records it (its card's normalization)
+def _preprocessing(fn):
+    """Turn --input-size/--channels/--channel-order into ``inputs`` and fill what a --model-card file
+    states into the options not given on the command line (the command line wins)."""
+
+    @functools.wraps(fn)
+    def wrapper(**kw):
+        card = kw.pop("model_card", None)
+        if card:
+            from .released import read_model_card
+
+            for key, value in read_model_card(card).items():
+                if key in kw and kw[key] is None:
+                    kw[key] = value
+        kw["inputs"] = {k: kw.pop(o) for k, o in (("size", "input_size"), ("channels", "channels"),
+                                                   ("channel_order", "channel_order"))}
+        return fn(**kw)
+
+    return _fail_cleanly(wrapper)  # a bad card file is one line too
+
+
+# what a model you bring expects; a run directory records it (its card's normalization and input)
 _normalization_options = _options(
+    _preprocessing,
+    click.option("--model-card", type=click.Path(dir_okay=False), default=None,
+                 help="A JSON or TOML file stating the options below (and --arch, --dataset, --classes, "
+                      "--expect-accuracy) once; options given here win."),
     click.option("--mean", default=None, metavar="M[,M,...]",
                  help="The model's input normalisation: per-channel mean on the 0..1 scale (one value for all) "
                       "[recorded in a run, else the dataset's own statistics]."),
     click.option("--std", default=None, metavar="S[,S,...]", help="Per-channel std, with --mean."),
     click.option("--normalization", type=click.Choice(["imagenet", "unit"]), default=None,
                  help="A preset in place of --mean/--std: imagenet, or unit (plain [0, 1] scaling: mean 0, std 1)."),
+    click.option("--input-size", type=click.IntRange(8, 1024), default=None,
+                 help="The side in pixels of the model's square input: the data is resized to it [the dataset's]."),
+    click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
+                 help="The model's input channels: grey images are repeated to 3, colour reduced to 1 [the dataset's]."),
+    click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default=None,
+                 help="The model's channel order (bgr: as OpenCV/Caffe models) [rgb]."),
 )
 # for weights that do not record what they are (audit, plot)
 _bring_options = _options(_arch_option, _dataset_option("Dataset [the teacher's]."), _normalization_options)
@@ -323,7 +353,8 @@ def _print_summary(report: dict, out) -> None:
 @_report_quiet_option
 @_fail_cleanly
 def demo(out, quick, device, quiet):
-    """Digits end to end: train a normal teacher, harden it, audit it with the default attacks."""
+    """Digits end to end: train a normal teacher, harden it within 1 point, audit it against kd, hard-label and
+    the adaptive kd-sweep thief (the data-free attacks are `nasty audit`'s, left out here for time)."""
     from .demo import run_demo
 
     report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)

@@ -44,6 +44,7 @@ class TensorData:
     flip: bool = False  # random horizontal flip
     train_fraction: float = 1.0
     validation: dict | None = None  # {fraction, seed, size} when a validation split was carved out of train
+    input: dict | None = None  # {size, channels, channel_order} when adapted to a model's input (see `adapted`)
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -66,7 +67,46 @@ class TensorData:
             "train_size": len(self.train_y),
             "test_size": len(self.test_y),
             **({"validation": self.validation} if self.validation else {}),
+            **({"input": self.input} if self.input else {}),
         }
+
+    def adapted(self, spec: dict | None) -> "TensorData":
+        """The images as a model expects them: ``spec`` = ``{size, channels, channel_order}`` (each
+        optional): resized to ``size`` x ``size`` (bilinear, antialiased), grey repeated to 3 channels
+        or colour reduced to luminance, channels reversed for ``channel_order: bgr``. The statistics
+        are those of the adapted training images. ``None`` or an empty spec: the data as it is."""
+        spec = {k: v for k, v in (spec or {}).items() if v is not None}
+        if not spec or spec == (self.input or {}):
+            return self
+        if self.input:
+            raise DataError(f"dataset '{self.name}' is already adapted to {self.input}; cannot adapt it to {spec}")
+        c, h, w = self.input_shape
+        size, channels = spec.get("size") or h, spec.get("channels") or c
+        if channels not in (1, 3) or c not in (1, 3) or size < 8:
+            raise DataError(f"cannot adapt {c}-channel {h}x{w} images to {channels} channels at {size}x{size} "
+                            f"(1 or 3 channels, at least 8x8)")
+        total = (len(self.train_y) + len(self.test_y)) * channels * size * size
+        if total > limit("DATA_BYTES"):
+            raise DataError(over_limit(f"dataset '{self.name}' at {channels}x{size}x{size}", total, "DATA_BYTES"))
+
+        def convert(x: torch.Tensor) -> torch.Tensor:
+            out = torch.empty((len(x), channels, size, size), dtype=torch.uint8)
+            for i in range(0, len(x), 4096):
+                b = x[i : i + 4096].float()
+                if (h, w) != (size, size):
+                    b = F.interpolate(b, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                if channels == 3 and c == 1:
+                    b = b.expand(-1, 3, -1, -1)
+                elif channels == 1 and c == 3:
+                    b = (b * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+                if spec.get("channel_order") == "bgr":
+                    b = b.flip(1)
+                out[i : i + len(b)] = b.round().clamp_(0, 255).to(torch.uint8)
+            return out
+
+        train_x, test_x = convert(self.train_x), convert(self.test_x)
+        mean, std = _channel_stats(train_x.numpy())
+        return replace(self, train_x=train_x, test_x=test_x, mean=mean, std=std, input=spec, _device_cache={})
 
     def on(self, device) -> tuple[torch.Tensor, ...]:
         """(train_x, train_y, test_x, test_y, mean, std) on ``device``, moved once."""

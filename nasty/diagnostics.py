@@ -316,16 +316,17 @@ def check_figure_path(out: Path, *, numbers: bool) -> None:
 def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
            unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0, arch: str | None = None,
            dataset: str | None = None, mean=None, std=None, normalization: str | None = None,
-           synthesize=None) -> Path:
+           inputs: dict | None = None, synthesize=None) -> Path:
     """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``).
-    ``arch``, ``dataset`` and the normalisation describe weights that do not record them (:mod:`nasty.released`).
+    ``arch``, ``dataset``, the normalisation and ``inputs`` describe weights that do not record them
+    (:mod:`nasty.released`).
     The teachers answer through their cards' output transforms (what is served).
 
     ``images`` needs ``synthesize(models, data, tau=, count=, seed=)`` -> ``{title: (images, labels)}``
     (the data-free attacks live in ``attacks/``, a layer above this one: ``attacks.synthesized_grids``)."""
     from .checkpoint import build_model
     from .errors import NastyError
-    from .released import data_for, label, parse_normalization, read_model, require_options
+    from .released import data_for, label, parse_input, parse_normalization, read_model, require_options
 
     check_figure_path(Path(out), numbers=what == "logits")  # before anything is loaded
     if what in ("omega", "frontier"):
@@ -352,7 +353,8 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     items, weights = [], []
     for option, source in (("--reference", reference), ("--teacher", teacher)):
         if source:
-            sd, card = read_model(source, option=option, arch=arch, normalization=norm, unsafe_pickle=unsafe_pickle)
+            sd, card = read_model(source, option=option, arch=arch, normalization=norm,
+                                  inputs=parse_input(**inputs or {}), unsafe_pickle=unsafe_pickle)
             items.append((option, source, card))
             weights.append(sd)
     require_options(items, dataset=dataset)

@@ -28,19 +28,52 @@ from . import checkpoint as ckpt
 from .data import TensorData, load_dataset
 from .errors import DataError, ModelError, NastyError, NastyWarning
 
-__all__ = ["PRESETS", "parse_normalization", "read_model", "require_options", "data_for", "check_accuracy",
+__all__ = ["PRESETS", "MODEL_CARD_KEYS", "read_model_card", "parse_normalization", "parse_input", "read_model", "require_options", "data_for", "check_accuracy",
            "is_adversary", "identities", "label", "fmt_normalization", "TOLERANCE"]
 
 PRESETS = {
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     "unit": {"mean": [0.0], "std": [1.0]},  # plain [0, 1] scaling (x / 255)
 }
+MODEL_CARD_KEYS = ("arch", "dataset", "mean", "std", "normalization", "classes", "expect_accuracy", "input_size",
+                   "channels", "channel_order")
 TOLERANCE = 5.0  # points a model may score below the accuracy it is expected to have
 
 
 def label(source) -> str:
     """How a source is named in messages and cards."""
     return f"<{type(source).__name__} module>" if isinstance(source, nn.Module) else str(source)
+
+
+def read_model_card(path) -> dict:
+    """The options a model card file states (JSON, or TOML for ``.toml``); every key is one of
+    :data:`MODEL_CARD_KEYS`, the command-line option without its dashes, ``-`` as ``_`` (the
+    Python functions take ``input_size``/``channels``/``channel_order`` as ``inputs={size, channels,
+    channel_order}``)::
+
+        # my-model.toml
+        arch = "tv:resnet18"
+        dataset = "cifar10"
+        normalization = "imagenet"   # or mean = [0.49, 0.48, 0.45] and std = [0.25, 0.24, 0.26]
+        input_size = 224
+        channel_order = "rgb"
+        expect_accuracy = 93.1
+    """
+    import tomllib
+
+    from .safety import parse_json, read_text
+    from .schema import ModelCardFile, validate
+
+    text = read_text(path, error=DataError)
+    if str(path).lower().endswith(".toml"):
+        try:
+            obj = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise DataError(f"--model-card {path}: not valid TOML ({e})") from None
+    else:
+        obj = parse_json(text, f"--model-card {path}", error=DataError)
+    card = validate(ModelCardFile, obj, f"--model-card {path}", error=DataError)
+    return {k: v for k, v in card.items() if v is not None}
 
 
 def _floats(value, what: str) -> list[float]:
@@ -75,6 +108,21 @@ def parse_normalization(*, mean=None, std=None, preset: str | None = None) -> di
     return norm
 
 
+def parse_input(*, size=None, channels=None, channel_order=None) -> dict | None:
+    """``{size, channels, channel_order}`` of what the model expects of its images (the stated ones
+    only), or ``None`` if none is stated; the data is adapted to it (:meth:`TensorData.adapted`)."""
+    spec = {k: v for k, v in (("size", size), ("channels", channels), ("channel_order", channel_order)) if v is not None}
+    if not spec:
+        return None
+    if "size" in spec and (not isinstance(spec["size"], int) or not 8 <= spec["size"] <= 1024):
+        raise DataError(f"--input-size takes a side in pixels from 8 to 1024, got {spec['size']!r}")
+    if "channels" in spec and spec["channels"] not in (1, 3):
+        raise DataError(f"--channels takes 1 or 3, got {spec['channels']!r}")
+    if "channel_order" in spec and spec["channel_order"] not in ("rgb", "bgr"):
+        raise DataError(f"--channel-order takes rgb or bgr, got {spec['channel_order']!r}")
+    return spec
+
+
 def _per_channel(norm: dict, channels: int, source) -> tuple[tuple[float, ...], tuple[float, ...]]:
     out = []
     for key in ("mean", "std"):
@@ -103,9 +151,10 @@ def _digest(sd: dict) -> str:
 
 
 def read_model(source, *, option: str = "--teacher", arch: str | None = None, normalization: dict | None = None,
-               classes=None, unsafe_pickle: bool = False) -> tuple[dict, dict]:
+               inputs: dict | None = None, classes=None, unsafe_pickle: bool = False) -> tuple[dict, dict]:
     """``(state_dict, card)`` of a run directory, weights file or ``nn.Module``; what the caller states
-    (``arch``, ``normalization``, ``classes``) is merged into the card, and must agree with what it records."""
+    (``arch``, ``normalization``, ``inputs`` from :func:`parse_input`, ``classes``) is merged into the
+    card, and must agree with what it records."""
     if isinstance(source, nn.Module):
         sd = ckpt.plain_state_dict(source)
         card = {"sha256": _digest(sd)}
@@ -122,6 +171,13 @@ def read_model(source, *, option: str = "--teacher", arch: str | None = None, no
             raise DataError(f"--mean/--std {fmt_normalization(normalization)} differ from the normalisation "
                             f"recorded with {name} ({fmt_normalization(known)})")
         card = {**card, "normalization": normalization}
+    if inputs:
+        known = {k: v for k, v in (card.get("input") or {}).items() if v is not None}
+        clash = {k: (v, known[k]) for k, v in inputs.items() if k in known and known[k] != v}
+        if clash:
+            said = ", ".join(f"{k} {v} (recorded: {was})" for k, (v, was) in clash.items())
+            raise DataError(f"the input stated for {name} differs from what it records: {said}")
+        card = {**card, "input": {**known, **inputs}}
     if classes is not None:
         names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
         card = {**card, "classes": names}
@@ -174,6 +230,12 @@ def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = Non
         data = load_dataset(name, root=data_root, download=download, train_fraction=train_fraction)
     elif train_fraction != 1.0:
         data = data.subset(train_fraction)
+    specs = [(f"{o} {label(s)}", c["input"]) for o, s, c in items if c.get("input")]
+    for other, spec in specs[1:]:
+        if spec != specs[0][1]:
+            raise DataError(f"{other} and {specs[0][0]} expect different inputs ({spec} vs {specs[0][1]})")
+    if specs:
+        data = data.adapted(specs[0][1])
     stated = [(f"{o} {label(s)}", c["normalization"]) for o, s, c in items if c.get("normalization")]
     if stated:
         (who, norm) = stated[0]

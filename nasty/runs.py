@@ -22,7 +22,7 @@ from .data import TensorData, load_dataset
 from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
-from .released import check_accuracy, data_for, label, parse_normalization, read_model, require_options
+from .released import check_accuracy, data_for, label, parse_input, parse_normalization, read_model, require_options
 from .safety import temp_beside
 from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
@@ -97,8 +97,8 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
 
 def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
            data_root=None, download: bool = False, train_fraction: float = 1.0, mean=None, std=None,
-           normalization: str | None = None, classes=None, expect_accuracy: float | None = None,
-           epochs: int | None = None, batch_size: int | None = None,
+           normalization: str | None = None, inputs: dict | None = None, classes=None,
+           expect_accuracy: float | None = None, epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
            max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
            out="runs/nasty", resume: bool = False, force: bool = False, unsafe_pickle: bool = False,
@@ -114,8 +114,8 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
 
     ``teacher`` is a run directory, a weights file or an ``nn.Module`` (give ``arch``, a name that
     builds it); ``data`` a :class:`~nasty.data.TensorData` in place of ``dataset``. The released
-    model's preprocessing (``mean``/``std`` or a ``normalization`` preset, else its card's) is
-    what the nasty teacher is trained and recorded with (:mod:`nasty.released`). Before any
+    model's preprocessing (``mean``/``std`` or a ``normalization`` preset, else its card's; ``inputs``
+    ``{size, channels, channel_order}`` when its images differ from the dataset's) is what the nasty teacher is trained and recorded with (:mod:`nasty.released`). Before any
     training, the adversary must score near ``expect_accuracy`` (else its card's accuracy; with
     neither, above chance level): a model that does not is almost always fed the wrong preprocessing.
     """
@@ -125,7 +125,8 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         raise NastyError("give either --omega (a fixed strength) or --max-cost (a budget to search within), not both")
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
     # fail fast, before loading data
-    weights, known = read_model(teacher, arch=arch, normalization=norm, classes=classes, unsafe_pickle=unsafe_pickle)
+    weights, known = read_model(teacher, arch=arch, normalization=norm, inputs=parse_input(**inputs or {}),
+                                classes=classes, unsafe_pickle=unsafe_pickle)
     require_options([("--teacher", teacher, known)], dataset=dataset or (data.name if data is not None else None))
     data = data_for([("--teacher", teacher, known)], dataset=dataset, data=data, data_root=data_root,
                     download=download, train_fraction=train_fraction)
@@ -201,13 +202,14 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
 
 def import_weights(*, weights, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
                    data_root=None, download: bool = False, mean=None, std=None, normalization: str | None = None,
-                   classes=None, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
+                   inputs: dict | None = None, classes=None, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
                    force: bool = False, unsafe_pickle: bool = False) -> dict:
     """Turn a released model (a weights file or an ``nn.Module``) into a run directory that every command
     takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
     source's sha256 and the test accuracy measured here, with that normalisation)."""
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    sd, known = read_model(weights, option="--weights", arch=arch, normalization=norm, classes=classes,
+    sd, known = read_model(weights, option="--weights", arch=arch, normalization=norm,
+                           inputs=parse_input(**inputs or {}), classes=classes,
                            unsafe_pickle=unsafe_pickle)
     item = [("--weights", weights, known)]
     require_options(item, dataset=dataset or (data.name if data is not None else None))

@@ -35,6 +35,31 @@ class Normalization(_Strict):
     std: list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = Field(min_length=1, max_length=64)
 
 
+class Input(_Strict):
+    """What a model brought from elsewhere expects of its images (``TensorData.adapted``)."""
+
+    size: Optional[Annotated[int, Field(ge=8, le=1024)]] = None
+    channels: Optional[Literal[1, 3]] = None
+    channel_order: Optional[Literal["rgb", "bgr"]] = None
+
+
+class ModelCardFile(BaseModel):
+    """A model card the user writes once (JSON or TOML): what every command would otherwise be told
+    with options. Unknown keys are refused (a typo would silently change nothing)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
+    dataset: Optional[Name] = None
+    mean: Optional[float | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
+    std: Optional[float | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
+    normalization: Optional[Literal["imagenet", "unit"]] = None
+    classes: Optional[Annotated[list[Text], Field(min_length=1, max_length=100_000)]] = None
+    expect_accuracy: Optional[Percent] = None
+    input_size: Optional[Annotated[int, Field(ge=8, le=1024)]] = None
+    channels: Optional[Literal[1, 3]] = None
+    channel_order: Optional[Literal["rgb", "bgr"]] = None
+
+
 class Adversary(_Strict):
     source: Optional[Text] = None
     arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
@@ -53,6 +78,7 @@ class Card(_Strict):
     classes: Optional[list[Text]] = None
     input_shape: Optional[Annotated[list[Annotated[int, Field(ge=1, le=8192)]], Field(min_length=3, max_length=3)]] = None
     normalization: Optional[Normalization] = None
+    input: Optional[Input] = None
     omega: Optional[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = None
     tau: Optional[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] = None
     init: Optional[Name] = None

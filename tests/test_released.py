@@ -134,3 +134,81 @@ def test_python_takes_modules_and_a_dataset_object(own, tmp_path):
     with pytest.warns(NastyWarning, match="not the adversary"):
         audit(teacher=tmp_path / "n", reference=other, arch="small-cnn", data=data, attacks=["kd"], seeds=[0], epochs=1,
               students=["mlp"], plots=False, quiet=True, device="cpu", out=tmp_path / "b")
+
+
+def test_a_model_with_its_own_input_size_and_channels_through_a_model_card(tmp_path):
+    """A 3-channel 16x16 model of digits (grey 8x8): a TOML model card states it once; import, harden,
+    audit and plot adapt the data to it; the hardened run records it; a bad card is one line."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from nasty.models import create_model
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True).expand(-1, 3, -1, -1)
+    y = torch.tensor(digits.target)
+    train, _ = train_test_split(list(range(len(y))), test_size=0.25, stratify=digits.target, random_state=0)
+    train = torch.tensor(train)
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=10, in_chans=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(8):
+        for batch in train[torch.randperm(len(train))].split(64):
+            loss = F.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.save(model.state_dict(), tmp_path / "my3.pt")
+    card = tmp_path / "my3.toml"
+    card.write_text('arch = "small-cnn"\ndataset = "digits"\nmean = 0\nstd = 1\ninput_size = 16\nchannels = 3\n')
+
+    code, out = run("import", "--weights", tmp_path / "my3.pt", "--model-card", card, "--out", tmp_path / "mine",
+                    "--device", "cpu")
+    assert code == 0, out
+    imported = json.loads((tmp_path / "mine" / "card.json").read_text())
+    assert imported["input"] == {"size": 16, "channels": 3} and imported["input_shape"] == [3, 16, 16]
+    assert imported["accuracy"] > 90, imported["accuracy"]
+    code, out = run("harden", "--teacher", tmp_path / "mine", "--omega", "0.05", "--epochs", "2", "--device", "cpu",
+                    "--collapse-margin", "0", "-q", "--out", tmp_path / "nasty3")  # 2 epochs: near chance, by design
+    assert code == 0, out
+    assert json.loads((tmp_path / "nasty3" / "card.json").read_text())["input"] == {"size": 16, "channels": 3}
+    code, out = run("audit", "--teacher", tmp_path / "nasty3", "--reference", tmp_path / "mine", "--attacks", "kd",
+                    "--seeds", "0,", "--epochs", "1", "--no-plots", "--device", "cpu", "-q", "--out", tmp_path / "a3")
+    assert code == 0 and "warning" not in out, out
+    code, out = run("plot", "logits", "--teacher", tmp_path / "nasty3", "--reference", tmp_path / "mine",
+                    "--out", tmp_path / "l3.png")
+    assert code == 0, out
+    # the command line wins over the card; what it contradicts in a run is refused in one line
+    code, out = run("plot", "logits", "--teacher", tmp_path / "nasty3", "--input-size", "8", "--out", tmp_path / "x.png")
+    assert code == 1 and "input" in out and len(out.strip().splitlines()) == 1, out
+    # bare weights without the card: the architecture does not fit 1-channel digits, one line
+    code, out = run("import", "--weights", tmp_path / "my3.pt", "--arch", "small-cnn", "--dataset", "digits",
+                    "--mean", "0", "--std", "1", "--out", tmp_path / "no-card", "--device", "cpu")
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    for text, words in [('arch = "small-cnn"\ncolour = 3\n', "colour"), ("channels = 2\n", "channels"),
+                        ("input_size = [\n", "TOML"), ("input_size = 4\n", "input_size")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        code, out = run("import", "--weights", tmp_path / "my3.pt", "--model-card", bad, "--out", tmp_path / "b")
+        assert code == 1 and words in out and len(out.strip().splitlines()) == 1, (text, out)
+
+
+def test_adapted_data_resizes_repeats_and_reverses_channels():
+    from nasty.data import TensorData, load_dataset
+
+    grey = load_dataset("digits")
+    rgb = grey.adapted({"size": 16, "channels": 3})
+    assert rgb.input_shape == (3, 16, 16) and len(rgb.mean) == 3 and rgb.input == {"size": 16, "channels": 3}
+    assert torch.equal(rgb.train_x[:, 0], rgb.train_x[:, 2]) and rgb.describe()["input"] == rgb.input
+    assert grey.adapted(None) is grey and rgb.adapted({"size": 16, "channels": 3}) is rgb
+    colour = TensorData(name="c", train_x=torch.arange(3 * 64, dtype=torch.uint8).view(1, 3, 8, 8).repeat(2, 1, 1, 1),
+                        train_y=torch.tensor([0, 1]), test_x=torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+                        test_y=torch.tensor([0]), classes=("a", "b"), mean=(0.1, 0.2, 0.3), std=(0.1, 0.1, 0.1))
+    bgr = colour.adapted({"channel_order": "bgr"})
+    assert torch.equal(bgr.train_x, colour.train_x.flip(1)) and bgr.mean[::-1] == pytest.approx(colour.adapted(
+        {"channels": 3, "channel_order": "rgb"}).mean, abs=1e-6)
+    assert colour.adapted({"channels": 1}).input_shape == (1, 8, 8)
+    with pytest.raises(NastyError, match="already adapted"):
+        rgb.adapted({"size": 32})
