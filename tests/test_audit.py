@@ -9,6 +9,7 @@ from click.testing import CliRunner
 import attacks.audit as audit_mod
 from attacks.audit import audit
 from nasty.cli import main
+from nasty.demo import QUICK
 from nasty.errors import NastyError
 
 TINY = {"seeds": (0, 1), "epochs": 1, "students": ["tiny-cnn", "mlp"], "device": "cpu", "quiet": True,
@@ -249,7 +250,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--quick", "--quiet", "--out", str(tmp_path), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
-    assert {s["attack"] for s in report["summary"]} == set(ATTACK_NAMES)
+    assert {s["attack"] for s in report["summary"]} == set(QUICK["attacks"])
     assert "id='images'" in (tmp_path / "audit" / "report.html").read_text()
     assert "| dafl | tiny-cnn |" in res.output
     assert "--quick is a smoke test" in res.output and "mean nothing" in res.output

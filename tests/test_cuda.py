@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
 from nasty.cli import main
+from nasty.demo import QUICK
 
 pytestmark = pytest.mark.cuda
-ATTACK_NAMES = {"kd", "hard-label", "dafl", "deepinversion"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_demo_quick_with_plots_finishes_on_cuda(tmp_path):
     assert res.exit_code == 0, res.output
     audit = tmp_path / "audit"
     report = json.loads((audit / "report.json").read_text())
-    assert {s["attack"] for s in report["summary"]} == ATTACK_NAMES
+    assert {s["attack"] for s in report["summary"]} == set(QUICK["attacks"])
     html = (audit / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "id='images'" in html
     for name in ("logits.png", "tsne.png", "images.png"):
