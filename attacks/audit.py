@@ -314,7 +314,7 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 </style></head><body>
 <h1>KD-immunity audit: {h(report['dataset'])}</h1>
 <section id="worst-case"><h2>Worst case per student</h2>
-<p>The attack that gets most from the nasty teacher (highest mean final-epoch test accuracy of its students):
+<p>The attack that gets most from the audited teacher (highest mean final-epoch test accuracy of its students):
 the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
 <table>{worst}</table></section>
 <section id="teachers"><h2>Teachers</h2><table>
@@ -323,12 +323,12 @@ the defence is as good as this row. Immunity ± the spread over seeds of the per
 <td>{h(t['normal'].get('defence', 'none'))}</td><td></td><td></td></tr>
 <tr><td>audited</td><td>{h(str(t['nasty']['arch']))}</td><td>{t['nasty']['accuracy']:.2f}</td>
 <td>{h(t['nasty'].get('defence', ''))}</td><td>{h(t['nasty']['omega'])}</td><td>{h(t['nasty']['tau'])}</td></tr></table>
-<p>Teacher cost (normal - nasty): <b>{report['teacher_cost']:+.2f}</b> points.</p></section>
+<p>Teacher cost (reference - audited): <b>{report['teacher_cost']:+.2f}</b> points.</p></section>
 <section id="immunity"><h2>Immunity</h2>
 <p>Final-epoch test accuracy (%) of students, mean ± std over seeds {h(seeds)}; {h(s['epochs'])} epochs, KD alpha
 {h(s['alpha'])}, tau {h(s['tau'])}; the attacker holds {report['train_fraction']:g} of the training set.
-immunity = from normal - from nasty; below scratch = scratch - from nasty; below label smoothing = label
-smoothing - from nasty.</p>
+immunity = from reference - from teacher; below scratch = scratch - from teacher; below label smoothing =
+label smoothing - from teacher.</p>
 <table>{rows}</table></section>
 {figures}
 <p>Machine-readable: report.json. nasty {h(str(report.get('nasty_version', '')))}.</p>
@@ -502,8 +502,10 @@ def _worst_cells(report: dict) -> list[list[str]]:
             for r in report.get("worst_case") or worst_case(report["summary"])]
 
 
-WORST_HEADER = ["student", "worst attack", "from nasty", "immunity", "below scratch", "below label smoothing"]
-TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from normal", "from nasty", "immunity",
+# the audit's two sides, named generically: the reference (``teachers.normal`` in report.json, the model as
+# released) and the audited teacher (``teachers.nasty``: a nasty teacher or any defended model)
+WORST_HEADER = ["student", "worst attack", "from teacher", "immunity", "below scratch", "below label smoothing"]
+TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from reference", "from teacher", "immunity",
                 "below scratch", "below label smoothing"]
 
 
@@ -522,7 +524,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 def format_table(report: dict) -> str:
     """The worst case per student, then the whole summary, as markdown tables (what ``nasty
     audit`` prints). Reads older reports too (no label-smoothing baseline, no worst case)."""
-    return "\n".join(["Worst case per student (the attack that gets most from the nasty teacher):", "",
+    return "\n".join(["Worst case per student (the attack that gets most from the audited teacher):", "",
                       *_markdown(WORST_HEADER, _worst_cells(report)), "", "Every attack:", "",
                       *_markdown(TABLE_HEADER, _table_cells(report))])
 
@@ -533,17 +535,17 @@ def format_markdown(report: dict) -> str:
     return "\n".join([
         f"# KD-immunity audit: {md(report['dataset'])}",
         "",
-        f"- normal teacher: {md(t['normal']['arch'])}, test accuracy {t['normal']['accuracy']:.2f}%",
+        f"- reference: {md(t['normal']['arch'])}, test accuracy {t['normal']['accuracy']:.2f}% "
+        f"(defence {md(t['normal'].get('defence', 'none'))})",
         f"- audited teacher: {md(t['nasty']['arch'])}, test accuracy {t['nasty']['accuracy']:.2f}% "
-        f"(defence {md(t['nasty'].get('defence', ''))}; omega {md(t['nasty']['omega'])}, tau {md(t['nasty']['tau'])}); "
-        f"teacher cost {report['teacher_cost']:+.2f} points",
+        f"(defence {md(t['nasty'].get('defence', ''))}); teacher cost {report['teacher_cost']:+.2f} points",
         f"- students: {md(', '.join(s['students']))}; seeds {md(seeds)}; {md(s['epochs'])} epochs, batch "
         f"{md(s['batch_size'])}, lr {md(s['lr'])}; KD alpha {md(s['alpha'])}, tau {md(s['tau'])}; attacker's share of the training set "
         f"{report['train_fraction']:g}",
         "",
-        "Final-epoch test accuracy (%), mean ± std over seeds. immunity = from normal - from nasty "
-        "(large is good; ± the spread of the per-seed difference); below scratch = scratch - from nasty, "
-        "below label smoothing = label smoothing - from nasty (positive: distilling the nasty teacher "
+        "Final-epoch test accuracy (%), mean ± std over seeds. immunity = from reference - from teacher "
+        "(large is good; ± the spread of the per-seed difference); below scratch = scratch - from teacher, "
+        "below label smoothing = label smoothing - from teacher (positive: distilling the audited teacher "
         "is worse than training without a teacher, plainly or with smoothed labels).",
         "",
         format_table(report),

@@ -335,9 +335,10 @@ def _print_summary(report: dict, out) -> None:
     from attacks.audit import format_table
 
     t = report["teachers"]
-    click.echo(f"{report['dataset']}: normal {t['normal']['arch']} {t['normal']['accuracy']:.2f}%, "
-               f"nasty {t['nasty']['accuracy']:.2f}% (cost {report['teacher_cost']:+.2f} points); "
-               f"final-epoch student accuracy, mean ± std over seeds")
+    click.echo(f"{report['dataset']}: reference {t['normal']['arch']} {t['normal']['accuracy']:.2f}% "
+               f"(defence {t['normal'].get('defence', 'none')}), teacher {t['nasty']['arch']} "
+               f"{t['nasty']['accuracy']:.2f}% (defence {t['nasty'].get('defence', '?')}; cost "
+               f"{report['teacher_cost']:+.2f} points); final-epoch student accuracy, mean ± std over seeds")
     click.echo(format_table(report))
     files = [f"{out}/{f}" for f in ("report.html", "report.md", "report.json") if (Path(out) / f).exists()]
     click.echo(f"report: {', '.join(files)}")
