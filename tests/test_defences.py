@@ -110,6 +110,18 @@ def test_defend_then_export_serves_what_load_model_answers(tmp_path):
     assert r.exit_code == 0, r.output
     with torch.no_grad():
         assert torch.allclose(load_exported(tmp_path / "k2.pt2")(x), served, atol=1e-5)
+    try:  # the ONNX extra (pip install 'nasty[onnx]' onnxruntime): the same answers through onnxruntime
+        import numpy as np
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        pass
+    else:
+        r = run("export", "--teacher", tmp_path / "k2", "--out", tmp_path / "k2.onnx")
+        assert r.exit_code == 0, r.output
+        session = onnxruntime.InferenceSession(str(tmp_path / "k2.onnx"), providers=["CPUExecutionProvider"])
+        (answer,) = session.run(None, {"x": x.numpy()})
+        assert np.allclose(answer, served.numpy(), atol=1e-5)
     # a card with a transform this version does not know is one line, not a traceback
     card["output_transform"] = {"name": "blur", "sigma": 2}
     (tmp_path / "k2" / "card.json").write_text(json.dumps(card))
