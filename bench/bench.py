@@ -10,10 +10,15 @@
    normalise as batched ops on the device) vs a torchvision ``DataLoader`` over PIL images with
    ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``
    (2 workers), at CIFAR shape (50,000 synthetic 3x32x32 images).
-3. hardening epoch: images/s of (1) vs the same hardening step fed by that DataLoader.
+3. hardening epoch: images/s of (1) vs the same hardening step fed by that DataLoader, with 2
+   workers, with 4 (as the public code configures it) and with as many workers as cores.
 4. audit: seconds per student-epoch with 1, 2 and 4 students sharing one teacher forward per
    batch per teacher, and how much faster that is than training the students one at a time.
-5. ``nasty demo`` wall time (skipped with ``--quick``).
+5. the paper's CIFAR-10 table, estimated from measured steps: normal + nasty ResNet-18 for 160
+   epochs, then students cnn, resnetc20, resnetc32 and resnet18, each from scratch, with label
+   smoothing and by KD from the normal and the nasty teacher (one shared teacher forward per
+   batch per teacher), 160 epochs, 3 seeds; 390 steps of batch 128 per epoch.
+6. ``nasty demo`` wall time (skipped with ``--quick``).
 
 Numbers are medians over repetitions after warm-up. Synthetic images are random pixels:
 speed does not depend on what the pixels show.
@@ -211,7 +216,40 @@ def _register_copies(grid) -> None:
             lambda *, num_classes, in_chans=3, arch=arch: create_model(arch, num_classes=num_classes, in_chans=in_chans))
 
 
-# ----------------------------------------------------------------------------- 5. demo
+# ----------------------------------------------------------------------------- 5. the CIFAR-10 table
+
+
+CIFAR_STUDENTS = ("cnn", "resnetc20", "resnetc32", "resnet18")
+
+
+def teacher_forward_seconds(arch, device, *, batch_size, steps) -> float:
+    """Seconds of one frozen teacher forward (what KD adds per batch per teacher)."""
+    torch.manual_seed(0)
+    model = prepare(create_model(arch, num_classes=10, in_chans=3), device).eval()
+    x = layout(torch.randn(batch_size, 3, 32, 32, device=device), device)
+    frozen_logits(model, x, device)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        frozen_logits(model, x, device)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def cifar_table_estimate(*, normal_step, harden_step, student_steps: dict, teacher_forward, epochs=160,
+                         steps_per_epoch=390, seeds=3) -> dict:
+    """Wall seconds of the paper's CIFAR-10 table from per-step seconds: the two teachers, then per
+    seed four cells per student (scratch, label smoothing, KD from each teacher), the two KD cells
+    sharing the teachers' forwards (one loop, as the audit trains them)."""
+    teachers = epochs * steps_per_epoch * (normal_step + harden_step)
+    per_batch = 4 * sum(student_steps.values()) + 2 * teacher_forward
+    audit = seeds * epochs * steps_per_epoch * per_batch
+    return {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "seeds": seeds, "students": list(student_steps),
+            "student_step_s": student_steps, "teacher_forward_s": teacher_forward,
+            "teachers_hours": teachers / 3600, "audit_hours": audit / 3600, "total_hours": (teachers + audit) / 3600}
+
+
+# ----------------------------------------------------------------------------- 6. demo
 
 
 def demo_seconds() -> float:
@@ -270,6 +308,20 @@ def main(argv=None):
     log(f"hardening step fed by the DataLoader: {args.arch}, {steps} steps")
     loader_harden = loader_harden_seconds_per_step(args.arch, loader, device, steps=steps)
     del loader
+    by_workers = {2: loader_harden}
+    for workers in sorted({4, os.cpu_count() or 1} - {2}):
+        log(f"hardening step fed by the DataLoader with {workers} workers")
+        wide = dataloader(cifar, batch_size=bs, device=device, workers=workers)
+        by_workers[workers] = loader_harden_seconds_per_step(args.arch, wide, device, steps=steps)
+        del wide
+
+    log(f"CIFAR-10 table estimate: student steps of {', '.join(CIFAR_STUDENTS)}, a {args.arch} teacher forward")
+    student_steps = {s: (normal if s == args.arch else trainer_step_seconds(s, device, batch_size=bs, steps=steps,
+                                                                             repeats=repeats, compile=args.compile))
+                     for s in CIFAR_STUDENTS}
+    estimate = cifar_table_estimate(normal_step=normal, harden_step=harden, student_steps=student_steps,
+                                    teacher_forward=teacher_forward_seconds(args.arch, device, batch_size=bs,
+                                                                            steps=steps * repeats))
 
     log("audit: KD into 1, 2, 4 students (copies of cnn) from two resnetc20 teachers")
     grid = [["cnn"], ["cnn", "cnn#2"], ["cnn", "cnn#2", "cnn#3", "cnn#4"]]
@@ -285,6 +337,8 @@ def main(argv=None):
         "harden_step_ratio": harden / normal,
         "data_path_speedup": ours_rate / loader_rate,
         "epoch_speedup_vs_dataloader": loader_harden / harden,
+        "epoch_speedup_vs_dataloader_by_workers": {str(k): v / harden for k, v in by_workers.items()},
+        "cifar10_table_hours": estimate["total_hours"],
         "demo_seconds": demo,
         "device": device_name(device),
         "details": {
@@ -292,6 +346,8 @@ def main(argv=None):
             "normal_step_s": normal, "harden_step_s": harden, "harden_step_s_dataloader": loader_harden,
             "harden_img_s": bs / harden, "harden_img_s_dataloader": bs / loader_harden,
             "data_img_s": ours_rate, "data_img_s_dataloader": loader_rate, "dataloader_workers": 2,
+            "harden_step_s_dataloader_by_workers": {str(k): v for k, v in by_workers.items()},
+            "cifar10_table": estimate, "cpu_count": os.cpu_count(),
             "audit": audit, "quick": quick, "torch": torch.__version__, "python": platform.python_version(),
             "seconds": time.perf_counter() - t_start,
         },
@@ -313,10 +369,20 @@ def table(r: dict) -> str:
         ("hardening epoch vs DataLoader loop", f"{r['epoch_speedup_vs_dataloader']:.2f}x",
          f"{d['harden_img_s']:,.1f} vs {d['harden_img_s_dataloader']:,.1f} images/s"),
     ]
+    for workers, ratio in r.get("epoch_speedup_vs_dataloader_by_workers", {}).items():
+        if workers != "2":
+            rows.append((f"hardening epoch vs DataLoader, {workers} workers", f"{ratio:.2f}x",
+                         f"{d['harden_img_s']:,.1f} vs {d['batch_size'] / d['harden_step_s_dataloader_by_workers'][workers]:,.1f}"
+                         " images/s"))
     for row in d["audit"]["rows"]:
         rows.append((f"audit, {len(row['students'])} student(s)", f"{row['seconds_per_student_epoch']:.2f} s",
                      f"per student-epoch ({d['audit']['images']} images); one at a time: "
                      f"{row['sharing_speedup']:.2f}x slower"))
+    if "cifar10_table" in d:
+        e = d["cifar10_table"]
+        rows.append(("CIFAR-10 table (estimate)", f"{e['total_hours']:.1f} h",
+                     f"teachers {e['teachers_hours']:.1f} h + audit {e['audit_hours']:.1f} h ({', '.join(e['students'])}; "
+                     f"{e['epochs']} epochs, {e['seeds']} seeds)"))
     rows.append(("nasty demo", "skipped" if r["demo_seconds"] is None else f"{r['demo_seconds']:.1f} s", ""))
     w = max(len(a) for a, _, _ in rows)
     lines = [f"device: {r['device']}, torch {d['torch']}, {d['seconds']:.0f} s in all", ""]

@@ -29,6 +29,11 @@ def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):
     assert r["details"]["harden_step_s"] > r["details"]["normal_step_s"]
     rows = r["details"]["audit"]["rows"]
     assert [len(row["students"]) for row in rows] == [1, 2, 4]
+    assert {"2", "4"} <= set(r["epoch_speedup_vs_dataloader_by_workers"])  # the public code's 4 workers too
+    e = r["details"]["cifar10_table"]
+    assert e["students"] == ["cnn", "resnetc20", "resnetc32", "resnet18"] and e["epochs"] == 160 and e["seeds"] == 3
+    assert 0 < e["teachers_hours"] < e["total_hours"] == r["cifar10_table_hours"]
+    assert e["student_step_s"]["resnetc32"] > e["student_step_s"]["cnn"]  # 32 layers against 4
     assert "hardening step / normal step" in capsys.readouterr().out
 
 
