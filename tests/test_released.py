@@ -68,7 +68,7 @@ def test_readme_example_runs_as_written(own, monkeypatch):
     nasty = json.loads(Path("runs/mine-nasty/card.json").read_text())
     assert nasty["normalization"] == card["normalization"]  # trained with the released model's preprocessing
     assert nasty["adversary"]["accuracy"] == card["accuracy"] and nasty["adversary"]["sha256"] == card["sha256"]
-    assert f"normal small-cnn {card['accuracy']:.2f}%" in outputs["audit"]
+    assert f"reference small-cnn {card['accuracy']:.2f}% (defence none)" in outputs["audit"]
     assert Path("logits.png").exists()
     # the same weights without their preprocessing: a warning, and a much lower accuracy
     code, out = run("import", "--weights", "my.pt", "--arch", "small-cnn", "--dataset", "digits", "--out", "runs/wrong")
