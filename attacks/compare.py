@@ -21,14 +21,11 @@ import shutil
 from pathlib import Path
 
 from nasty import checkpoint as ckpt
-from nasty.defences import defence_of
 from nasty.errors import NastyError
 
-from .audit import audit, worst_case
+from .audit import BASELINES, audit
 
 __all__ = ["compare", "pareto_front", "plot_compare"]
-
-BASELINES = ("scratch", "label-smoothing")
 
 
 def _slug(path: Path, taken: set[str]) -> str:
@@ -75,17 +72,16 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
         if first is not None:  # the teacher-free baselines of the first audit serve every other one
             (folder / "cells").mkdir(parents=True, exist_ok=True)
             for cell in (first / "cells").glob("*.json"):
-                if cell.name.startswith(BASELINES) and not (folder / "cells" / cell.name).exists():
+                if cell.name.startswith(tuple(BASELINES)) and not (folder / "cells" / cell.name).exists():
                     shutil.copyfile(cell, folder / "cells" / cell.name)
         report = audit(teacher=teacher, out=folder, **kwargs)
         first = first or folder
-        card = ckpt.read_card(teacher) if teacher.is_dir() else {}
         t = report["teachers"]
-        worst = {w["student"]: w for w in report.get("worst_case") or worst_case(report["summary"])}
+        worst = {w["student"]: w for w in report["worst_case"]}
         rows.append({
-            "teacher": str(teacher), "name": name, "defence": defence_of(card),
+            "teacher": str(teacher), "name": name, "defence": t["nasty"]["defence"],  # the audit read the card
             "accuracy": t["nasty"]["accuracy"], "reference_accuracy": t["normal"]["accuracy"],
-            "cost": round(t["normal"]["accuracy"] - t["nasty"]["accuracy"], 4),
+            "cost": report["teacher_cost"],
             "worst_case": {s: {"attack": w["attack"], "acc_from_teacher": w["acc_from_nasty"]["mean"]}
                            for s, w in worst.items()},
             "summary": report["summary"],
