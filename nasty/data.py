@@ -85,9 +85,8 @@ class TensorData:
         if channels not in (1, 3) or c not in (1, 3) or size < 8:
             raise DataError(f"cannot adapt {c}-channel {h}x{w} images to {channels} channels at {size}x{size} "
                             f"(1 or 3 channels, at least 8x8)")
-        total = (len(self.train_y) + len(self.test_y)) * channels * size * size
-        if total > limit("DATA_BYTES"):
-            raise DataError(over_limit(f"dataset '{self.name}' at {channels}x{size}x{size}", total, "DATA_BYTES"))
+        _check_decoded(f"dataset '{self.name}' at {channels}x{size}x{size}", len(self.train_y) + len(self.test_y),
+                       channels, size)
 
         def convert(x: torch.Tensor) -> torch.Tensor:
             out = torch.empty((len(x), channels, size, size), dtype=torch.uint8)
@@ -370,9 +369,7 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
     size = image_size or _open_image(train[0][0], lambda im: im.size[0])
     if size < 8:
         raise DataError(f"dataset 'imagefolder': images of {size}x{size} pixels are too small (at least 8x8)")
-    total = (len(train) + len(val)) * 3 * size * size
-    if total > limit("DATA_BYTES"):
-        raise DataError(over_limit(f"dataset 'imagefolder' at {size}x{size} pixels", total, "DATA_BYTES"))
+    _check_decoded(f"dataset 'imagefolder' at {size}x{size} pixels", len(train) + len(val), 3, size)
 
     def decode(items, what):
         x = np.empty((len(items), 3, size, size), dtype=np.uint8)
@@ -381,6 +378,13 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
         return x, np.array([c for _, c in items], dtype=np.int64)
 
     return (*decode(train, "train"), *decode(val, "val"), tuple(classes))
+
+
+def _check_decoded(what: str, images: int, channels: int, size: int) -> None:
+    """Refuse, before allocating, uint8 images that would exceed the decoded-data limit."""
+    total = images * channels * size * size
+    if total > limit("DATA_BYTES"):
+        raise DataError(over_limit(what, total, "DATA_BYTES"))
 
 
 def _pixels(im, size: int) -> np.ndarray:
