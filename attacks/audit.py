@@ -22,6 +22,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from nasty import __version__
 from nasty import checkpoint as ckpt
@@ -37,7 +38,7 @@ from nasty.released import data_for, is_adversary, label, parse_input, parse_nor
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
-from .base import LabelSmoothing, Scratch, run_students
+from .base import LabelSmoothing, Scratch, batchable, ensembles_for, run_cells
 
 __all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
 
@@ -55,7 +56,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
           download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
           unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
           checkpoint_seconds: float = 60.0, arch: str | None = None, dataset: str | None = None, data=None,
-          mean=None, std=None, normalization: str | None = None, inputs: dict | None = None) -> dict:
+          mean=None, std=None, normalization: str | None = None, inputs: dict | None = None,
+          ensemble: bool | None = None) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
@@ -74,6 +76,11 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     (``mean``/``std`` or a ``normalization`` preset; ``inputs`` ``{size, channels, channel_order}``)
     describe those that do not record them (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
     the teacher's card records, or is itself hardened.
+
+    ``ensemble`` trains an attack's students of one architecture, every seed and both teachers, as
+    one batched ensemble (:func:`attacks.base.run_cells`); ``None``: on a GPU only (on the CPU it
+    is slower than a loop). An attack that reads its students' features is trained in a loop
+    either way. The cells and their partial states have one format both ways.
     """
     attacks = attack_names(attacks)  # unknown names fail here, before anything is loaded
     for name, options in (attack_options or {}).items():
@@ -159,38 +166,18 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
         cell = _load_cell(path, key, force=force)
         if cell is not None:
             partial.unlink(missing_ok=True)  # left by a run killed between writing the cell and removing it
-        todo.append((name, seed, attack, key, path, cell, partial,
-                     None if cell is not None else _load_partial(partial, key, force=force)))
-    cells, trained = [], False
-    report = None
-    for name, seed, attack, key, path, cell, partial, resume in todo:
-        if cell is None:
-            t0 = time.perf_counter() - (resume["seconds"] if resume else 0.0)
-            teachers = {name: None} if name in BASELINES else models
-            cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
-            notes = {}
-            made = {}  # what a data-free attack synthesised, kept for report.html
-            acc = run_students(attack, teachers, students, data, config=cfg, device=dev, quiet=quiet,
-                               desc=f"{name} seed {seed}", resume=resume, notes=notes,
-                               save=_partial_saver(partial, key, t0=t0, every=checkpoint_seconds),
-                               images=made, image_count=IMAGES_PER_CLASS * data.num_classes)
-            if made:  # before the cell: a finished cell always has its images
-                _save_images(_images_path(path), made)
-            cell = {"key": key, "seconds": round(time.perf_counter() - t0, 2),
-                    "runs": [{"attack": name, "student": s, "source": src, "seed": seed, "accuracy": round(a, 4)}
-                             for (src, s), a in acc.items()]}
-            if notes:
-                cell["notes"] = notes
-            if resume:
-                cell["resumed_from_epoch"] = int(resume["epoch"])
-            ckpt.write_json(path, cell)
-            partial.unlink(missing_ok=True)
+        todo.append(_Cell(name, seed, attack, key, path, cell, partial,
+                          None if cell is not None else _load_partial(partial, key, force=force)))
+    cells, trained, report = [], False, None
+    finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
+    train = dict(models=models, students=students, data=data, epochs=epochs, recipe=recipe, device=dev, quiet=quiet,
+                 checkpoint_seconds=checkpoint_seconds)
+    for i, (name, seed, attack, key, path, cell, partial, resume) in enumerate(todo):
+        if cell is None and path not in finished:
+            group, together = _group(todo, i, ensemble=ensemble, device=dev)
+            finished.update(_train_cells(group, ensemble=together, **train))
             trained = True
-            if not quiet:
-                from tqdm.auto import tqdm
-
-                tqdm.write(f"{name} seed {seed} ({cell['seconds']:.1f}s): " + ", ".join(
-                    f"{r['student']}<-{r['source']} {r['accuracy']:.2f}" for r in cell["runs"]))
+        cell = cell or finished[path]
         cells.append(cell)
         report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
                          common["teachers"])
@@ -216,6 +203,76 @@ def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> Non
         warnings.warn(NastyWarning(f"--reference {label(reference)} is not the adversary the teacher was hardened "
                                    f"against ({adv.get('source')}, sha256 {str(adv.get('sha256'))[:12]}...); "
                                    f"immunity is measured against another model"))
+
+
+class _Cell(NamedTuple):
+    """One cell of the audit's plan: ``done`` if a finished cell was read, ``resume`` its partial state."""
+
+    name: str
+    seed: int
+    attack: object
+    key: dict
+    path: Path
+    done: dict | None
+    partial: Path
+    resume: dict | None
+
+    @property
+    def resume_epoch(self) -> int:
+        return int(self.resume["epoch"]) if self.resume else 0
+
+
+def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> tuple[list[_Cell], bool]:
+    """The unfinished cells trained together with ``todo[i]``, and whether as an ensemble: with
+    one, every seed of its attack that resumes from the same epoch (their students become one
+    ensemble per architecture); without, ``todo[i]`` alone."""
+    first = todo[i]
+    same = [c for c in todo[i:] if c.name == first.name and c.done is None and c.resume_epoch == first.resume_epoch]
+    members = len(same) * (1 if first.name in BASELINES else len(SOURCES))
+    together = batchable(first.attack) and (ensemble if ensemble is not None else
+                                            ensembles_for(first.attack, device, members))
+    return (same if together else [first]), together
+
+
+def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, device, quiet, checkpoint_seconds,
+                 ensemble: bool) -> dict:
+    """Train the cells of ``group`` (one attack, one or more seeds) in one :func:`run_cells`; write
+    each cell (and a data-free cell's images) as it is finished; return them by path."""
+    name, attack = group[0].name, group[0].attack
+    seeds = [c.seed for c in group]
+    resumes = {c.seed: c.resume for c in group if c.resume}
+    t0 = time.perf_counter() - sum(r["seconds"] for r in resumes.values())
+    teachers = {name: None} if name in BASELINES else models
+    cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seeds[0])
+    notes, made = {}, {}  # made: what a data-free attack synthesised, kept for report.html
+    acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=quiet,
+                    desc=f"{name} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
+                    resume=resumes or None, notes=notes, images=made,
+                    save=_partial_saver({c.seed: (c.partial, c.key) for c in group}, t0=t0, every=checkpoint_seconds),
+                    image_count=IMAGES_PER_CLASS * data.num_classes, ensemble=ensemble)
+    seconds = (time.perf_counter() - t0) / len(seeds)
+    written = {}
+    for c in group:
+        if made.get(c.seed):  # before the cell: a finished cell always has its images
+            _save_images(_images_path(c.path), made[c.seed])
+        cell = {"key": c.key, "seconds": round(seconds, 2),
+                "runs": [{"attack": name, "student": s, "source": src, "seed": c.seed, "accuracy": round(a, 4)}
+                         for (src, s), a in acc[c.seed].items()]}
+        if notes.get(c.seed):
+            cell["notes"] = notes[c.seed]
+        if c.resume:
+            cell["resumed_from_epoch"] = c.resume_epoch
+        if len(seeds) > 1:
+            cell["trained_with_seeds"] = seeds  # one ensemble: the cell's seconds are its share of theirs
+        ckpt.write_json(c.path, cell)
+        c.partial.unlink(missing_ok=True)
+        written[c.path] = cell
+        if not quiet:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"{name} seed {c.seed} ({cell['seconds']:.1f}s): " + ", ".join(
+                f"{r['student']}<-{r['source']} {r['accuracy']:.2f}" for r in cell["runs"]))
+    return written
 
 
 IMAGES_PER_CLASS = 4  # what a data-free cell keeps of its synthesised images (report.html shows 2 a class)
@@ -377,14 +434,18 @@ def _load_partial(path: Path, key: dict, *, force: bool):
     return state if _same_key(state["key"], key, path, force=force) else None
 
 
-def _partial_saver(path: Path, key: dict, *, t0: float, every: float):
-    """``run_students``' ``save``: write the state when ``every`` seconds have passed since the last write."""
+def _partial_saver(cells: dict, *, t0: float, every: float):
+    """``run_cells``' ``save``: when ``every`` seconds have passed since the last write, write each
+    seed's state to its cell's partial file (``cells``: seed -> ``(path, key)``), with its share of
+    the seconds spent."""
     last = [time.perf_counter()]
 
-    def save(state: dict) -> None:
+    def save(states: dict) -> None:
         now = time.perf_counter()
         if now - last[0] >= every:
-            ckpt.save_resume_file(path, {"key": key, "seconds": now - t0, **state})
+            for seed, state in states.items():
+                path, key = cells[seed]
+                ckpt.save_resume_file(path, {"key": key, "seconds": (now - t0) / len(states), **state})
             last[0] = time.perf_counter()
 
     return save

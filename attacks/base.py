@@ -24,6 +24,7 @@ and the same number of steps, so the only difference between the sides is the te
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -38,7 +39,10 @@ from nasty.models import create_model
 from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
-__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "labelled", "register", "run_students"]
+from ._ensemble import Ensemble, momentum_from_members, momentum_to_members
+
+__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "batchable", "ensembles_for", "labelled",
+           "register", "run_cells", "run_students"]
 
 ATTACKS: dict[str, type["Attack"]] = {}  # by name, in the order they were registered
 
@@ -90,9 +94,16 @@ class Attack:
     def step(self, ctx, student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor | None,
              y: torch.Tensor | None, *, epoch: int, arch: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One student's forward on ``x``: its logits and named losses (their sum is minimised).
-        ``arch`` is the student's architecture name, ``ctx`` this teacher's state."""
+        ``arch`` is the student's architecture name, ``ctx`` this teacher's state. An attack that
+        overrides this (to read features) is trained one student at a time, never as an ensemble."""
         z = student(x).float()
-        return z, {"loss": self.loss(z, teacher_logits, y)[0]}
+        return z, self.losses(ctx, z, teacher_logits, y, epoch=epoch, arch=arch)
+
+    def losses(self, ctx, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor | None,
+               *, epoch: int, arch: str) -> dict[str, torch.Tensor]:
+        """The named losses of one student from its logits alone: what :meth:`step` returns by
+        default, and what a batched ensemble of students (:mod:`attacks._ensemble`) is trained on."""
+        return {"loss": self.loss(student_logits, teacher_logits, y)[0]}
 
     def notes(self, ctx) -> dict:
         """What a finished run learned that the report should show (e.g. a chosen temperature)."""
@@ -176,10 +187,23 @@ def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Atta
     return StudentBank(made)
 
 
+def ensembles_for(attack: Attack, device, members: int) -> bool:
+    """Whether :func:`run_students` trains each architecture's students as one batched ensemble by
+    default: on a GPU (where small students are bound by kernel launches), when the attack does not
+    own the forward (:meth:`Attack.step`) and an architecture has more than one student. On the CPU
+    the ensemble's grouped convolutions are slower than a loop (bench/bench.py measures both)."""
+    return accel.enabled(device) and batchable(attack) and members > 1
+
+
+def batchable(attack: Attack) -> bool:
+    """Can ``attack``'s students be trained as an ensemble? Not when it overrides :meth:`Attack.step`."""
+    return type(attack).step is Attack.step
+
+
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
                  config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
                  save: Callable[[dict], None] | None = None, notes: dict | None = None, images: dict | None = None,
-                 image_count: int = 40) -> dict[tuple[str, str], float]:
+                 image_count: int = 40, ensemble: bool | None = None) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
     (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
 
@@ -187,72 +211,169 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     data-free attack synthesised from that teacher (:meth:`Attack.synthesized`), after training.
 
     ``save(state)`` is offered the training state after every epoch but the last (the caller
-    decides whether to write it); ``resume`` is such a state to go on from. Every epoch seeds its
-    own randomness, so a resumed run ends exactly where an uninterrupted one does (on the CPU).
-    ``notes``, a dict, receives ``attack.notes(ctx)`` per teacher at the end (where not empty).
+    decides whether to write it, at once: the state holds the live tensors); ``resume`` is such a
+    state to go on from. Every epoch seeds its own randomness, so a resumed run ends exactly where
+    an uninterrupted one does (on the CPU). ``notes``, a dict, receives ``attack.notes(ctx)`` per
+    teacher at the end (where not empty).
+
+    ``ensemble``: train the students of one architecture (one per teacher) as one batched
+    ensemble (:mod:`attacks._ensemble`); ``None`` decides by :func:`ensembles_for`. Both ways train
+    the same students from the same state (to float rounding) and save the same state format, so a
+    run may resume the other way. :func:`run_cells` trains several seeds at once.
+    """
+    seed = config.seed
+    per_notes, per_images = {}, {}
+    acc = run_cells(attack, teachers, students, data, config=config, seeds=[seed], device=device, quiet=quiet,
+                    desc=desc, resume=None if resume is None else {seed: resume},
+                    save=None if save is None else lambda states: save(states[seed]),
+                    notes=per_notes, images=per_images, image_count=image_count, ensemble=ensemble)
+    if notes is not None:
+        notes.update(per_notes.get(seed, {}))
+    if images is not None:
+        images.update(per_images.get(seed, {}))
+    return acc[seed]
+
+
+def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
+              config: TrainConfig, seeds: list[int], device, quiet: bool = True, desc: str = "",
+              resume: dict[int, dict] | None = None, save: Callable[[dict[int, dict]], None] | None = None,
+              notes: dict | None = None, images: dict | None = None, image_count: int = 40,
+              ensemble: bool | None = None) -> dict[int, dict[tuple[str, str], float]]:
+    """:func:`run_students` for several seeds at once (``config.seed`` is not used): per seed its
+    own students, data order and attack state, exactly one audit cell's worth each; with an
+    ensemble, an architecture's students of every seed and teacher are one ensemble. ``resume``,
+    ``save``'s argument, ``notes``, ``images`` and the result are per seed, and a seed's state has
+    :func:`run_students`' format. Dropout draws from one stream for all seeds (the first seed's),
+    so a seed trained with others ends within noise of itself trained alone, not bit for bit.
     """
     from tqdm.auto import tqdm
 
     config.check()
+    seeds = list(dict.fromkeys(seeds))
     device = torch.device(device)
+    members = [(seed, src) for seed in seeds for src in teachers]
+    if ensemble is None:
+        ensemble = ensembles_for(attack, device, len(members))
+    elif ensemble and not batchable(attack):
+        raise NastyError(f"{attack.name} reads its students' features (it owns their forward); "
+                         f"its students cannot be trained as an ensemble")
     for t in teachers.values():
         if t is not None:
             prepare(t, device).eval().requires_grad_(False)
-    banks = prepare(nn.ModuleDict({src: make_students(students, data, seed=config.seed, attack=attack)
-                                   for src in teachers}), device)
-    contexts = {src: attack.setup(t, data, seed=config.seed, batch_size=config.batch_size, epochs=config.epochs,
-                                  device=device, quiet=quiet, config=config) for src, t in teachers.items()}
-    opt, sched = make_optimizer(banks.parameters(), config)
+    banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
+                                          for src in teachers}), device) for seed in seeds}
+    contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
+                                          device=device, quiet=quiet, config=replace(config, seed=seed))
+                for seed in seeds for src, t in teachers.items()}
+    opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}  # each seed's checkpoint format
+    groups = {}  # architecture -> its students (every seed's, every teacher's, in ``members`` order) as one ensemble
+    if ensemble:
+        groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
+                  for i, arch in enumerate(students)}
+        stacks = list(groups.values())
+        trained = {None: make_optimizer([p for e in stacks for p in e.parameters()], config)}
+    else:
+        trained = opts
     start = 0
     if resume is not None:
-        banks.load_state_dict(resume["students"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        for src, ctx_state in resume["attack"].items():
-            attack.restore(contexts[src], ctx_state)
-        start = int(resume["epoch"])
+        epochs = {int(resume[seed]["epoch"]) for seed in seeds}
+        if len(epochs) != 1:
+            raise ValueError(f"seeds trained together resume from one epoch, not {sorted(epochs)}")
+        start = epochs.pop()
+        for seed in seeds:
+            state = resume[seed]
+            banks[seed].load_state_dict(state["students"])
+            opts[seed][0].load_state_dict(state["optimizer"])
+            for src, ctx_state in state["attack"].items():
+                attack.restore(contexts[(seed, src)], ctx_state)
+        for key, (_, sched) in trained.items():
+            sched.load_state_dict(resume[seeds[0] if key is None else key]["scheduler"])
+        for e in groups.values():
+            e.read()
+        if groups:
+            momentum_from_members(stacks, [opt for opt, _ in opts.values()], trained[None][0])
     steps = max(1, len(data.train_y) // config.batch_size)
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
                disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start, config.epochs):
-            torch.manual_seed(mix_seed(config.seed, epoch, 2))
-            banks.train()
-            for src in teachers:
-                attack.start_epoch(contexts[src], epoch, banks[src])
-            real = (iter(()) if attack.data_free else
-                    data.batches("train", batch_size=config.batch_size, device=device, seed=config.seed, epoch=epoch))
+            torch.manual_seed(mix_seed(seeds[0], epoch, 2))
+            for seed, src in members:
+                banks[seed].train()
+                attack.start_epoch(contexts[(seed, src)], epoch, banks[seed][src])
+            real = {seed: iter(()) if attack.data_free else
+                    data.batches("train", batch_size=config.batch_size, device=device, seed=seed, epoch=epoch)
+                    for seed in seeds}
             for step in range(steps):
-                x_real, y_real = (None, None) if attack.data_free else next(real)
+                labelled_batches = {seed: (None, None) if attack.data_free else next(real[seed]) for seed in seeds}
+                batches = _teacher_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch,
+                                           device=device)
                 total = 0.0
-                for src, teacher in teachers.items():
-                    x, t = attack.inputs(contexts[src], x_real, y_real, step=step, epoch=epoch)
-                    if t is None and teacher is not None:
-                        t = frozen_logits(teacher, x, device)  # once, for every student of this teacher
-                    for arch, student in zip(students, banks[src].students):
+                if groups:
+                    xs = [x for x, _ in batches.values()]
+                    shared = all(x is xs[0] for x in xs)
+                    for arch, e in groups.items():
                         with autocast(device):
-                            _, losses = attack.step(contexts[src], student, x, t, y_real, epoch=epoch, arch=arch)
-                        total = total + sum(losses.values())
-                opt.zero_grad(set_to_none=True)
+                            z = e(xs[0] if shared else xs).float()
+                        for m, ((seed, src), (_, t)) in enumerate(batches.items()):
+                            losses = attack.losses(contexts[(seed, src)], z[m], t, labelled_batches[seed][1],
+                                                   epoch=epoch, arch=arch)
+                            total = total + sum(losses.values())
+                else:
+                    for (seed, src), (x, t) in batches.items():
+                        for arch, student in zip(students, banks[seed][src].students):
+                            with autocast(device):
+                                _, losses = attack.step(contexts[(seed, src)], student, x, t,
+                                                        labelled_batches[seed][1], epoch=epoch, arch=arch)
+                            total = total + sum(losses.values())
+                for opt, _ in trained.values():
+                    opt.zero_grad(set_to_none=True)
                 total.backward()
-                opt.step()
+                for opt, _ in trained.values():
+                    opt.step()
                 if step == 0 and not torch.isfinite(total.detach()):
                     raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
                                      f"try a smaller --lr or --tau")
                 bar.update(1)
-            sched.step()
+            for _, sched in trained.values():
+                sched.step()
+            for e in groups.values():  # the members are the record: attacks, checkpoints and evaluation read them
+                e.write_back()
             if save is not None and epoch + 1 < config.epochs:
-                save({"epoch": epoch + 1, "students": banks.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(),
-                      "attack": {src: attack.state(ctx) for src, ctx in contexts.items()}})
+                if groups:
+                    momentum_to_members(stacks, trained[None][0], [opt for opt, _ in opts.values()])
+                save({seed: {"epoch": epoch + 1, "students": banks[seed].state_dict(),
+                             "optimizer": opts[seed][0].state_dict(),
+                             "scheduler": trained[None if groups else seed][1].state_dict(),
+                             "attack": {src: attack.state(contexts[(seed, src)]) for src in teachers}}
+                      for seed in seeds})
     finally:
         bar.close()
-    if notes is not None:
-        notes.update({src: n for src, ctx in contexts.items() if (n := attack.notes(ctx))})
-    if images is not None:
-        for src, ctx in contexts.items():
-            made = attack.synthesized(ctx, image_count)
-            if made is not None:
-                images[src] = made
-    return {(src, name): evaluate(student, data, device=device)["accuracy"]
-            for src in teachers for name, student in zip(students, banks[src].students)}
+    for seed, src in members:
+        ctx = contexts[(seed, src)]
+        if notes is not None and (n := attack.notes(ctx)):
+            notes.setdefault(seed, {})[src] = n
+        if images is not None and (made := attack.synthesized(ctx, image_count)) is not None:
+            images.setdefault(seed, {})[src] = made
+    return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
+                   for src in teachers for name, student in zip(students, banks[seed][src].students)}
+            for seed in seeds}
+
+
+def _teacher_batches(attack: Attack, teachers: dict, contexts: dict, labelled_batches: dict, *, step: int,
+                     epoch: int, device) -> dict:
+    """Per ``(seed, source)``: what its students see and the teacher's logits. Each teacher runs one
+    forward per step for all the seeds whose logits the attack did not bring (their batches joined)."""
+    batches, pending = {}, {}
+    for seed, (x_real, y_real) in labelled_batches.items():
+        for src, teacher in teachers.items():
+            x, t = attack.inputs(contexts[(seed, src)], x_real, y_real, step=step, epoch=epoch)
+            batches[(seed, src)] = (x, t)
+            if t is None and teacher is not None:
+                pending.setdefault(src, []).append(seed)
+    for src, waiting in pending.items():
+        xs = [batches[(seed, src)][0] for seed in waiting]
+        logits = frozen_logits(teachers[src], xs[0] if len(xs) == 1 else torch.cat(xs), device)
+        for seed, t in zip(waiting, logits.split([len(x) for x in xs])):
+            batches[(seed, src)] = (batches[(seed, src)][0], t)
+    return batches

@@ -52,7 +52,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
             alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False, force: bool = False,
-            unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None) -> dict:
+            unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
+            ensemble: bool | None = None) -> dict:
     """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict."""
     teachers = [Path(t).expanduser() for t in teachers]
     if not teachers:
@@ -63,7 +64,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
     kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs, "alpha": alpha,
               "tau": tau, "device": device,
               "quiet": quiet, "force": force, "unsafe_pickle": unsafe_pickle, "attack_options": attack_options,
-              "plots": False}
+              "plots": False, "ensemble": ensemble}
     if attacks is not None:
         kwargs["attacks"] = attacks
     rows, first = [], None

@@ -72,7 +72,6 @@ class KDSweep(Attack):
     def notes(self, ctx) -> dict:
         return {"picks": ctx["picks"]}
 
-    def step(self, ctx, student, x, teacher_logits, y, *, epoch, arch):
+    def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         pick = ctx["picks"][arch]
-        z = student(x).float()
-        return z, {"loss": kd_loss(z, teacher_logits, y, alpha=pick["alpha"], tau=pick["tau"])[0]}
+        return {"loss": kd_loss(student_logits, teacher_logits, y, alpha=pick["alpha"], tau=pick["tau"])[0]}

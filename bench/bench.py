@@ -13,7 +13,10 @@
 3. hardening epoch: images/s of (1) vs the same hardening step fed by that DataLoader, with 2
    workers, with 4 (as the public code configures it) and with as many workers as cores.
 4. audit: seconds per student-epoch with 1, 2 and 4 students sharing one teacher forward per
-   batch per teacher, and how much faster that is than training the students one at a time.
+   batch per teacher, and how much faster that is than training the students one at a time;
+   then, per zoo student, the KD cells of 3 seeds (6 students of one architecture) trained in a
+   loop, one cell per seed, vs as one batched ensemble (``torch.func``: ``run_cells(ensemble=True)``,
+   the audit's default on a GPU).
 5. the paper's CIFAR-10 table, estimated from measured steps: normal + nasty ResNet-18 for 160
    epochs, then students cnn, resnetc20, resnetc32 and resnet18, each from scratch, with label
    smoothing and by KD from the normal and the nasty teacher (one shared teacher forward per
@@ -204,6 +207,46 @@ def audit_seconds(device, *, images, batch_size, students_grid, teacher_arch) ->
     return {"teacher": teacher_arch, "teachers": 2, "images": images, "batch_size": batch_size, "rows": rows}
 
 
+def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seeds=(0, 1, 2)) -> dict:
+    """Seconds per student-epoch of the KD cells of ``seeds`` (two frozen teachers: two students per
+    architecture and seed), trained as the CPU audit trains them (one cell per seed, the students in
+    a loop) and as one batched ensemble per architecture (``run_cells(ensemble=True)``, the audit's
+    default on a GPU)."""
+    from dataclasses import replace
+
+    from attacks import create_attack
+    from attacks.base import run_cells, run_students
+
+    data = synthetic(images)
+    torch.manual_seed(0)
+    teachers = {src: create_model(teacher_arch, num_classes=10, in_chans=3).eval() for src in ("normal", "nasty")}
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=0.05)
+    members = len(seeds) * len(teachers)
+
+    def loop(arch, d):
+        for seed in seeds:
+            run_students(create_attack("kd"), teachers, [arch], d, config=replace(cfg, seed=seed), device=device,
+                         ensemble=False)
+
+    def ensemble(arch, d):
+        run_cells(create_attack("kd"), teachers, [arch], d, config=cfg, seeds=list(seeds), device=device, ensemble=True)
+
+    rows = []
+    for arch in students:
+        row = {"student": arch}
+        for mode, train in (("loop", loop), ("ensemble", ensemble)):
+            train(arch, synthetic(2 * batch_size))  # warm-up (cuDNN picks its kernels)
+            sync(device)
+            t0 = time.perf_counter()
+            train(arch, data)
+            sync(device)
+            row[f"{mode}_s_per_student_epoch"] = (time.perf_counter() - t0) / members
+        row["speedup"] = row["loop_s_per_student_epoch"] / row["ensemble_s_per_student_epoch"]
+        rows.append(row)
+    return {"teacher": teacher_arch, "teachers": len(teachers), "seeds": len(seeds), "members": members,
+            "images": images, "batch_size": batch_size, "rows": rows}
+
+
 def _register_copies(grid) -> None:
     """Students named ``cnn#2`` etc.: copies of one architecture, so that every step of the grid
     adds the same work (an audit names each architecture once; this is a benchmark's device)."""
@@ -279,6 +322,8 @@ def main(argv=None):
     ap.add_argument("--no-demo", action="store_true", help="Skip the `nasty demo` timing.")
     ap.add_argument("--images", type=int, default=50_000, help="Images at CIFAR shape for the data-path figures.")
     ap.add_argument("--audit-images", type=int, default=None, help="Images per audit epoch [CPU 2048, quick 1024].")
+    ap.add_argument("--ensemble-images", type=int, default=None,
+                    help="Images per epoch of the ensemble figures [GPU 16384, quick 4096; CPU 1024, quick 512].")
     ap.add_argument("--steps", type=int, default=None,
                     help="Steps per timed epoch of the step figures [GPU 390, quick 100; CPU 4, quick 2].")
     ap.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
@@ -328,6 +373,21 @@ def main(argv=None):
     audit_images = args.audit_images or (1024 if quick else 2048) * (16 if gpu else 1)
     audit = audit_seconds(device, images=audit_images, batch_size=bs, students_grid=grid, teacher_arch="resnetc20")
 
+    ensemble_students = ("cnn", "resnetc20") if quick or not gpu else CIFAR_STUDENTS
+    ensemble_images = args.ensemble_images or ((4096 if quick else 16384) if gpu else (512 if quick else 1024))
+    log(f"audit: KD cells of 3 seeds, the students in a loop vs one batched ensemble per architecture "
+        f"({', '.join(ensemble_students)}; {ensemble_images} images)")
+    ensemble = ensemble_seconds(device, images=ensemble_images, batch_size=bs, students=ensemble_students,
+                                teacher_arch="resnetc20")
+
+    speedups = {row["student"]: row["speedup"] for row in ensemble["rows"]}
+    estimate_ensemble = None
+    if gpu:  # where the audit trains ensembles by default: the students' steps shortened by the measured ratio
+        estimate_ensemble = cifar_table_estimate(
+            normal_step=normal, harden_step=harden, teacher_forward=estimate["teacher_forward_s"],
+            student_steps={s: t / speedups.get(s, 1.0) for s, t in student_steps.items()})
+        estimate_ensemble["ensemble_speedups"] = speedups
+
     demo = None
     if not (quick or args.no_demo or gpu):
         log("nasty demo")
@@ -339,6 +399,7 @@ def main(argv=None):
         "epoch_speedup_vs_dataloader": loader_harden / harden,
         "epoch_speedup_vs_dataloader_by_workers": {str(k): v / harden for k, v in by_workers.items()},
         "cifar10_table_hours": estimate["total_hours"],
+        "cifar10_table_hours_ensemble": estimate_ensemble and estimate_ensemble["total_hours"],
         "demo_seconds": demo,
         "device": device_name(device),
         "details": {
@@ -347,8 +408,8 @@ def main(argv=None):
             "harden_img_s": bs / harden, "harden_img_s_dataloader": bs / loader_harden,
             "data_img_s": ours_rate, "data_img_s_dataloader": loader_rate, "dataloader_workers": 2,
             "harden_step_s_dataloader_by_workers": {str(k): v for k, v in by_workers.items()},
-            "cifar10_table": estimate, "cpu_count": os.cpu_count(),
-            "audit": audit, "quick": quick, "torch": torch.__version__, "python": platform.python_version(),
+            "cifar10_table": estimate, "cifar10_table_ensemble": estimate_ensemble, "cpu_count": os.cpu_count(),
+            "audit": audit, "ensemble": ensemble, "quick": quick, "torch": torch.__version__, "python": platform.python_version(),
             "seconds": time.perf_counter() - t_start,
         },
     }
@@ -378,11 +439,20 @@ def table(r: dict) -> str:
         rows.append((f"audit, {len(row['students'])} student(s)", f"{row['seconds_per_student_epoch']:.2f} s",
                      f"per student-epoch ({d['audit']['images']} images); one at a time: "
                      f"{row['sharing_speedup']:.2f}x slower"))
+    for row in d.get("ensemble", {}).get("rows", []):
+        rows.append((f"ensemble of {d['ensemble']['members']} {row['student']}", f"{row['speedup']:.2f}x",
+                     f"{row['ensemble_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
+                     f"student-epoch in a loop ({d['ensemble']['images']} images)"))
     if "cifar10_table" in d:
         e = d["cifar10_table"]
         rows.append(("CIFAR-10 table (estimate)", f"{e['total_hours']:.1f} h",
                      f"teachers {e['teachers_hours']:.1f} h + audit {e['audit_hours']:.1f} h ({', '.join(e['students'])}; "
                      f"{e['epochs']} epochs, {e['seeds']} seeds)"))
+    if d.get("cifar10_table_ensemble"):
+        e = d["cifar10_table_ensemble"]
+        rows.append(("CIFAR-10 table, ensembles (estimate)", f"{e['total_hours']:.1f} h",
+                     f"audit {e['audit_hours']:.1f} h with the students' steps shortened by the ratios above "
+                     f"(1.0 where not measured)"))
     rows.append(("nasty demo", "skipped" if r["demo_seconds"] is None else f"{r['demo_seconds']:.1f} s", ""))
     w = max(len(a) for a, _, _ in rows)
     lines = [f"device: {r['device']}, torch {d['torch']}, {d['seconds']:.0f} s in all", ""]

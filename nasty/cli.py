@@ -281,6 +281,10 @@ def _audit_options(fn):
                      help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048, "
                           "kd-topk.k=1, skeptical.delay=5."),
         _device_option,
+        click.option("--ensemble", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     callback=lambda ctx, param, v: {"auto": None, "on": True, "off": False}[v],
+                     help="Train each architecture's students of every seed and teacher as one batched ensemble "
+                          "(torch.func); auto: on a GPU, where it saves kernel launches (on the CPU it is slower)."),
         _report_quiet_option,
     ]):
         fn = opt(fn)

@@ -118,7 +118,7 @@ def test_cells_that_recorded_dafls_old_setting_names_are_still_used(tiny_audit, 
     for old, new in (("oh", "one_hot"), ("a", "activation"), ("ie", "entropy")):
         settings[old] = settings.pop(new)
     path.write_text(json.dumps(cell))
-    monkeypatch.setattr(audit_mod, "run_students", lambda *a, **k: pytest.fail("a finished cell was trained again"))
+    monkeypatch.setattr(audit_mod, "run_cells", lambda *a, **k: pytest.fail("a finished cell was trained again"))
     assert run(teachers, out)["runs"] == report["runs"]
 def test_data_free_cells_keep_their_images_and_the_report_shows_them_without_training(tiny_audit, teachers,
                                                                                       monkeypatch):
@@ -144,7 +144,7 @@ def test_data_free_cells_keep_their_images_and_the_report_shows_them_without_tra
 
     for target, name in ((attacks.dafl.DAFL, "sample"), (attacks.dafl.DAFL, "inputs"),
                          (attacks.deepinversion.DeepInversion, "sample"), (attacks.deepinversion, "synthesize"),
-                         (audit_mod, "run_students")):
+                         (audit_mod, "run_cells")):
         monkeypatch.setattr(target, name, boom)
     html_before = (out / "report.html").read_text()
     (out / "report.html").unlink()
@@ -184,7 +184,7 @@ def test_rerun_skips_completed_cells(tiny_audit, teachers, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a completed cell was trained again")
 
-    monkeypatch.setattr(audit_mod, "run_students", boom)
+    monkeypatch.setattr(audit_mod, "run_cells", boom)
     again = run(teachers, out)
     assert again["runs"] == report["runs"]
 
@@ -193,8 +193,8 @@ def test_rerun_after_a_lost_cell_trains_only_that_cell(tiny_audit, teachers, mon
     out, report = tiny_audit
     (out / "cells" / "kd-seed1.json").unlink()
     calls = []
-    real = audit_mod.run_students
-    monkeypatch.setattr(audit_mod, "run_students", lambda attack, *a, **k: calls.append(attack.name) or real(attack, *a, **k))
+    real = audit_mod.run_cells
+    monkeypatch.setattr(audit_mod, "run_cells", lambda attack, *a, **k: calls.append(attack.name) or real(attack, *a, **k))
     again = run(teachers, out)
     assert calls == ["kd"]
     assert again["summary"] == report["summary"]  # same seed, same data order: the same numbers
@@ -322,22 +322,22 @@ def test_a_cell_resumed_from_a_saved_epoch_ends_bit_identical(name, opts, teache
 def test_an_audit_killed_inside_a_cell_goes_on_from_its_partial_state(teachers, tmp_path, monkeypatch):
     settings = {"attacks": ["dafl"], "seeds": (0,), "epochs": 3, "checkpoint_seconds": 0}
     reference = run(teachers, tmp_path / "whole", **settings)
-    real = audit_mod.run_students
+    real = audit_mod.run_cells
 
     def crash_after_epoch_2(attack, *a, save=None, **k):
-        def save_then_crash(state):
-            save(state)
-            if attack.name == "dafl" and state["epoch"] == 2:
+        def save_then_crash(states):
+            save(states)
+            if attack.name == "dafl" and states[0]["epoch"] == 2:
                 raise KeyboardInterrupt  # the process dies here
         return real(attack, *a, save=save_then_crash, **k)
 
-    monkeypatch.setattr(audit_mod, "run_students", crash_after_epoch_2)
+    monkeypatch.setattr(audit_mod, "run_cells", crash_after_epoch_2)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         run(teachers, out, **settings)
     partial = out / "cells" / "dafl-seed0.partial.pt"
     assert partial.exists() and not (out / "cells" / "dafl-seed0.json").exists()
-    monkeypatch.setattr(audit_mod, "run_students", real)
+    monkeypatch.setattr(audit_mod, "run_cells", real)
     report = run(teachers, out, **settings)
     cell = json.loads((out / "cells" / "dafl-seed0.json").read_text())
     assert cell["resumed_from_epoch"] == 2 and not partial.exists()

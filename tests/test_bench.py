@@ -20,7 +20,7 @@ def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):
     # resnetc20, 4 steps an epoch: the adversary's extra forward (~0.06 s a step) stands well above timing noise,
     # which a toy net's ~0.03 s steps do not
     _bench().main(["--quick", "--device", "cpu", "--arch", "resnetc20", "--steps", "4", "--images", "2048",
-                   "--audit-images", "256", "--json", str(out)])
+                   "--audit-images", "256", "--ensemble-images", "256", "--json", str(out)])
     r = json.loads(out.read_text())
     for key in ("harden_step_ratio", "data_path_speedup", "epoch_speedup_vs_dataloader"):
         assert isinstance(r[key], float) and r[key] > 0, key
@@ -29,6 +29,9 @@ def test_bench_quick_at_small_size_writes_every_figure(tmp_path, capsys):
     assert r["details"]["harden_step_s"] > r["details"]["normal_step_s"]
     rows = r["details"]["audit"]["rows"]
     assert [len(row["students"]) for row in rows] == [1, 2, 4]
+    ens = r["details"]["ensemble"]
+    assert [row["student"] for row in ens["rows"]] == ["cnn", "resnetc20"] and ens["members"] == 6
+    assert all(row["loop_s_per_student_epoch"] > 0 and row["speedup"] > 0 for row in ens["rows"])
     assert {"2", "4"} <= set(r["epoch_speedup_vs_dataloader_by_workers"])  # the public code's 4 workers too
     e = r["details"]["cifar10_table"]
     assert e["students"] == ["cnn", "resnetc20", "resnetc32", "resnet18"] and e["epochs"] == 160 and e["seeds"] == 3

@@ -7,6 +7,7 @@ runs it with ``pytest -m cuda``. Sized to take about a minute on one H100.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -78,20 +79,20 @@ def test_audit_with_plots_on_cuda_resumes_inside_a_cell(gpu_teachers, tmp_path, 
     kw = {"teacher": root / "nasty", "reference": root / "normal", "attacks": ["kd", "dafl", "deepinversion"],
           "students": ["tiny-cnn", "mlp"], "seeds": (0,), "epochs": 3, "device": "cuda", "quiet": True,
           "checkpoint_seconds": 0, "attack_options": {"deepinversion": {"pool_size": 64, "iterations": 20}}}
-    real = audit_mod.run_students
+    real = audit_mod.run_cells
 
     def crash_in_dafl(attack, *a, save=None, **k):
-        def save_then_crash(state):
-            save(state)
-            if attack.name == "dafl" and state["epoch"] == 2:
+        def save_then_crash(states):
+            save(states)
+            if attack.name == "dafl" and states[0]["epoch"] == 2:
                 raise KeyboardInterrupt
         return real(attack, *a, save=save_then_crash, **k)
 
-    monkeypatch.setattr(audit_mod, "run_students", crash_in_dafl)
+    monkeypatch.setattr(audit_mod, "run_cells", crash_in_dafl)
     with pytest.raises(KeyboardInterrupt):
         audit_mod.audit(out=tmp_path, **kw)
     assert (tmp_path / "cells" / "dafl-seed0.partial.pt").exists()
-    monkeypatch.setattr(audit_mod, "run_students", real)
+    monkeypatch.setattr(audit_mod, "run_cells", real)
     report = audit_mod.audit(out=tmp_path, **kw)
     assert json.loads((tmp_path / "cells" / "dafl-seed0.json").read_text())["resumed_from_epoch"] == 2
     kd = {(r["student"], r["source"]): r["accuracy"] for r in report["runs"] if r["attack"] == "kd"}
@@ -126,6 +127,24 @@ def test_bf16_on_cuda_is_within_tolerance_of_fp32(gpu_teachers, digits):
     on = {dev: run_students(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, device=dev)
           for dev in ("cuda", "cpu")}
     assert all(abs(on["cuda"][k] - on["cpu"][k]) <= 3.0 for k in on["cpu"]), on  # 3 points: 13 of 450 images
+
+
+def test_students_of_every_seed_as_one_ensemble_on_cuda(gpu_teachers, digits):
+    """What the audit does on a GPU by default (attacks/_ensemble.py): every seed's and teacher's
+    students of one architecture in one vmapped forward; within noise of each seed in a loop."""
+    from attacks import create_attack
+    from attacks.base import ensembles_for, run_cells, run_students
+    from nasty.trainer import TrainConfig
+
+    pair = {k: ckpt.load_model(gpu_teachers["root"] / k)[0] for k in ("normal", "nasty")}
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    assert ensembles_for(create_attack("kd"), "cuda", 6)
+    together = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
+                         device="cuda")
+    for seed in (0, 1, 2):
+        alone = run_students(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=replace(cfg, seed=seed),
+                             device="cuda", ensemble=False)
+        assert all(abs(alone[k] - together[seed][k]) <= 3.0 for k in alone), (seed, alone, together[seed])
 
 
 def test_diagnostics_on_cuda_teachers(gpu_teachers, digits):

@@ -1,0 +1,204 @@
+"""Students of one architecture trained as one batched ensemble (attacks/_ensemble.py): the same
+training as a loop (to float rounding), one checkpoint format, bit-identical resume on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import create_attack
+from attacks._ensemble import Ensemble
+from attacks.base import Scratch, batchable, ensembles_for, run_cells, run_students
+from nasty.checkpoint import load_model
+from nasty.errors import NastyError
+from nasty.models import create_model
+from nasty.trainer import TrainConfig
+
+CFG = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=1)
+ARCHS = ["tiny-cnn", "mlp"]
+
+
+@pytest.fixture(scope="module")
+def pair(teachers):
+    return {src: load_model(teachers["root"] / src)[0] for src in ("normal", "nasty")}
+
+
+def _states(into: list):
+    """A ``save`` that keeps a copy of each state (it holds the live tensors, as the audit's writes them at once)."""
+    return lambda state: into.append(copy.deepcopy(state))
+
+
+def _close(a: dict, b: dict, tol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if torch.is_tensor(a[k]) and a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=tol, rtol=tol), k
+        elif torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_a_vmapped_ensemble_is_its_members_forward_and_backward():
+    torch.manual_seed(0)
+    members = [create_model("resnetc20", num_classes=10, in_chans=1) for _ in range(3)]
+    alone = [create_model("resnetc20", num_classes=10, in_chans=1) for _ in range(3)]
+    for a, m in zip(alone, members):
+        a.load_state_dict(m.state_dict())
+    e = Ensemble(members)
+    x = torch.randn(16, 1, 32, 32)
+    z = e(x)
+    z.square().sum().backward()
+    ref = torch.stack([a(x) for a in alone])
+    ref.square().sum().backward()
+    assert z.shape == (3, 16, 10) and torch.allclose(z, ref, atol=1e-5)
+    for name, stacked in e.params.items():
+        grads = torch.stack([dict(a.named_parameters())[name].grad for a in alone])
+        assert torch.allclose(stacked.grad, grads, atol=1e-4), name
+    e.write_back()  # each member's BatchNorm kept its own running statistics
+    for a, m in zip(alone, members):
+        for (n, b), (_, r) in zip(m.named_buffers(), a.named_buffers()):
+            assert torch.allclose(b.float(), r.float(), atol=1e-6), n
+    xs = [torch.randn(8, 1, 32, 32) for _ in range(3)]  # a batch of its own per member
+    own = e(xs)
+    assert own.shape == (3, 8, 10)
+    assert torch.allclose(own[2], alone[2](xs[2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["kd", "kd-sweep", "dafl", "scratch"])
+def test_an_ensemble_trains_the_students_a_loop_trains(name, pair, digits):
+    """The same accuracies and (to float rounding) weights; real images shared, or a batch per teacher (dafl)."""
+    if name == "scratch":
+        attack, teachers = Scratch, {"scratch": None}
+    else:
+        options = {"kd-sweep": {"taus": (1.0, 4.0), "alphas": (0.9,), "search_epochs": 1}}.get(name, {})
+        attack, teachers = (lambda: create_attack(name, **options)), pair
+    runs = {}
+    for ensemble in (False, True):
+        saved = []
+        cfg = replace(CFG, epochs=2) if name == "dafl" else CFG  # its generator's steps cost most
+        acc = run_students(attack(), teachers, ARCHS, digits, config=cfg, device="cpu", ensemble=ensemble,
+                           save=_states(saved))
+        runs[ensemble] = acc, saved[-1]
+    (acc_loop, state_loop), (acc_ens, state_ens) = runs[False], runs[True]
+    assert set(acc_loop) == set(acc_ens) == {(src, a) for src in teachers for a in ARCHS}
+    assert max(abs(acc_loop[k] - acc_ens[k]) for k in acc_loop) <= 0.5, (acc_loop, acc_ens)
+    _close(state_loop["students"], state_ens["students"], tol=1e-3)
+    assert state_loop["scheduler"] == state_ens["scheduler"]
+    loop_opt, ens_opt = state_loop["optimizer"], state_ens["optimizer"]
+    assert loop_opt["param_groups"] == ens_opt["param_groups"] and loop_opt["state"].keys() == ens_opt["state"].keys()
+    for i in loop_opt["state"]:
+        assert torch.allclose(loop_opt["state"][i]["momentum_buffer"], ens_opt["state"][i]["momentum_buffer"],
+                              atol=1e-3, rtol=1e-3), i
+
+
+def test_an_ensemble_resumes_bit_identically_and_from_a_loops_checkpoint(pair, digits):
+    kd = lambda: create_attack("kd")  # noqa: E731
+    whole, saved = [], []
+    full = run_students(kd(), pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True, save=_states(whole))
+    again = run_students(kd(), pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True, resume=whole[0],
+                         save=_states(saved))
+    assert again == full
+    for k, t in whole[-1]["students"].items():
+        assert torch.equal(t, saved[-1]["students"][k]), k
+    loop_states = []
+    run_students(kd(), pair, ARCHS, digits, config=CFG, device="cpu", ensemble=False, save=_states(loop_states))
+    crossed = run_students(kd(), pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True, resume=loop_states[0])
+    assert max(abs(crossed[k] - full[k]) for k in full) <= 0.5, (crossed, full)
+
+
+def test_who_trains_as_an_ensemble(pair, digits, monkeypatch):
+    kd, skeptical = create_attack("kd"), create_attack("skeptical")
+    assert batchable(kd) and batchable(create_attack("kd-sweep")) and not batchable(skeptical)
+    assert not ensembles_for(kd, "cpu", 2)  # slower than a loop on the CPU (bench/bench.py)
+    monkeypatch.setattr("nasty.accel.enabled", lambda device: True)  # as on a GPU
+    assert ensembles_for(kd, "cpu", 2) and not ensembles_for(kd, "cpu", 1) and not ensembles_for(skeptical, "cpu", 2)
+    with pytest.raises(NastyError, match="skeptical reads its students' features.*cannot be trained as an ensemble"):
+        run_students(skeptical, pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True)
+
+
+def test_an_ensemble_of_students_with_dropout_draws_a_mask_per_member(digits):
+    torch.manual_seed(0)
+    members = [nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 10)) for _ in range(2)]
+    members[1].load_state_dict(members[0].state_dict())
+    z = Ensemble(members)(torch.ones(4, 1, 8, 8))
+    assert not torch.equal(z[0], z[1])
+
+
+def test_seeds_trained_together_match_each_seed_alone_and_resume_bit_identically(pair, digits):
+    kd = lambda: create_attack("kd")  # noqa: E731
+    whole = []
+    together = run_cells(kd(), pair, ARCHS, digits, config=CFG, seeds=[0, 1], device="cpu", ensemble=True,
+                         save=_states(whole))
+    for seed in (0, 1):
+        alone = run_students(kd(), pair, ARCHS, digits, config=replace(CFG, seed=seed), device="cpu")
+        assert max(abs(alone[k] - together[seed][k]) for k in alone) <= 0.5, (seed, alone, together[seed])
+    assert set(whole[0]) == {0, 1} and all(s["epoch"] == 1 for s in whole[0].values())
+    again = run_cells(kd(), pair, ARCHS, digits, config=CFG, seeds=[0, 1], device="cpu", ensemble=True, resume=whole[0])
+    assert again == together
+    mixed = {0: whole[0][0], 1: whole[1][1]}
+    with pytest.raises(ValueError, match="resume from one epoch"):
+        run_cells(kd(), pair, ARCHS, digits, config=CFG, seeds=[0, 1], device="cpu", ensemble=True, resume=mixed)
+
+
+def _audit(teachers, out, **kw):
+    from attacks.audit import audit
+
+    settings = {"attacks": ["kd"], "students": ARCHS, "seeds": (0, 1), "epochs": 2, "plots": False, "quiet": True,
+                "device": "cpu", "checkpoint_seconds": 0}
+    return audit(teacher=teachers["root"] / "nasty", reference=teachers["root"] / "normal", out=out,
+                 **{**settings, **kw})
+
+
+def test_an_audit_trains_an_attacks_seeds_as_one_ensemble_and_resumes_it(teachers, tmp_path, monkeypatch):
+    import attacks.audit as audit_mod
+
+    loop = _audit(teachers, tmp_path / "loop", ensemble=False)
+    calls = []
+    real = audit_mod.run_cells
+
+    def record(attack, *a, seeds, save=None, **k):
+        calls.append((attack.name, tuple(seeds)))
+
+        def save_then_crash(states):
+            save(states)
+            if attack.name == "kd" and crash:
+                raise KeyboardInterrupt  # the process dies after the first epoch's partial states
+        return real(attack, *a, seeds=seeds, save=save_then_crash, **k)
+
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    crash = False
+    whole = _audit(teachers, tmp_path / "whole", ensemble=True)
+    assert calls == [("scratch", (0, 1)), ("label-smoothing", (0, 1)), ("kd", (0, 1))]
+    cell = json.loads((tmp_path / "whole" / "cells" / "kd-seed1.json").read_text())
+    assert cell["trained_with_seeds"] == [0, 1]
+    by_run = lambda r: {(x["attack"], x["student"], x["source"], x["seed"]): x["accuracy"] for x in r["runs"]}  # noqa: E731
+    a, b = by_run(loop), by_run(whole)
+    assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) <= 1.0, (a, b)
+
+    crash = True
+    with pytest.raises(KeyboardInterrupt):
+        _audit(teachers, tmp_path / "killed", ensemble=True)
+    cells = tmp_path / "killed" / "cells"
+    assert (cells / "kd-seed0.partial.pt").exists() and (cells / "kd-seed1.partial.pt").exists()
+    crash = False
+    calls.clear()
+    resumed = _audit(teachers, tmp_path / "killed", ensemble=True)
+    assert calls == [("kd", (0, 1))]
+    assert resumed["runs"] == whole["runs"]  # bit for bit on the CPU
+    assert json.loads((cells / "kd-seed0.json").read_text())["resumed_from_epoch"] == 1
+
+    # seeds whose partial states stand at different epochs resume apart, each from its own
+    crash = True
+    with pytest.raises(KeyboardInterrupt):
+        _audit(teachers, tmp_path / "split", ensemble=True)
+    (tmp_path / "split" / "cells" / "kd-seed1.partial.pt").unlink()
+    crash = False
+    calls.clear()
+    split = _audit(teachers, tmp_path / "split", ensemble=True)
+    assert calls == [("kd", (0,)), ("kd", (1,))]
+    c, d = by_run(split), by_run(whole)
+    assert max(abs(c[k] - d[k]) for k in c) <= 1.0, (c, d)
