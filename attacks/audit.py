@@ -131,9 +131,11 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
     opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
             for a in attacks}
+    epochs = epochs or recipe.epochs
     for name in attacks:  # an attack that cannot run on these teachers or students fails now, not hours in
         attack = create_attack(name, **opts[name])
         attack.check_data(data)
+        attack.check_epochs(epochs)
         for model in models.values():
             attack.check(model)
         for s in students:
@@ -150,7 +152,6 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             ckpt.remove_stale_temps(folder)
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
-    epochs = epochs or recipe.epochs
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}

@@ -7,18 +7,23 @@ things, and nothing else:
     ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=..., config=...)  # per teacher
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
     logits, losses = attack.step(ctx, student, x, t, y, epoch=..., arch=...)  # one student's step
+    losses = attack.losses(ctx, logits, t, y, epoch=..., arch=...)   # ... from its logits alone
     attack.state(ctx) / attack.restore(ctx, state)                   # what a resumed run needs of ctx
     attack.synthesized(ctx, count)                                   # data-free: images it made, for reports
 
 :meth:`Attack.step` owns the student's forward (so it can read intermediate features, as
 mdistiller's ``Distiller.forward_train`` does) and returns the final logits and named losses,
-whose sum is what that student minimises. Its default is ``loss(student(x), t, y)``: most
-attacks only override :meth:`Attack.loss`. Attacks register by name with :func:`register`.
+whose sum is what that student minimises. Its default is :meth:`Attack.losses` of
+``student(x)``, whose default is :meth:`Attack.loss`: most attacks only override that. An attack
+that keeps the default ``step`` can have its students trained as one batched ensemble
+(:mod:`attacks._ensemble`: one vmapped forward for an architecture's students). Attacks
+register by name with :func:`register`.
 
 :func:`run_students` trains students for several teachers at once ("sources": ``scratch``,
-``normal``, ``nasty``). Per batch, each teacher runs one forward, shared by every student
-that learns from it; every source sees the same data order, the same student initialisation
-and the same number of steps, so the only difference between the sides is the teacher.
+``normal``, ``nasty``); :func:`run_cells` does so for several seeds at once. Per batch, each
+teacher runs one forward, shared by every student that learns from it; every source sees the
+same data order, the same student initialisation and the same number of steps, so the only
+difference between the sides is the teacher.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class Attack:
 
     def check_data(self, data: TensorData) -> None:
         """Raise a clear error if this attack's settings do not fit ``data`` (called before any training)."""
+
+    def check_epochs(self, epochs: int) -> None:
+        """Raise a clear error if this attack's settings do not fit a student schedule of ``epochs``
+        (called before any training, and by :meth:`setup` where it matters)."""
 
     def student(self, model: nn.Module, data: TensorData) -> nn.Module:
         """The module this attack trains for a student ``model`` (called right after the model is

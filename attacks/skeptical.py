@@ -104,10 +104,13 @@ class Skeptical(Attack):
         return SkepticalStudent(model, shallow=taps[self.shallow], middle=taps[self.middle],
                                 in_shape=tuple(data.input_shape))
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+    def check_epochs(self, epochs):
         if self.delay >= epochs:
             raise NastyError(f"skeptical.delay ({self.delay}) must be below the student epochs ({epochs}), "
                              f"or the teacher is never used")
+
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+        self.check_epochs(epochs)
         return None
 
     def step(self, ctx, student, x, teacher_logits, y, *, epoch, arch):

@@ -112,6 +112,8 @@ def test_bad_skeptical_settings_are_clear_errors(digits):
         Skeptical(delay=20).setup(None, digits, seed=0, batch_size=8, epochs=20, device="cpu")
     with pytest.raises(NastyError, match="skeptical.delay must be"):
         Skeptical(delay=-1)
+    with pytest.raises(NastyError, match="skeptical.delay \\(3\\) must be below the student epochs \\(3\\)"):
+        Skeptical(delay=3).check_epochs(3)
     tv = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     with pytest.raises(NastyError, match="at least two named taps"):
         Skeptical().student(tv, digits)
@@ -163,3 +165,14 @@ def test_kd_sweep_trains_with_its_pick_and_reports_it(teachers, digits):
     assert acc[("normal", "mlp")] > 30.0
     pick = notes["normal"]["picks"]["mlp"]
     assert (pick["tau"], pick["alpha"]) == (2.0, 0.7)
+
+
+def test_an_audit_refuses_a_skeptical_delay_past_its_epochs_before_training(teachers, tmp_path):
+    """It failed in the skeptical cell's setup, after the baselines and earlier attacks had trained."""
+    from attacks.audit import audit
+
+    with pytest.raises(NastyError, match="skeptical.delay \\(2\\) must be below the student epochs \\(2\\)"):
+        audit(teacher=teachers["root"] / "nasty", reference=teachers["root"] / "normal", out=tmp_path,
+              attacks=["kd", "skeptical"], seeds=(0,), epochs=2, attack_options={"skeptical": {"delay": 2}},
+              device="cpu", quiet=True, plots=False)
+    assert not list(tmp_path.rglob("*.json"))
