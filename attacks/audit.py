@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from nasty import __version__
 from nasty import checkpoint as ckpt
+from nasty.data import TensorData
 from nasty.defences import defence_of
 from nasty.errors import NastyError, NastyWarning, one_line
 from nasty.safety import html_text as h
@@ -82,7 +83,57 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     is slower than a loop). An attack that reads its students' features is trained in a loop
     either way. The cells and their partial states have one format both ways.
     """
-    attacks = attack_names(attacks)  # unknown names fail here, before anything is loaded
+    attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
+                                     checkpoint_seconds=checkpoint_seconds)
+    models, cards, data = _teachers(teacher, reference, arch=arch, dataset=dataset, data=data, data_root=data_root,
+                                    download=download, train_fraction=train_fraction, unsafe_pickle=unsafe_pickle,
+                                    normalization=parse_normalization(mean=mean, std=std, preset=normalization),
+                                    inputs=parse_input(**inputs or {}))
+    recipe = RECIPES[data.name]
+    students = list(dict.fromkeys(students or recipe.students))  # each architecture once
+    tau = default_tau(data.num_classes) if tau is None else tau
+    epochs = epochs or recipe.epochs
+    # one precedence, lowest first: the attack's defaults, the dataset recipe, the audit-level --alpha/--tau,
+    # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
+    opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
+            for a in attacks}
+    _preflight(attacks, opts, data=data, models=models, students=students, epochs=epochs)
+    dev = resolve_device(device)
+    accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
+
+    out = Path(out).expanduser()
+    cells_dir = _cells_dir(out)
+    common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
+              "batch_size": recipe.batch_size, "lr": recipe.lr,
+              "teachers": {src: cards[src].get("sha256") for src in SOURCES}}
+    todo = _plan(attacks, seeds, opts, common=common, cells_dir=cells_dir, force=force)
+    cells, trained, report = [], False, None
+    finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
+    train = dict(models=models, students=students, data=data, epochs=epochs, recipe=recipe, device=dev, quiet=quiet,
+                 checkpoint_seconds=checkpoint_seconds)
+    for i, c in enumerate(todo):
+        if c.done is None and c.path not in finished:
+            group, together = _group(todo, i, ensemble=ensemble, device=dev)
+            finished.update(_train_cells(group, ensemble=together, **train))
+            trained = True
+        cells.append(c.done or finished[c.path])
+        report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, epochs,
+                         train_fraction, common["teachers"])
+        ckpt.write_json(out / "report.json", report)
+        ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+    if plots and (trained or not (out / "report.html").exists()):
+        grids = {}  # the first seed's images of each data-free attack, as its cell saved them
+        for a in attacks:
+            saved = _load_images(_images_path(cells_dir / f"{a}-seed{seeds[0]}.json"))
+            for src in (s for s in SOURCES if s in saved):
+                grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
+        _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
+    return report
+
+
+def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds) -> tuple[list[str], list[int]]:
+    """The attack names and seeds, once every audit-level setting is known to be valid (before anything is loaded)."""
+    attacks = attack_names(attacks)
     for name, options in (attack_options or {}).items():
         known = attack_settings(name, option="--attack-option")
         unknown = sorted(set(options) - set(known))
@@ -98,41 +149,39 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
         raise NastyError("--seeds: give at least one seed")
     if checkpoint_seconds < 0:
         raise NastyError(f"--checkpoint-seconds must be >= 0, got {checkpoint_seconds}")
+    return attacks, seeds
 
-    norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    items = []
-    for option, source in (("--teacher", teacher), ("--reference", reference)):
-        sd, card = read_model(source, option=option, arch=arch, normalization=norm, inputs=parse_input(**inputs or {}),
+
+def _teachers(teacher, reference, *, arch, dataset, data, data_root, download, train_fraction, unsafe_pickle,
+              normalization, inputs) -> tuple[dict, dict, TensorData]:
+    """The two teachers (``normal``: the reference, ``nasty``: the audited one) as models and
+    cards, and the data they were trained on; whatever does not fit fails here, named."""
+    read = {}
+    for src, option, source in (("nasty", "--teacher", teacher), ("normal", "--reference", reference)):
+        sd, card = read_model(source, option=option, arch=arch, normalization=normalization, inputs=inputs,
                               unsafe_pickle=unsafe_pickle)
-        items.append((option, source, card, sd))
-    (_, _, nasty_card, nasty_sd), (_, _, normal_card, normal_sd) = items
-    items = [i[:3] for i in items]
+        read[src] = (option, source, card, sd)
+    items = [r[:3] for r in read.values()]
+    cards = {src: r[2] for src, r in read.items()}
     require_options(items, dataset=dataset or (data.name if data is not None else None))
-    trained_on = (nasty_card.get("dataset"), normal_card.get("dataset"))
+    trained_on = (cards["nasty"].get("dataset"), cards["normal"].get("dataset"))
     if None not in trained_on and trained_on[0] != trained_on[1]:
         raise NastyError(f"--reference {label(reference)} was trained on {trained_on[1]}, but --teacher "
                          f"{label(teacher)} on {trained_on[0]}; audit a teacher against its own normal model")
-    _warn_about_reference(nasty_card, normal_card, reference)
+    _warn_about_reference(cards["nasty"], cards["normal"], reference)
     data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
                     train_fraction=train_fraction)
-    recipe = RECIPES[data.name]
     fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
-    nasty_model = ckpt.build_model(nasty_sd, nasty_card, source=f"--teacher {label(teacher)}", served=True,
-                                   **fit).eval()
-    normal_model = ckpt.build_model(normal_sd, normal_card, source=f"--reference {label(reference)}", served=True,
-                                    **fit).eval()
-    students = list(dict.fromkeys(students or recipe.students))  # each architecture once
-    for s in students:  # unknown or unbuildable architectures fail before any training
+    models = {src: ckpt.build_model(sd, card, source=f"{option} {label(source)}", served=True, **fit).eval()
+              for src, (option, source, card, sd) in read.items()}
+    return {"normal": models["normal"], "nasty": models["nasty"]}, cards, data
+
+
+def _preflight(attacks: list[str], opts: dict, *, data, models: dict, students: list[str], epochs: int) -> None:
+    """An architecture, or an attack that cannot run on these teachers, students or epochs, fails now, not hours in."""
+    for s in students:
         create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0])
-    tau = default_tau(data.num_classes) if tau is None else tau
-    dev = resolve_device(device)
-    models = {"normal": normal_model, "nasty": nasty_model}
-    # one precedence, lowest first: the attack's defaults, the dataset recipe, the audit-level --alpha/--tau,
-    # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
-    opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
-            for a in attacks}
-    epochs = epochs or recipe.epochs
-    for name in attacks:  # an attack that cannot run on these teachers or students fails now, not hours in
+    for name in attacks:
         attack = create_attack(name, **opts[name])
         attack.check_data(data)
         attack.check_epochs(epochs)
@@ -140,9 +189,10 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             attack.check(model)
         for s in students:
             attack.student(create_model(s, num_classes=data.num_classes, in_chans=data.input_shape[0]), data)
-    accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
 
-    out = Path(out).expanduser()
+
+def _cells_dir(out: Path) -> Path:
+    """``out/cells``, made, with the temporary files of a killed write removed."""
     cells_dir = out / "cells"
     if cells_dir.is_symlink():  # a published audit folder must not send our writes elsewhere
         raise NastyError(f"--out {one_line(out)}: cells is a link ({one_line(os.readlink(cells_dir))}); refused")
@@ -152,12 +202,14 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             ckpt.remove_stale_temps(folder)
     except OSError as e:
         raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
-    common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
-              "batch_size": recipe.batch_size, "lr": recipe.lr,
-              "teachers": {"normal": normal_card.get("sha256"), "nasty": nasty_card.get("sha256")}}
-    plan = [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]
-    todo = []  # every finished cell is read (and a foreign one refused) before anything is written
-    for name, seed in plan:
+    return cells_dir
+
+
+def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cells_dir: Path, force: bool):
+    """Every cell of the grid, the baselines first, with what ``cells_dir`` holds of it. Every
+    finished cell is read (and a foreign one refused) before anything is written."""
+    todo = []
+    for name, seed in [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]:
         attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         if name in BASELINES:  # no teacher in them: the same cells serve any audit of these students (compare)
@@ -169,29 +221,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             partial.unlink(missing_ok=True)  # left by a run killed between writing the cell and removing it
         todo.append(_Cell(name, seed, attack, key, path, cell, partial,
                           None if cell is not None else _load_partial(partial, key, force=force)))
-    cells, trained, report = [], False, None
-    finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
-    train = dict(models=models, students=students, data=data, epochs=epochs, recipe=recipe, device=dev, quiet=quiet,
-                 checkpoint_seconds=checkpoint_seconds)
-    for i, (name, seed, attack, key, path, cell, partial, resume) in enumerate(todo):
-        if cell is None and path not in finished:
-            group, together = _group(todo, i, ensemble=ensemble, device=dev)
-            finished.update(_train_cells(group, ensemble=together, **train))
-            trained = True
-        cell = cell or finished[path]
-        cells.append(cell)
-        report = _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
-                         common["teachers"])
-        ckpt.write_json(out / "report.json", report)
-        ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
-    if plots and (trained or not (out / "report.html").exists()):
-        grids = {}  # the first seed's images of each data-free attack, as its cell saved them
-        for a in attacks:
-            saved = _load_images(_images_path(cells_dir / f"{a}-seed{seeds[0]}.json"))
-            for src in (s for s in SOURCES if s in saved):
-                grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
-        _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
-    return report
+    return todo
 
 
 def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> None:
