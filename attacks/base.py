@@ -283,24 +283,10 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
         trained = {None: make_optimizer([p for e in stacks for p in e.parameters()], config)}
     else:
         trained = opts
-    start = 0
-    if resume is not None:
-        epochs = {int(resume[seed]["epoch"]) for seed in seeds}
-        if len(epochs) != 1:
-            raise ValueError(f"seeds trained together resume from one epoch, not {sorted(epochs)}")
-        start = epochs.pop()
-        for seed in seeds:
-            state = resume[seed]
-            banks[seed].load_state_dict(state["students"])
-            opts[seed][0].load_state_dict(state["optimizer"])
-            for src, ctx_state in state["attack"].items():
-                attack.restore(contexts[(seed, src)], ctx_state)
-        for key, (_, sched) in trained.items():
-            sched.load_state_dict(resume[seeds[0] if key is None else key]["scheduler"])
-        for e in groups.values():
-            e.read()
-        if groups:
-            momentum_from_members(stacks, [opt for opt, _ in opts.values()], trained[None][0])
+    if resume is not None and set(resume) != set(seeds):
+        raise ValueError(f"resume needs one state per seed of {seeds}, got {sorted(resume)}")
+    start = 0 if resume is None else _restore(resume, attack, banks=banks, opts=opts, contexts=contexts,
+                                              trained=trained, groups=groups)
     steps = max(1, len(data.train_y) // config.batch_size)
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
                disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
@@ -317,23 +303,16 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                 labelled_batches = {seed: (None, None) if attack.data_free else next(real[seed]) for seed in seeds}
                 batches = _teacher_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch,
                                            device=device)
-                total = 0.0
+                labels = {seed: y for seed, (_, y) in labelled_batches.items()}
                 if groups:
-                    xs = [x for x, _ in batches.values()]
-                    shared = all(x is xs[0] for x in xs)
-                    for arch, e in groups.items():
-                        with autocast(device):
-                            z = e(xs[0] if shared else xs).float()
-                        for m, ((seed, src), (_, t)) in enumerate(batches.items()):
-                            losses = attack.losses(contexts[(seed, src)], z[m], t, labelled_batches[seed][1],
-                                                   epoch=epoch, arch=arch)
-                            total = total + sum(losses.values())
+                    total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device)
                 else:
+                    total = 0.0
                     for (seed, src), (x, t) in batches.items():
                         for arch, student in zip(students, banks[seed][src].students):
                             with autocast(device):
-                                _, losses = attack.step(contexts[(seed, src)], student, x, t,
-                                                        labelled_batches[seed][1], epoch=epoch, arch=arch)
+                                _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed],
+                                                        epoch=epoch, arch=arch)
                             total = total + sum(losses.values())
                 for opt, _ in trained.values():
                     opt.zero_grad(set_to_none=True)
@@ -367,6 +346,41 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
                    for src in teachers for name, student in zip(students, banks[seed][src].students)}
             for seed in seeds}
+
+
+def _restore(resume: dict, attack: Attack, *, banks, opts, contexts, trained, groups) -> int:
+    """Load each seed's saved state (one epoch for all) into the students, optimizers and attack
+    contexts, and into the ensembles' stacks where there are ensembles; return that epoch."""
+    epochs = {int(state["epoch"]) for state in resume.values()}
+    if len(epochs) != 1:
+        raise ValueError(f"seeds trained together resume from one epoch, not {sorted(epochs)}")
+    for seed, state in resume.items():
+        banks[seed].load_state_dict(state["students"])
+        opts[seed][0].load_state_dict(state["optimizer"])
+        for src, ctx_state in state["attack"].items():
+            attack.restore(contexts[(seed, src)], ctx_state)
+    for key, (_, sched) in trained.items():
+        sched.load_state_dict(resume[next(iter(resume)) if key is None else key]["scheduler"])
+    for e in groups.values():
+        e.read()
+    if groups:
+        momentum_from_members(list(groups.values()), [opt for opt, _ in opts.values()], trained[None][0])
+    return epochs.pop()
+
+
+def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, contexts: dict, *, epoch: int, device):
+    """The summed losses of every member of every ensemble: one vmapped forward per architecture
+    (of one shared batch, or of each member's own), then :meth:`Attack.losses` per member."""
+    xs = [x for x, _ in batches.values()]
+    shared = all(x is xs[0] for x in xs)
+    total = 0.0
+    for arch, e in groups.items():
+        with autocast(device):
+            z = e(xs[0] if shared else xs).float()
+        for m, ((seed, src), (_, t)) in enumerate(batches.items()):
+            total = total + sum(attack.losses(contexts[(seed, src)], z[m], t, labels[seed], epoch=epoch,
+                                              arch=arch).values())
+    return total
 
 
 def _teacher_batches(attack: Attack, teachers: dict, contexts: dict, labelled_batches: dict, *, step: int,
