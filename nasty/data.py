@@ -311,7 +311,7 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
     if int(np.prod(dims, dtype=object)) != len(data) - head:
         raise DataError(f"{path}: the header declares {'x'.join(map(str, dims))} bytes of data but the file holds "
                         f"{len(data) - head}")
-    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)
+    return np.frombuffer(bytearray(data[head:]), dtype=np.uint8).reshape(dims)  # writable: torch shares it
 
 
 def _cifar10(root=None, download=False):
