@@ -205,29 +205,8 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     try:
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
-            # dropout and any other global randomness (each rank its own stream)
-            torch.manual_seed(mix_seed(config.seed, epoch, 2, *([w.rank] if w.active else [])))
-            model.train()
-            sums: dict[str, torch.Tensor] = {}
-            count = 0
-            for step, (x, y) in enumerate(data.batches("train", batch_size=config.batch_size, device=device,
-                                                       seed=config.seed, epoch=epoch)):
-                if w.active:  # every rank drew the same global batch: train on this rank's slice
-                    x, y = x[w.rank::w.size], y[w.rank::w.size]
-                ref_logits = frozen_logits(reference, x, device) if reference is not None else None
-                with autocast(device):
-                    logits = step_model(x)
-                loss, terms = objective(logits.float(), y, ref_logits)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for k, v in (("loss", loss.detach()), *terms.items()):
-                    sums[k] = sums.get(k, 0.0) + v * len(y)
-                count += len(y)
-                if not w.active and step % 25 == 0 and not math.isfinite(float(loss.detach())):
-                    break
-                bar.update(1)
-            train = {k: float(v) / max(count, 1) for k, v in distributed.mean(sums, w, device).items()}
+            train = _train_epoch(step_model, model, data, opt, objective, reference=reference, config=config,
+                                 epoch=epoch, device=device, world=w, bar=bar)
             lr = opt.param_groups[0]["lr"]
             sched.step()
             if not all(math.isfinite(v) for v in train.values()):
@@ -237,11 +216,6 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             metrics = distributed.share(
                 evaluate(model, data, device=device, reference=reference, tau=eval_tau) if w.main else None, w)
             seconds += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "lr": lr,
-                   **{f"train_{k}": round(v, 6) for k, v in train.items()},
-                   "test_accuracy": round(metrics["accuracy"], 4), "seconds": round(seconds, 3)}
-            if "kl" in metrics:
-                row["test_kl"] = round(metrics["kl"], 6)
             bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
             if guard is not None:
                 guard.check(epoch, metrics["accuracy"])
@@ -250,7 +224,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             if "kl" in metrics:
                 last["kl_to_adversary"] = round(metrics["kl"], 6)
             if writes:
-                _append_metrics(out / ckpt.METRICS, row)
+                _append_metrics(out / ckpt.METRICS, _metrics_row(epoch, lr, train, metrics, seconds))
                 ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "seconds": seconds,
                                       "last": last, "config": run_config})
@@ -258,6 +232,44 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     finally:
         bar.close()
     return written or {**base_card, **(last or {})}
+
+
+def _train_epoch(step_model, model: nn.Module, data: TensorData, opt, objective: Callable, *, reference, config,
+                 epoch: int, device, world: World, bar) -> dict[str, float]:
+    """One epoch of steps; the mean of each loss term over its images (over every rank). Stops
+    early (returning the non-finite means) when the loss is no longer finite."""
+    # dropout and any other global randomness (each rank its own stream)
+    torch.manual_seed(mix_seed(config.seed, epoch, 2, *([world.rank] if world.active else [])))
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    for step, (x, y) in enumerate(data.batches("train", batch_size=config.batch_size, device=device,
+                                               seed=config.seed, epoch=epoch)):
+        if world.active:  # every rank drew the same global batch: train on this rank's slice
+            x, y = x[world.rank::world.size], y[world.rank::world.size]
+        ref_logits = frozen_logits(reference, x, device) if reference is not None else None
+        with autocast(device):
+            logits = step_model(x)
+        loss, terms = objective(logits.float(), y, ref_logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in (("loss", loss.detach()), *terms.items()):
+            sums[k] = sums.get(k, 0.0) + v * len(y)
+        count += len(y)
+        if not world.active and step % 25 == 0 and not math.isfinite(float(loss.detach())):
+            break
+        bar.update(1)
+    return {k: float(v) / max(count, 1) for k, v in distributed.mean(sums, world, device).items()}
+
+
+def _metrics_row(epoch: int, lr: float, train: dict, metrics: dict, seconds: float) -> dict:
+    """One line of ``metrics.jsonl``."""
+    row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": round(v, 6) for k, v in train.items()},
+           "test_accuracy": round(metrics["accuracy"], 4), "seconds": round(seconds, 3)}
+    if "kl" in metrics:
+        row["test_kl"] = round(metrics["kl"], 6)
+    return row
 
 
 def _load_resume(state: dict, model, opt, sched, config: TrainConfig, where: Path, *, arch: str) -> None:
