@@ -64,10 +64,14 @@ class Attack:
     """Base class. Subclasses set ``name`` and override :meth:`loss` (and maybe the others).
 
     ``data_free`` attacks never touch the real training images: the loop only counts steps.
+    ``sample_mean`` attacks promise that :meth:`loss` is a mean over the batch of per-sample terms
+    (as KD's and cross-entropy's are), so that the sum of M students' losses on batches of equal
+    size is M times the loss of their batches joined: an ensemble then computes it in one call.
     """
 
     name = ""
     data_free = False
+    sample_mean = False  # loss() is a mean over samples, each sample's term its own: an ensemble scores all in one call
 
     def check(self, teacher: nn.Module) -> None:
         """Raise a clear error if this attack cannot run against ``teacher`` (called before any training)."""
@@ -148,6 +152,7 @@ class Scratch(Attack):
     """The baseline: no teacher, cross-entropy on the real labels."""
 
     name = "scratch"
+    sample_mean = True
 
     def loss(self, student_logits, teacher_logits, y):
         return cross_entropy(student_logits, y)
@@ -158,6 +163,7 @@ class LabelSmoothing(Attack):
     real labels smoothed by ``smoothing`` (the true class gets 1 - smoothing + smoothing / C)."""
 
     name = "label-smoothing"
+    sample_mean = True
 
     def __init__(self, *, smoothing: float = 0.1):
         if not 0.0 <= smoothing < 1.0:
@@ -370,13 +376,22 @@ def _restore(resume: dict, attack: Attack, *, banks, opts, contexts, trained, gr
 
 def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, contexts: dict, *, epoch: int, device):
     """The summed losses of every member of every ensemble: one vmapped forward per architecture
-    (of one shared batch, or of each member's own), then :meth:`Attack.losses` per member."""
+    (of one shared batch, or of each member's own), then :meth:`Attack.losses` per member, or, for
+    a ``sample_mean`` attack, :meth:`Attack.loss` once on every member's batch joined."""
     xs = [x for x, _ in batches.values()]
     shared = all(x is xs[0] for x in xs)
+    joined = attack.sample_mean and type(attack).losses is Attack.losses
+    if joined:
+        ts = [t for _, t in batches.values()]
+        t_all = None if ts[0] is None else torch.cat(ts)
+        y_all = None if labels[next(iter(labels))] is None else torch.cat([labels[seed] for seed, _ in batches])
     total = 0.0
     for arch, e in groups.items():
         with autocast(device):
             z = e(xs[0] if shared else xs).float()
+        if joined:  # the sum over the M members of their batch means = M x the mean over all their samples
+            total = total + len(batches) * attack.loss(z.flatten(0, 1), t_all, y_all)[0]
+            continue
         for m, ((seed, src), (_, t)) in enumerate(batches.items()):
             total = total + sum(attack.losses(contexts[(seed, src)], z[m], t, labels[seed], epoch=epoch,
                                               arch=arch).values())

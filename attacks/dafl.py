@@ -66,6 +66,7 @@ def dafl_generator_loss(logits, features, *, one_hot: float, activation: float, 
 @register
 class DAFL(Attack):
     name = "dafl"
+    sample_mean = True
     data_free = True
 
     renamed = {"oh": "one_hot", "a": "activation", "ie": "entropy"}  # old setting names -> new

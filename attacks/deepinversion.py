@@ -94,6 +94,7 @@ class DeepInversion(Attack):
     the current student (the first of the audit's students) disagrees with the teacher."""
 
     name = "deepinversion"
+    sample_mean = True
     data_free = True
 
     def __init__(self, *, tau: float = 4.0, pool_size: int = 512, iterations: int = 200, lr: float = 0.1,

@@ -15,6 +15,7 @@ from .base import Attack, register
 @register
 class HardLabel(Attack):
     name = "hard-label"
+    sample_mean = True
 
     def loss(self, student_logits, teacher_logits, y):
         return cross_entropy(student_logits, teacher_logits.argmax(dim=1))

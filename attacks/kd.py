@@ -13,6 +13,7 @@ from .base import Attack, register
 @register
 class KD(Attack):
     name = "kd"
+    sample_mean = True
 
     def __init__(self, *, alpha: float = 0.9, tau: float = 4.0):
         self.alpha, self.tau = alpha, tau

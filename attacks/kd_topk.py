@@ -33,6 +33,7 @@ def topk_kd_loss(student_logits, teacher_logits, labels, *, k: int, alpha: float
 @register
 class KDTopK(Attack):
     name = "kd-topk"
+    sample_mean = True
 
     def __init__(self, *, k: int = 2, alpha: float = 0.9, tau: float = 4.0):
         if int(k) != k or k < 1:

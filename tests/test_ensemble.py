@@ -202,3 +202,20 @@ def test_an_audit_trains_an_attacks_seeds_as_one_ensemble_and_resumes_it(teacher
     assert calls == [("kd", (0,)), ("kd", (1,))]
     c, d = by_run(split), by_run(whole)
     assert max(abs(c[k] - d[k]) for k in c) <= 1.0, (c, d)
+
+
+@pytest.mark.parametrize("name", ["kd", "hard-label", "dafl", "kd-topk", "scratch", "label-smoothing"])
+def test_a_sample_mean_loss_of_joined_batches_is_the_sum_of_the_members_losses(name):
+    """What lets an ensemble score all its members in one call (Attack.sample_mean): M x the loss
+    of the M batches joined equals the sum of the M losses, here with a teacher and labels per member."""
+    from attacks.audit import BASELINES
+
+    attack = BASELINES[name]() if name in BASELINES else create_attack(name)
+    assert attack.sample_mean
+    torch.manual_seed(0)
+    z, t = torch.randn(3, 16, 10, requires_grad=True), torch.randn(3, 16, 10)
+    y = torch.randint(0, 10, (3, 16))
+    t_or_none = None if name in BASELINES else t
+    parts = sum(attack.loss(z[m], None if t_or_none is None else t[m], y[m])[0] for m in range(3))
+    joined = 3 * attack.loss(z.flatten(0, 1), None if t_or_none is None else t.flatten(0, 1), y.flatten())[0]
+    assert torch.allclose(parts, joined, rtol=1e-5, atol=1e-6), (parts, joined)
