@@ -23,6 +23,9 @@
    batch per teacher), 160 epochs, 3 seeds; 390 steps of batch 128 per epoch.
 6. ``nasty demo`` wall time (skipped with ``--quick``).
 
+With ``--json``, the file is rewritten after each section (``"partial": true`` until the end),
+so a run stopped by a time limit keeps what it measured; the ensemble figures come second.
+
 Numbers are medians over repetitions after warm-up. Synthetic images are random pixels:
 speed does not depend on what the pixels show.
 """
@@ -343,6 +346,23 @@ def main(argv=None):
     harden = trainer_step_seconds(args.arch, device, batch_size=bs, steps=steps, repeats=repeats, compile=args.compile,
                                   harden=True)
 
+    progress = {"partial": True, "device": device_name(device), "details": {"arch": args.arch, "batch_size": bs}}
+
+    def keep(**figures):  # a run cut short (a time limit on a lent GPU) keeps what it measured
+        progress["details"].update(figures)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(progress, indent=2) + "\n")
+
+    keep(normal_step_s=normal, harden_step_s=harden)
+    ensemble_students = ("cnn", "resnetc20") if quick or not gpu else CIFAR_STUDENTS
+    ensemble_images = args.ensemble_images or ((4096 if quick else 16384) if gpu else (512 if quick else 1024))
+    log(f"audit: KD cells of 3 seeds, the students in a loop vs one batched ensemble per architecture "
+        f"({', '.join(ensemble_students)}; {ensemble_images} images)")
+    ensemble = ensemble_seconds(device, images=ensemble_images, batch_size=bs, students=ensemble_students,
+                                teacher_arch="resnetc20")
+    keep(ensemble=ensemble)
+
     log(f"data paths at CIFAR shape ({args.images:,} images)")
     cifar = synthetic(args.images)
     ours_rate = ours_images_per_second(cifar, batch_size=bs, device=device, repeats=repeats)
@@ -353,6 +373,7 @@ def main(argv=None):
     log(f"hardening step fed by the DataLoader: {args.arch}, {steps} steps")
     loader_harden = loader_harden_seconds_per_step(args.arch, loader, device, steps=steps)
     del loader
+    keep(data_img_s=ours_rate, data_img_s_dataloader=loader_rate, harden_step_s_dataloader=loader_harden)
     by_workers = {2: loader_harden}
     for workers in sorted({4, os.cpu_count() or 1} - {2}):
         log(f"hardening step fed by the DataLoader with {workers} workers")
@@ -368,17 +389,11 @@ def main(argv=None):
                                     teacher_forward=teacher_forward_seconds(args.arch, device, batch_size=bs,
                                                                             steps=steps * repeats))
 
+    keep(harden_step_s_dataloader_by_workers={str(k): v for k, v in by_workers.items()}, cifar10_table=estimate)
     log("audit: KD into 1, 2, 4 students (copies of cnn) from two resnetc20 teachers")
     grid = [["cnn"], ["cnn", "cnn#2"], ["cnn", "cnn#2", "cnn#3", "cnn#4"]]
     audit_images = args.audit_images or (1024 if quick else 2048) * (16 if gpu else 1)
     audit = audit_seconds(device, images=audit_images, batch_size=bs, students_grid=grid, teacher_arch="resnetc20")
-
-    ensemble_students = ("cnn", "resnetc20") if quick or not gpu else CIFAR_STUDENTS
-    ensemble_images = args.ensemble_images or ((4096 if quick else 16384) if gpu else (512 if quick else 1024))
-    log(f"audit: KD cells of 3 seeds, the students in a loop vs one batched ensemble per architecture "
-        f"({', '.join(ensemble_students)}; {ensemble_images} images)")
-    ensemble = ensemble_seconds(device, images=ensemble_images, batch_size=bs, students=ensemble_students,
-                                teacher_arch="resnetc20")
 
     speedups = {row["student"]: row["speedup"] for row in ensemble["rows"]}
     estimate_ensemble = None

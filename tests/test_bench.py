@@ -57,3 +57,21 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
     doc = json.loads((tmp_path / "gpu" / "gpu_check.json").read_text())
     assert [s["step"] for s in doc["steps"]] == ["environment"] and doc["steps"][0]["status"].startswith("skipped")
     assert "no CUDA device" in (tmp_path / "gpu" / "gpu_check.log").read_text()
+
+
+def test_bench_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A lent GPU's time limit can stop bench.py mid-way: the JSON holds every figure measured so far."""
+    bench = _bench()
+    monkeypatch.setattr(bench, "trainer_step_seconds", lambda arch, device, *, harden=False, **k: 0.2 if harden else 0.1)
+    monkeypatch.setattr(bench, "ensemble_seconds", lambda device, **k: {"rows": [{"student": "cnn", "speedup": 2.0}]})
+
+    def cut(*a, **k):
+        raise KeyboardInterrupt  # the time limit, during the data-path figures
+
+    monkeypatch.setattr(bench, "ours_images_per_second", cut)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--device", "cpu", "--images", "256", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert r["partial"] is True and r["details"]["harden_step_s"] == 0.2 and r["details"]["normal_step_s"] == 0.1
+    assert r["details"]["ensemble"]["rows"][0]["speedup"] == 2.0
