@@ -7,7 +7,9 @@ metrics lines, audit cells, sweep files, MNIST idx files and images, generated b
 Each input must end in success or a NastyError whose text is one printable line; anything else
 counts as a traceback. An input taking more than --hang-seconds counts as a hang. Files outside
 the scratch folder are watched (a link to a victim file is planted at the temporary names of
-the old writer); the peak resident memory of the process is reported. Exit status 1 if any
+the old writer); the peak resident memory of the process during the run is reported
+(``peak_rss_mb``; on Linux the peak is reset when the run starts) with its growth over the
+resident memory at the start (``peak_growth_mb``). Exit status 1 if any
 traceback, hang or change outside happened.
 """
 
@@ -263,16 +265,44 @@ class Fuzz:
     def figures(self, seconds: float) -> dict:
         changed = self.victim.read_text() != "precious"
         return {**self.counts, "changed_outside": int(changed), "by_target": self.by_target,
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak_rss_mb": _peak_rss_mb(), "start_rss_mb": self.start_rss_mb,
+                "peak_growth_mb": _peak_rss_mb() - self.start_rss_mb,
                 "slowest_input_seconds": round(self.slowest, 2), "seconds": round(seconds, 1),
                 "failures": self.failures[:10]}
+
+
+def _status_mb(field: str) -> int | None:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MB; ``None`` where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's peak resident memory (VmHWM) again from its current size (Linux):
+    a fuzz run inside a test process must not be charged for what earlier tests allocated."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> int:
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def fuzz(examples: int, *, seed: int | None = 0, hang_seconds: float = 60.0, targets=Fuzz.TARGETS) -> dict:
     """Run ``examples`` generated inputs; return the figures (see the module's docstring)."""
     t0 = time.perf_counter()
+    _reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="nasty-fuzz-") as tmp:
         f = Fuzz(Path(tmp) / "work", hang_seconds)
+        f.start_rss_mb = _status_mb("VmRSS") or 0
 
         @settings(max_examples=examples, deadline=None, database=None, derandomize=seed is not None,
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate])

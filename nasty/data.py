@@ -311,7 +311,7 @@ def _read_idx(path: Path, *, ndim: int) -> np.ndarray:
     if int(np.prod(dims, dtype=object)) != len(data) - head:
         raise DataError(f"{path}: the header declares {'x'.join(map(str, dims))} bytes of data but the file holds "
                         f"{len(data) - head}")
-    return np.frombuffer(bytearray(data[head:]), dtype=np.uint8).reshape(dims)  # writable: torch shares it
+    return np.frombuffer(data, dtype=np.uint8, offset=head).reshape(dims)  # a view: no copy of a large file
 
 
 def _cifar10(root=None, download=False):
@@ -455,7 +455,9 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     loader, pad, flip = DATASETS[key]
     xtr, ytr, xte, yte, classes = loader(root=root, download=download)
     mean, std = _channel_stats(xtr)
-    data = TensorData(name=key, train_x=torch.from_numpy(xtr), train_y=torch.from_numpy(ytr),
-                      test_x=torch.from_numpy(xte), test_y=torch.from_numpy(yte), classes=tuple(classes),
-                      mean=mean, std=std, pad=pad, flip=flip)
+    with warnings.catch_warnings():  # idx files are read-only views (no copy); nothing writes into a dataset
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = [torch.from_numpy(a) for a in (xtr, ytr, xte, yte)]
+    data = TensorData(name=key, train_x=tensors[0], train_y=tensors[1], test_x=tensors[2], test_y=tensors[3],
+                      classes=tuple(classes), mean=mean, std=std, pad=pad, flip=flip)
     return data.subset(train_fraction)

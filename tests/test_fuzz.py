@@ -17,7 +17,9 @@ def _check(figures, examples):
     assert figures["refused"] > examples // 4 and figures["accepted"] > 0, figures  # it explores both sides
     assert (figures["tracebacks"], figures["hangs"], figures["multi_line"], figures["changed_outside"]) == (0, 0, 0, 0), \
         "\n\n".join(figures["failures"])
-    assert figures["peak_rss_mb"] < 3000, figures
+    # what the fuzz itself allocates: the test process's own peak also holds what earlier tests did (bench.py's
+    # 50,000 images: 3,964 MB in a CI run whose fuzz took 854 MB on its own)
+    assert figures["peak_growth_mb"] < 1500, figures
 
 
 def test_fuzz_hostile_files_quick():
