@@ -153,6 +153,7 @@ def _audit(teachers, out, **kw):
                  **{**settings, **kw})
 
 
+@pytest.mark.slow  # 3 audits and 2 kills (about 30 s): the default suite keeps the run_cells resume test above
 def test_an_audit_trains_an_attacks_seeds_as_one_ensemble_and_resumes_it(teachers, tmp_path, monkeypatch):
     import attacks.audit as audit_mod
 
