@@ -58,7 +58,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
           unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
           checkpoint_seconds: float = 60.0, arch: str | None = None, dataset: str | None = None, data=None,
           mean=None, std=None, normalization: str | None = None, inputs: dict | None = None,
-          ensemble: bool | None = None) -> dict:
+          ensemble: bool | None = None, reference_from=None) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
@@ -82,9 +82,15 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     one batched ensemble (:func:`attacks.base.run_cells`); ``None``: on a GPU only (on the CPU it
     is slower than a loop). An attack that reads its students' features is trained in a loop
     either way. The cells and their partial states have one format both ways.
+
+    ``reference_from``: the folder of another audit against the same reference (its ``out``;
+    :func:`attacks.compare.compare` passes its first audit's). Where it holds a finished cell of an
+    attack and seed with this audit's settings and reference, only the audited teacher's students
+    are trained; the reference's students are that cell's (the cell records ``reference_from``).
     """
     attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
                                      checkpoint_seconds=checkpoint_seconds)
+    reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, arch=arch, dataset=dataset, data=data, data_root=data_root,
                                     download=download, train_fraction=train_fraction, unsafe_pickle=unsafe_pickle,
                                     normalization=parse_normalization(mean=mean, std=std, preset=normalization),
@@ -106,7 +112,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               "teachers": {src: cards[src].get("sha256") for src in SOURCES}}
-    todo = _plan(attacks, seeds, opts, common=common, cells_dir=cells_dir, force=force)
+    todo = _plan(attacks, seeds, opts, common=common, cells_dir=cells_dir, force=force,
+                 reference_cells=reference_cells)
     cells, trained, report = [], False, None
     finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
     train = dict(models=models, students=students, data=data, epochs=epochs, recipe=recipe, device=dev, quiet=quiet,
@@ -205,9 +212,11 @@ def _cells_dir(out: Path) -> Path:
     return cells_dir
 
 
-def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cells_dir: Path, force: bool):
-    """Every cell of the grid, the baselines first, with what ``cells_dir`` holds of it. Every
-    finished cell is read (and a foreign one refused) before anything is written."""
+def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cells_dir: Path, force: bool,
+          reference_cells: Path | None = None):
+    """Every cell of the grid, the baselines first, with what ``cells_dir`` holds of it (and what
+    ``reference_cells`` holds of its reference side). Every finished cell is read (and a foreign
+    one refused) before anything is written."""
     todo = []
     for name, seed in [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]:
         attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
@@ -215,13 +224,50 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
         if name in BASELINES:  # no teacher in them: the same cells serve any audit of these students (compare)
             del key["teachers"]
         path = cells_dir / f"{name}-seed{seed}.json"
-        partial = path.with_name(f"{name}-seed{seed}.partial.pt")
+        partials = [path.with_name(f"{name}-seed{seed}.{kind}pt") for kind in ("partial.", "audited.partial.")]
         cell = _load_cell(path, key, force=force)
         if cell is not None:
-            partial.unlink(missing_ok=True)  # left by a run killed between writing the cell and removing it
-        todo.append(_Cell(name, seed, attack, key, path, cell, partial,
-                          None if cell is not None else _load_partial(partial, key, force=force)))
+            for partial in partials:  # left by a run killed between writing the cell and removing it
+                partial.unlink(missing_ok=True)
+            todo.append(_Cell(name, seed, attack, key, path, cell, partials[0], None))
+            continue
+        resume = _load_partial(partials[0], key, force=force)  # both sides in training: go on with both
+        reference = None
+        if resume is None and name not in BASELINES and reference_cells is not None:
+            reference = _reference_cell(reference_cells / path.name, key, students=common["students"])
+        if reference is not None:  # the audited side alone, saved apart from a state of both sides
+            resume = _load_partial(partials[1], key, force=force)
+        todo.append(_Cell(name, seed, attack, key, path, None, partials[1 if reference else 0], resume, reference))
     return todo
+
+
+def _reference_cells(folder) -> Path | None:
+    """``folder/cells`` of an earlier audit, or ``None`` for none; a folder without one fails, named."""
+    if folder is None:
+        return None
+    cells = Path(folder).expanduser() / "cells"
+    if not cells.is_dir():
+        raise NastyError(f"--reference-from {one_line(folder)}: not an audit folder (it has no cells/)")
+    return cells
+
+
+def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path, dict] | None:
+    """Another audit's finished cell at ``path`` whose reference side this cell can take: the same
+    settings, seed and reference (known by its sha256); any audited teacher. ``None`` otherwise."""
+    if key["teachers"].get("normal") is None or not path.is_file():
+        return None
+    try:
+        cell = validate(AuditCell, read_json(path), path)
+    except NastyError:
+        return None
+    _rename_settings(cell["key"])
+    saved = cell["key"]
+    theirs = saved.get("teachers") if isinstance(saved, dict) else None
+    if not isinstance(theirs, dict) or saved != {**key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")}}:
+        return None
+    if sorted(r["student"] for r in cell["runs"] if r["source"] == "normal") != sorted(students):
+        return None
+    return path, cell
 
 
 def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> None:
@@ -247,6 +293,7 @@ class _Cell(NamedTuple):
     done: dict | None
     partial: Path
     resume: dict | None
+    reference: tuple[Path, dict] | None = None  # another audit's cell whose reference side this one takes
 
     @property
     def resume_epoch(self) -> int:
@@ -258,8 +305,9 @@ def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> tuple
     one, every seed of its attack that resumes from the same epoch (their students become one
     ensemble per architecture); without, ``todo[i]`` alone."""
     first = todo[i]
-    same = [c for c in todo[i:] if c.name == first.name and c.done is None and c.resume_epoch == first.resume_epoch]
-    members = len(same) * (1 if first.name in BASELINES else len(SOURCES))
+    same = [c for c in todo[i:] if c.name == first.name and c.done is None and c.resume_epoch == first.resume_epoch
+            and (c.reference is None) == (first.reference is None)]
+    members = len(same) * (1 if first.name in BASELINES or first.reference else len(SOURCES))
     together = batchable(first.attack) and (ensemble if ensemble is not None else
                                             ensembles_for(first.attack, device, members))
     return (same if together else [first]), together
@@ -273,7 +321,8 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
     seeds = [c.seed for c in group]
     resumes = {c.seed: c.resume for c in group if c.resume}
     t0 = time.perf_counter() - sum(r["seconds"] for r in resumes.values())
-    teachers = {name: None} if name in BASELINES else models
+    reused = group[0].reference is not None  # the reference's students come from another audit's cells
+    teachers = {name: None} if name in BASELINES else {"nasty": models["nasty"]} if reused else models
     cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seeds[0])
     notes, made = {}, {}  # made: what a data-free attack synthesised, kept for report.html
     acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=quiet,
@@ -284,13 +333,17 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
     seconds = (time.perf_counter() - t0) / len(seeds)
     written = {}
     for c in group:
+        runs = [{"attack": name, "student": s, "source": src, "seed": c.seed, "accuracy": round(a, 4)}
+                for (src, s), a in acc[c.seed].items()]
+        if reused:
+            _take_reference_side(c, runs=runs, notes=notes.setdefault(c.seed, {}), made=made.setdefault(c.seed, {}))
         if made.get(c.seed):  # before the cell: a finished cell always has its images
             _save_images(_images_path(c.path), made[c.seed])
-        cell = {"key": c.key, "seconds": round(seconds, 2),
-                "runs": [{"attack": name, "student": s, "source": src, "seed": c.seed, "accuracy": round(a, 4)}
-                         for (src, s), a in acc[c.seed].items()]}
+        cell = {"key": c.key, "seconds": round(seconds, 2), "runs": runs}
         if notes.get(c.seed):
             cell["notes"] = notes[c.seed]
+        if reused:
+            cell["reference_from"] = str(c.reference[0])
         if c.resume:
             cell["resumed_from_epoch"] = c.resume_epoch
         if len(seeds) > 1:
@@ -304,6 +357,18 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
             tqdm.write(f"{name} seed {c.seed} ({cell['seconds']:.1f}s): " + ", ".join(
                 f"{r['student']}<-{r['source']} {r['accuracy']:.2f}" for r in cell["runs"]))
     return written
+
+
+def _take_reference_side(c: _Cell, *, runs: list, notes: dict, made: dict) -> None:
+    """Put the reference side of ``c.reference`` (its runs first, as a cell of both sides has
+    them, its notes and its synthesised images) into what the cell ``c`` will record."""
+    path, cell = c.reference
+    runs[:0] = [r for r in cell["runs"] if r["source"] == "normal"]
+    if "normal" in (cell.get("notes") or {}):
+        notes["normal"] = cell["notes"]["normal"]
+    saved = _load_images(_images_path(path))
+    if "normal" in saved:
+        made["normal"] = saved["normal"]
 
 
 IMAGES_PER_CLASS = 4  # what a data-free cell keeps of its synthesised images (report.html shows 2 a class)

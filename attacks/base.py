@@ -285,8 +285,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     if ensemble:
         groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
                   for i, arch in enumerate(students)}
-        stacks = list(groups.values())
-        trained = {None: make_optimizer([p for e in stacks for p in e.parameters()], config)}
+        trained = {None: make_optimizer([p for e in groups.values() for p in e.parameters()], config)}
     else:
         trained = opts
     if resume is not None and set(resume) != set(seeds):
@@ -335,7 +334,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                 e.write_back()
             if save is not None and epoch + 1 < config.epochs:
                 if groups:
-                    momentum_to_members(stacks, trained[None][0], [opt for opt, _ in opts.values()])
+                    momentum_to_members(list(groups.values()), trained[None][0], [opt for opt, _ in opts.values()])
                 save({seed: {"epoch": epoch + 1, "students": banks[seed].state_dict(),
                              "optimizer": opts[seed][0].state_dict(),
                              "scheduler": trained[None if groups else seed][1].state_dict(),

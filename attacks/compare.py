@@ -4,10 +4,12 @@
     result = compare(reference="runs/normal", teachers=["runs/nasty", "runs/stingy2"], out="runs/compare")
 
 Each teacher gets a full audit in ``out/audits/<name>/`` with the same students, seeds, epochs
-and attacks. The baselines that do not depend on the teacher (students from scratch, and with
-label smoothing where the audit has it) are trained once: the first audit's baseline cells are
-copied into the others before they run, and each audit checks them against its own settings.
-Every audit resumes like ``nasty audit`` does, so a killed comparison goes on where it stopped.
+and attacks. What does not depend on the audited teacher is trained once, in the first audit:
+its baseline cells (students from scratch, and with label smoothing) are copied into the others
+before they run, and each audit checks them against its own settings; the other audits train
+only their teacher's students for each attack and take the reference's students from the first
+audit's cell of that attack and seed (``audit(reference_from=...)``). Every audit resumes like
+``nasty audit`` does, so a killed comparison goes on where it stopped.
 
 ``compare.json`` has one row per teacher: its defence, test accuracy, cost against the
 reference, and per student the stolen accuracy of the strongest attack (the worst case);
@@ -75,7 +77,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
             for cell in (first / "cells").glob("*.json"):
                 if cell.name.startswith(tuple(BASELINES)) and not (folder / "cells" / cell.name).exists():
                     shutil.copyfile(cell, folder / "cells" / cell.name)
-        report = audit(teacher=teacher, out=folder, **kwargs)
+        report = audit(teacher=teacher, out=folder, reference_from=first,
+                       **kwargs)
         first = first or folder
         t = report["teachers"]
         worst = {w["student"]: w for w in report["worst_case"]}

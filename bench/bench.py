@@ -68,6 +68,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed(device, run, *, warm_up) -> float:
+    """Seconds of ``run()`` after ``warm_up()`` (cuDNN picks its kernels there), the device synchronised
+    around it."""
+    warm_up()
+    sync(device)
+    t0 = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------- 1. trainer steps
 
 
@@ -193,12 +204,8 @@ def audit_seconds(device, *, images, batch_size, students_grid, teacher_arch) ->
     cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=0.05)
 
     def seconds(students):
-        run_students(create_attack("kd"), teachers, students[:1], data, config=cfg, device=device)  # warm-up
-        sync(device)
-        t0 = time.perf_counter()
-        run_students(create_attack("kd"), teachers, students, data, config=cfg, device=device)
-        sync(device)
-        return time.perf_counter() - t0
+        kd = lambda s: lambda: run_students(create_attack("kd"), teachers, s, data, config=cfg, device=device)  # noqa: E731
+        return timed(device, kd(students), warm_up=kd(students[:1]))
 
     rows = []
     for students in students_grid:
@@ -238,12 +245,8 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
     for arch in students:
         row = {"student": arch}
         for mode, train in (("loop", loop), ("ensemble", ensemble)):
-            train(arch, synthetic(2 * batch_size))  # warm-up (cuDNN picks its kernels)
-            sync(device)
-            t0 = time.perf_counter()
-            train(arch, data)
-            sync(device)
-            row[f"{mode}_s_per_student_epoch"] = (time.perf_counter() - t0) / members
+            spent = timed(device, lambda: train(arch, data), warm_up=lambda: train(arch, synthetic(2 * batch_size)))
+            row[f"{mode}_s_per_student_epoch"] = spent / members
         row["speedup"] = row["loop_s_per_student_epoch"] / row["ensemble_s_per_student_epoch"]
         rows.append(row)
     return {"teacher": teacher_arch, "teachers": len(teachers), "seeds": len(seeds), "members": members,
@@ -273,13 +276,8 @@ def teacher_forward_seconds(arch, device, *, batch_size, steps) -> float:
     torch.manual_seed(0)
     model = prepare(create_model(arch, num_classes=10, in_chans=3), device).eval()
     x = layout(torch.randn(batch_size, 3, 32, 32, device=device), device)
-    frozen_logits(model, x, device)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        frozen_logits(model, x, device)
-    sync(device)
-    return (time.perf_counter() - t0) / steps
+    run = lambda: [frozen_logits(model, x, device) for _ in range(steps)]  # noqa: E731
+    return timed(device, run, warm_up=lambda: frozen_logits(model, x, device)) / steps
 
 
 def cifar_table_estimate(*, normal_step, harden_step, student_steps: dict, teacher_forward, epochs=160,

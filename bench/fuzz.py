@@ -264,9 +264,9 @@ class Fuzz:
 
     def figures(self, seconds: float) -> dict:
         changed = self.victim.read_text() != "precious"
+        peak = _peak_rss_mb()
         return {**self.counts, "changed_outside": int(changed), "by_target": self.by_target,
-                "peak_rss_mb": _peak_rss_mb(), "start_rss_mb": self.start_rss_mb,
-                "peak_growth_mb": _peak_rss_mb() - self.start_rss_mb,
+                "peak_rss_mb": peak, "start_rss_mb": self.start_rss_mb, "peak_growth_mb": peak - self.start_rss_mb,
                 "slowest_input_seconds": round(self.slowest, 2), "seconds": round(seconds, 1),
                 "failures": self.failures[:10]}
 

@@ -20,7 +20,7 @@ import time
 import torch, torch.nn.functional as F
 from nasty.data import load_dataset
 from nasty.models import create_model
-from nasty.trainer import TrainConfig, fit, evaluate, objective_for, frozen_logits
+from nasty.trainer import TrainConfig, fit, evaluate, objective_for
 from nasty.objectives import kl_tau
 
 torch.set_num_threads(1)

@@ -325,6 +325,9 @@ def _attack_options(ctx, param, values):
 @click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Save a cell in training at the end of an epoch once this many seconds passed since its last "
                    "save (0: every epoch); a rerun goes on from there.")
+@click.option("--reference-from", type=click.Path(), default=None,
+              help="An earlier audit's --out against the same --reference: where one of its cells has these "
+                   "settings, its reference-side students are taken instead of trained again.")
 @_unsafe_pickle_option
 @_fail_cleanly
 def audit(**kw):

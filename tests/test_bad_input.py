@@ -107,6 +107,7 @@ def cases(t, f):
         (audit + ["--students", "tiny-cnn,resnet9000"], 1, "unknown architecture 'resnet9000'"),
         (audit + ["--seeds", "0"], 2, "--seeds"),
         (audit + ["--checkpoint-seconds", "-1"], 2, "--checkpoint-seconds"),
+        (audit + ["--reference-from", str(f / "missing")], 1, "not an audit folder (it has no cells/)"),
         (audit + ["--attack-option", "dafl.nope=1"], 1, "no setting 'nope'"),
         (audit + ["--attack-option", "dafl.oh=1"], 1, "dafl has no setting 'oh'; it has tau, one_hot, activation"),
         (audit + ["--attacks", "all,fgsm"], 1, "unknown attack 'fgsm'"),

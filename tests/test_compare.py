@@ -75,3 +75,45 @@ def test_compare_draws_the_front(defended, tmp_path):
                      students=["mlp"], seeds=(0,), epochs=1, out=tmp_path, device="cpu", quiet=True)
     assert (tmp_path / "compare.png").stat().st_size > 0 and len(result["rows"]) == 2
     assert set(result["rows"][0]["worst_case"]) == {"mlp"}
+
+
+def test_an_audit_takes_the_reference_side_from_another_audits_cells(defended, tmp_path, monkeypatch):
+    import attacks.audit as audit_mod
+    from attacks.audit import audit
+
+    kw = {"reference": defended / "n", "attacks": ["kd"], "students": ["mlp"], "seeds": (1,), "epochs": 2,
+          "device": "cpu", "quiet": True, "plots": False, "checkpoint_seconds": 0}
+    audit(teacher=defended / "n", out=tmp_path / "first", **kw)
+    alone = audit(teacher=defended / "k1", out=tmp_path / "alone", **kw)
+    sides, crash, real = [], [False], audit_mod.run_cells
+
+    def record(attack, teachers, *a, save=None, **k):
+        sides.append((attack.name, sorted(teachers)))
+
+        def save_then_crash(states):
+            save(states)
+            if crash[0] and attack.name == "kd":
+                raise KeyboardInterrupt  # killed after the first epoch's state is written
+        return real(attack, teachers, *a, save=save_then_crash, **k)
+
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    first = tmp_path / "first"
+    cells = first / "cells"
+    taken = audit(teacher=defended / "k1", out=tmp_path / "taken", reference_from=first, **kw)
+    assert sides == [("scratch", ["scratch"]), ("label-smoothing", ["label-smoothing"]), ("kd", ["nasty"])]
+    assert taken["runs"] == alone["runs"]  # the reference's students are the same; the teacher's trained alike
+    cell = json.loads((tmp_path / "taken" / "cells" / "kd-seed1.json").read_text())
+    assert cell["reference_from"] == str(cells / "kd-seed1.json")
+
+    crash[0] = True  # a kill inside the audited side's training leaves its own partial state
+    with pytest.raises(KeyboardInterrupt):
+        audit(teacher=defended / "k1", out=tmp_path / "killed", reference_from=first, **kw)
+    assert (tmp_path / "killed" / "cells" / "kd-seed1.audited.partial.pt").exists()
+    crash[0], sides[:] = False, []
+    resumed = audit(teacher=defended / "k1", out=tmp_path / "killed", reference_from=first, **kw)
+    assert sides == [("kd", ["nasty"])] and resumed["runs"] == taken["runs"]
+    assert not list((tmp_path / "killed" / "cells").glob("*.pt"))
+
+    sides.clear()  # other settings (one epoch): the first audit's cells do not fit, both sides train
+    audit(teacher=defended / "k1", out=tmp_path / "other", reference_from=first, **{**kw, "epochs": 1})
+    assert sides[-1] == ("kd", ["nasty", "normal"])
