@@ -4,7 +4,7 @@ An attack is a way for a thief to teach a student from a frozen teacher. It deci
 things, and nothing else:
 
     model = attack.student(model, data)                              # what it trains (e.g. + auxiliary heads)
-    ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=..., config=...)  # per teacher
+    ctx = attack.setup(teacher, data, seed=..., batch_size=..., epochs=..., device=..., config=..., source=...)
     x, t = attack.inputs(ctx, x_real, y_real, step=..., epoch=...)   # what the students see
     logits, losses = attack.step(ctx, student, x, t, y, epoch=..., arch=...)  # one student's step
     losses = attack.losses(ctx, logits, t, y, epoch=..., arch=...)   # ... from its logits alone
@@ -89,8 +89,9 @@ class Attack:
         return model
 
     def setup(self, teacher: nn.Module | None, data: TensorData, *, seed: int, batch_size: int, epochs: int,
-              device, quiet: bool = True, config: TrainConfig | None = None):
-        """Per-teacher state (a generator, an image pool); ``None`` when there is none."""
+              device, quiet: bool = True, config: TrainConfig | None = None, source: str = ""):
+        """Per-teacher state (a generator, an image pool); ``None`` when there is none. ``source``
+        is the teacher's name in the run (``nasty``, ``normal``, ...)."""
         return None
 
     def start_epoch(self, ctx, epoch: int, students: "StudentBank") -> None:
@@ -278,7 +279,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
                                           for src in teachers}), device) for seed in seeds}
     contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
-                                          device=device, quiet=quiet, config=replace(config, seed=seed))
+                                          device=device, quiet=quiet, config=replace(config, seed=seed), source=src)
                 for seed in seeds for src, t in teachers.items()}
     opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}  # each seed's checkpoint format
     groups = {}  # architecture -> its students (every seed's, every teacher's, in ``members`` order) as one ensemble
@@ -309,8 +310,11 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                 batches = _teacher_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch,
                                            device=device)
                 labels = {seed: y for seed, (_, y) in labelled_batches.items()}
+                for opt, _ in trained.values():
+                    opt.zero_grad(set_to_none=True)
                 if groups:
                     total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device)
+                    total.backward()
                 else:
                     total = 0.0
                     for (seed, src), (x, t) in batches.items():
@@ -318,10 +322,9 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                             with autocast(device):
                                 _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed],
                                                         epoch=epoch, arch=arch)
-                            total = total + sum(losses.values())
-                for opt, _ in trained.values():
-                    opt.zero_grad(set_to_none=True)
-                total.backward()
+                            loss = sum(losses.values())
+                            loss.backward()  # one student's graph alive at a time, not every student's
+                            total = total + loss.detach()
                 for opt, _ in trained.values():
                     opt.step()
                 if step == 0 and not torch.isfinite(total.detach()):
@@ -406,11 +409,12 @@ def _teacher_batches(attack: Attack, teachers: dict, contexts: dict, labelled_ba
         for src, teacher in teachers.items():
             x, t = attack.inputs(contexts[(seed, src)], x_real, y_real, step=step, epoch=epoch)
             batches[(seed, src)] = (x, t)
-            if t is None and teacher is not None:
-                pending.setdefault(src, []).append(seed)
-    for src, waiting in pending.items():
-        xs = [batches[(seed, src)][0] for seed in waiting]
-        logits = frozen_logits(teachers[src], xs[0] if len(xs) == 1 else torch.cat(xs), device)
-        for seed, t in zip(waiting, logits.split([len(x) for x in xs])):
-            batches[(seed, src)] = (batches[(seed, src)][0], t)
+            if t is None and teacher is not None:  # one forward per teacher module, if several sources share it
+                pending.setdefault(id(teacher), (teacher, {}))[1].setdefault(id(x), []).append((seed, src))
+    for teacher, by_batch in pending.values():
+        xs = [batches[waiting[0]][0] for waiting in by_batch.values()]  # a batch that several sources see, once
+        logits = frozen_logits(teacher, xs[0] if len(xs) == 1 else torch.cat(xs), device)
+        for waiting, t in zip(by_batch.values(), logits.split([len(x) for x in xs])):
+            for key in waiting:
+                batches[key] = (batches[key][0], t)
     return batches

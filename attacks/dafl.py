@@ -81,7 +81,7 @@ class DAFL(Attack):
             raise NastyError("dafl needs the teacher's penultimate features (forward_features); "
                              "use a model from the zoo, tv:<name> or timm:<name>")
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         self.check(teacher)
         torch.manual_seed(mix_seed(seed, 21))  # same generator init whichever teacher it faces
         c, h, w = data.input_shape

@@ -112,7 +112,7 @@ class DeepInversion(Attack):
             raise NastyError(f"deepinversion.rounds must be between 1 and the pool size ({self.pool_size}), "
                              f"got {self.rounds}")
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         self.check(teacher)
         return {"teacher": teacher, "data": data, "seed": seed, "batch": batch_size, "device": device, "quiet": quiet,
                 "noise": torch.Generator(device=device).manual_seed(mix_seed(seed, 33)), "chunks": [],

@@ -35,7 +35,7 @@ class KDSweep(Attack):
             raise NastyError(f"kd-sweep.search_epochs must be a whole number >= 1, got {search_epochs}")
         self.val_fraction, self.search_epochs = val_fraction, int(search_epochs)
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         if config is None:
             raise NastyError("kd-sweep runs inside run_students (it needs the training config)")
         return {"teacher": teacher, "data": data, "config": config, "device": device, "picks": None}
@@ -46,21 +46,20 @@ class KDSweep(Attack):
                                        device=ctx["device"])
 
     def select(self, teacher, data, *, archs, config, device) -> dict[str, dict]:
-        """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy."""
-        from .base import run_students
-        from .kd import KD
+        """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy.
+        The candidates train in one run (:func:`attacks.base.run_cells`): one teacher forward per
+        batch for all of them, their students one batched ensemble where the audit's would be."""
+        from .base import run_cells
 
         split = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
-        cfg = replace(config, epochs=self.search_epochs)
-        tried = {arch: [] for arch in archs}
+        pairs = {f"candidate{i}": pair for i, pair in enumerate((t, a) for t in self.taus for a in self.alphas)}
         devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
-            for tau in self.taus:
-                for alpha in self.alphas:
-                    acc = run_students(KD(alpha=alpha, tau=tau), {"thief": teacher}, list(archs), split, config=cfg,
-                                       device=device)
-                    for arch in archs:
-                        tried[arch].append({"tau": tau, "alpha": alpha, "val_accuracy": round(acc[("thief", arch)], 4)})
+            acc = run_cells(_Candidates(pairs), dict.fromkeys(pairs, teacher), list(archs), split,
+                            config=replace(config, epochs=self.search_epochs), seeds=[config.seed],
+                            device=device)[config.seed]
+        tried = {arch: [{"tau": tau, "alpha": alpha, "val_accuracy": round(acc[(name, arch)], 4)}
+                        for name, (tau, alpha) in pairs.items()] for arch in archs}
         return {arch: {**max(rows, key=lambda r: r["val_accuracy"]), "tried": rows} for arch, rows in tried.items()}
 
     def state(self, ctx):
@@ -75,3 +74,20 @@ class KDSweep(Attack):
     def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         pick = ctx["picks"][arch]
         return {"loss": kd_loss(student_logits, teacher_logits, y, alpha=pick["alpha"], tau=pick["tau"])[0]}
+
+
+class _Candidates(Attack):
+    """The search's students: KD from one teacher, each source (``candidate<i>``) with its own
+    ``(tau, alpha)``. Not registered: only :meth:`KDSweep.select` trains it."""
+
+    name = "kd-sweep search"
+
+    def __init__(self, pairs: dict[str, tuple[float, float]]):
+        self.pairs = pairs
+
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
+        return self.pairs[source]
+
+    def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
+        tau, alpha = ctx
+        return {"loss": kd_loss(student_logits, teacher_logits, y, alpha=alpha, tau=tau)[0]}

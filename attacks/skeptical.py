@@ -109,7 +109,7 @@ class Skeptical(Attack):
             raise NastyError(f"skeptical.delay ({self.delay}) must be below the student epochs ({epochs}), "
                              f"or the teacher is never used")
 
-    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None):
+    def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         self.check_epochs(epochs)
         return None
 

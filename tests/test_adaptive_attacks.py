@@ -10,6 +10,7 @@ import torch
 
 import attacks.base as base
 from attacks import KDSweep, KDTopK, LabelSmoothing, Skeptical, attack_names, create_attack
+from attacks._ensemble import Ensemble
 from attacks.skeptical import skeptical_losses
 from nasty.checkpoint import load_model
 from nasty.errors import NastyError
@@ -154,6 +155,42 @@ def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeyp
     best = max(r["val_accuracy"] for r in rows)
     assert picks["mlp"]["val_accuracy"] == best and next(r for r in rows if r["val_accuracy"] == best) == {
         k: picks["mlp"][k] for k in ("tau", "alpha", "val_accuracy")}
+
+
+def test_kd_sweep_trains_its_candidates_in_one_run_as_each_would_train_alone(teachers, digits):
+    from attacks.kd import KD
+
+    normal, _ = load_model(teachers["root"] / "normal")
+    normal.eval().requires_grad_(False)
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=3)
+    forwards = []
+    hook = normal.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        picks = sweep.select(normal, digits, archs=["mlp", "tiny-cnn"], config=cfg, device="cpu")
+    finally:
+        hook.remove()
+    split = digits.split_validation(0.2, seed=3)[1]
+    assert len(forwards) == len(split.train_y) // 64  # one teacher forward per step for the four candidates
+    for arch in ("mlp", "tiny-cnn"):
+        for row in picks[arch]["tried"]:
+            alone = base.run_students(KD(tau=row["tau"], alpha=row["alpha"]), {"thief": normal}, [arch], split,
+                                      config=replace(cfg, epochs=1), device="cpu")
+            assert round(alone[("thief", arch)], 4) == row["val_accuracy"], (arch, row)  # bit for bit on the CPU
+
+
+def test_kd_sweep_trains_its_candidates_as_one_ensemble_on_a_gpu(teachers, digits, monkeypatch):
+    normal, _ = load_model(teachers["root"] / "normal")
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.9,), search_epochs=1)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
+    loop = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")["mlp"]["tried"]
+    made = []
+    monkeypatch.setattr("nasty.accel.enabled", lambda device: True)  # as on a GPU: an ensemble of the candidates
+    monkeypatch.setattr(base, "Ensemble", lambda members: made.append(len(members)) or Ensemble(members))
+    batched = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")["mlp"]["tried"]
+    assert made == [2]
+    for a, b in zip(loop, batched):
+        assert (a["tau"], a["alpha"]) == (b["tau"], b["alpha"]) and abs(a["val_accuracy"] - b["val_accuracy"]) <= 1.0
 
 
 def test_kd_sweep_trains_with_its_pick_and_reports_it(teachers, digits):

@@ -344,13 +344,12 @@ def test_an_audit_killed_inside_a_cell_goes_on_from_its_partial_state(teachers, 
     assert report["runs"] == reference["runs"]
 
 
-def test_a_partial_cell_of_another_audit_is_refused_unless_forced(teachers, tmp_path):
+def test_a_partial_cell_of_another_audit_is_refused_unless_forced(tiny_audit, teachers, tmp_path):
     import torch
 
     from nasty.checkpoint import save_resume_file
 
-    run(teachers, tmp_path / "done", attacks=["kd"], seeds=(0,))
-    key = {**json.loads((tmp_path / "done" / "cells" / "kd-seed0.json").read_text())["key"], "epochs": 99}
+    key = {**json.loads((tiny_audit[0] / "cells" / "kd-seed0.json").read_text())["key"], "epochs": 99}
     out = tmp_path / "other"
     partial = out / "cells" / "kd-seed0.partial.pt"
     save_resume_file(partial, {"key": key, "epoch": 1, "seconds": 1.0})
