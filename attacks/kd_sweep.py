@@ -2,7 +2,7 @@
 so it tries each (tau, alpha) in ``taus`` x ``alphas`` and keeps the pair whose student is most
 accurate on a stratified validation split of *its own* training data (``val_fraction`` of it,
 seeded; the test set is never read for the choice). Each candidate trains for
-``search_epochs`` on the rest; the chosen pair then trains the student on all of the thief's
+``search_epochs`` on the rest (all candidates in one run, sharing the teacher's forwards); the chosen pair then trains the student on all of the thief's
 data for the full schedule. Chosen per teacher and per student architecture; ties go to the
 first pair in order. A low tau ignores most of the misleading mass a nasty teacher puts on
 wrong classes.
@@ -48,7 +48,7 @@ class KDSweep(Attack):
     def select(self, teacher, data, *, archs, config, device) -> dict[str, dict]:
         """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy.
         The candidates train in one run (:func:`attacks.base.run_cells`): one teacher forward per
-        batch for all of them, their students one batched ensemble where the audit's would be."""
+        batch for all of them, and on a GPU an architecture's students one batched ensemble."""
         from .base import run_cells
 
         split = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
