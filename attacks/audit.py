@@ -265,7 +265,9 @@ def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path
     theirs = saved.get("teachers") if isinstance(saved, dict) else None
     if not isinstance(theirs, dict) or saved != {**key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")}}:
         return None
-    if sorted(r["student"] for r in cell["runs"] if r["source"] == "normal") != sorted(students):
+    runs = [r for r in cell["runs"] if r["source"] == "normal"]
+    if sorted(r["student"] for r in runs) != sorted(students) or any(
+            (r["attack"], r["seed"]) != (key["attack"], key["seed"]) for r in runs):
         return None
     return path, cell
 
@@ -364,7 +366,7 @@ def _take_reference_side(c: _Cell, *, runs: list, notes: dict, made: dict) -> No
     them, its notes and its synthesised images) into what the cell ``c`` will record."""
     path, cell = c.reference
     runs[:0] = [r for r in cell["runs"] if r["source"] == "normal"]
-    if "normal" in (cell.get("notes") or {}):
+    if isinstance(cell.get("notes"), dict) and "normal" in cell["notes"]:
         notes["normal"] = cell["notes"]["normal"]
     saved = _load_images(_images_path(path))
     if "normal" in saved:

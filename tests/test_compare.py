@@ -117,3 +117,11 @@ def test_an_audit_takes_the_reference_side_from_another_audits_cells(defended, t
     sides.clear()  # other settings (one epoch): the first audit's cells do not fit, both sides train
     audit(teacher=defended / "k1", out=tmp_path / "other", reference_from=first, **{**kw, "epochs": 1})
     assert sides[-1] == ("kd", ["nasty", "normal"])
+
+    forged = json.loads((cells / "kd-seed1.json").read_text())  # its key fits, but its runs are another seed's
+    forged["runs"] = [{**r, "seed": 0} for r in forged["runs"]]
+    (tmp_path / "forged" / "cells").mkdir(parents=True)
+    (tmp_path / "forged" / "cells" / "kd-seed1.json").write_text(json.dumps(forged))
+    sides.clear()
+    audit(teacher=defended / "k1", out=tmp_path / "not-forged", reference_from=tmp_path / "forged", **kw)
+    assert sides[-1] == ("kd", ["nasty", "normal"])
