@@ -257,10 +257,9 @@ def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path
     if key["teachers"].get("normal") is None or not path.is_file():
         return None
     try:
-        cell = validate(AuditCell, read_json(path), path)
+        cell = _read_cell(path)
     except NastyError:
         return None
-    _rename_settings(cell["key"])
     saved = cell["key"]
     theirs = saved.get("teachers") if isinstance(saved, dict) else None
     if not isinstance(theirs, dict) or saved != {**key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")}}:
@@ -497,13 +496,19 @@ def _load_cell(path: Path, key: dict, *, force: bool):
     if not os.path.lexists(path):
         return None
     try:
-        cell = validate(AuditCell, read_json(path), path)
+        cell = _read_cell(path)
     except NastyError as e:
         if force:
             return None
         raise NastyError(f"{e}; remove it, or pass --force to redo the cell") from None
-    _rename_settings(cell["key"])
     return cell if _same_key(cell["key"], key, path, force=force) else None
+
+
+def _read_cell(path: Path) -> dict:
+    """A finished cell as the schema allows it, its settings under their current names."""
+    cell = validate(AuditCell, read_json(path), path)
+    _rename_settings(cell["key"])
+    return cell
 
 
 def _rename_settings(key: dict | None) -> None:

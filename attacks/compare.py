@@ -77,8 +77,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
             for cell in (first / "cells").glob("*.json"):
                 if cell.name.startswith(tuple(BASELINES)) and not (folder / "cells" / cell.name).exists():
                     shutil.copyfile(cell, folder / "cells" / cell.name)
-        report = audit(teacher=teacher, out=folder, reference_from=first,
-                       **kwargs)
+        report = audit(teacher=teacher, out=folder, reference_from=first, **kwargs)
         first = first or folder
         t = report["teachers"]
         worst = {w["student"]: w for w in report["worst_case"]}

@@ -271,7 +271,7 @@ class Fuzz:
                 "failures": self.failures[:10]}
 
 
-def _status_mb(field: str) -> int | None:
+def status_mb(field: str) -> int | None:
     """A field of /proc/self/status (VmRSS, VmHWM) in MB; ``None`` where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -282,7 +282,7 @@ def _status_mb(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     """Start the process's peak resident memory (VmHWM) again from its current size (Linux):
     a fuzz run inside a test process must not be charged for what earlier tests allocated."""
     try:
@@ -292,17 +292,17 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss_mb() -> int:
-    hwm = _status_mb("VmHWM")
+    hwm = status_mb("VmHWM")
     return hwm if hwm is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def fuzz(examples: int, *, seed: int | None = 0, hang_seconds: float = 60.0, targets=Fuzz.TARGETS) -> dict:
     """Run ``examples`` generated inputs; return the figures (see the module's docstring)."""
     t0 = time.perf_counter()
-    _reset_peak_rss()
+    reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="nasty-fuzz-") as tmp:
         f = Fuzz(Path(tmp) / "work", hang_seconds)
-        f.start_rss_mb = _status_mb("VmRSS") or 0
+        f.start_rss_mb = status_mb("VmRSS") or 0
 
         @settings(max_examples=examples, deadline=None, database=None, derandomize=seed is not None,
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate])
