@@ -18,6 +18,7 @@ were trained as an ensemble.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import torch
@@ -35,8 +36,18 @@ class Ensemble:
             raise ValueError("an ensemble needs at least one member")
         self.members = list(members)
         params, buffers = stack_module_state(self.members)
-        self.params, self.buffers = params, buffers
+        # in the default memory layout, strides and all (the input too, below): vmap cannot ask a
+        # tensor whether it is channels_last (its batch norm on CUDA does for an fp32 input; seen on
+        # an H100), and a 1x1 kernel stacked from channels_last members claims to be contiguous with
+        # channels_last strides (which a convolution follows). An input whose only odd stride is that
+        # of a size-1 dimension is left as it is: the eager loop sees it so, and so do the members.
+        self.params = {k: _canonical(v).detach().requires_grad_(v.requires_grad) for k, v in params.items()}
+        self.buffers = {k: _canonical(v) for k, v in buffers.items()}
         base = copy.deepcopy(self.members[0]).to("meta")  # the structure only; the weights come from the stacks
+        for m in base.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.forward = functools.partial(_norm_in_fp32, type(m).forward, m)
+        self.structure = base
 
         def one(p, b, x):
             return functional_call(base, (p, b), (x,))
@@ -52,8 +63,8 @@ class Ensemble:
         with warnings.catch_warnings():  # an op without a batching rule (adaptive pooling) runs per member
             warnings.filterwarnings("ignore", message="There is a performance drop")
             if isinstance(x, torch.Tensor):
-                return self._shared(self.params, self.buffers, x)
-            return self._own(self.params, self.buffers, torch.stack(x))
+                return self._shared(self.params, self.buffers, x.contiguous())
+            return self._own(self.params, self.buffers, torch.stack(x).contiguous())
 
     @torch.no_grad()
     def write_back(self) -> None:
@@ -73,6 +84,24 @@ class Ensemble:
         """``(stacked parameter, [the members' parameters])`` for every parameter name."""
         named = [dict(m.named_parameters()) for m in self.members]
         return [(stacked, [n[name] for n in named]) for name, stacked in self.params.items()]
+
+
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a fresh tensor of its shape (a copy only where they differ)."""
+    if t.stride() == torch.empty(t.shape, device="meta").stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _norm_in_fp32(forward, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm layer of the vmapped structure, run in fp32 under autocast (a bf16 input upcast,
+    the output cast back). Autocast leaves batch norm alone, so it would see a bf16 input with fp32
+    running statistics: a plain forward and backward accept that, but vmap's batch-norm backward on
+    CUDA does not ("Expected running_mean to have type BFloat16 but got Float", pytorch#184890)."""
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return forward(module, x)
+    with torch.autocast(x.device.type, enabled=False):
+        return forward(module, x.float()).to(x.dtype)
 
 
 def momentum_to_members(ensembles: list[Ensemble], batched: torch.optim.Optimizer,
@@ -104,6 +133,6 @@ def momentum_from_members(ensembles: list[Ensemble], members: list[torch.optim.O
         for stacked, params in e.pairs():
             bufs = [state.get(p, {}).get("momentum_buffer") for p in params]
             if all(b is not None for b in bufs):
-                batched.state[stacked] = {"momentum_buffer": torch.stack(bufs).to(stacked.dtype)}
+                batched.state[stacked] = {"momentum_buffer": _canonical(torch.stack(bufs).to(stacked.dtype))}
             else:
                 batched.state.pop(stacked, None)

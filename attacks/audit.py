@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from nasty import __version__
+from nasty import __version__, accel
 from nasty import checkpoint as ckpt
 from nasty.data import TensorData
 from nasty.defences import defence_of
@@ -39,7 +39,7 @@ from nasty.released import data_for, is_adversary, label, parse_input, parse_nor
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
-from .base import LabelSmoothing, Scratch, batchable, ensembles_for, run_cells
+from .base import LabelSmoothing, Scratch, batchable, run_cells
 
 __all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
 
@@ -78,10 +78,13 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     describe those that do not record them (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
     the teacher's card records, or is itself hardened.
 
-    ``ensemble`` trains an attack's students of one architecture, every seed and both teachers, as
-    one batched ensemble (:func:`attacks.base.run_cells`); ``None``: on a GPU only (on the CPU it
-    is slower than a loop). An attack that reads its students' features is trained in a loop
-    either way. The cells and their partial states have one format both ways.
+    ``ensemble=True`` trains an attack's students of one architecture, every seed and both
+    teachers, as one batched ensemble (:func:`attacks.base.run_cells`). ``None`` (the default):
+    on a GPU an attack's seeds train together (one teacher forward per batch for all of them) and
+    each student's forward and backward replay as CUDA graphs, which measured faster than the
+    ensemble; on the CPU each cell trains alone. ``False``: each cell alone everywhere. An attack
+    that reads its students' features is trained eagerly, one cell at a time, either way. The
+    cells and their partial states have one format every way.
 
     ``reference_from``: the folder of another audit against the same reference (its ``out``;
     :func:`attacks.compare.compare` passes its first audit's). Where it holds a finished cell of an
@@ -120,8 +123,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
                  checkpoint_seconds=checkpoint_seconds)
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
-            group, together = _group(todo, i, ensemble=ensemble, device=dev)
-            finished.update(_train_cells(group, ensemble=together, **train))
+            group = _group(todo, i, ensemble=ensemble, device=dev)
+            finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
             trained = True
         cells.append(c.done or finished[c.path])
         report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, epochs,
@@ -301,17 +304,15 @@ class _Cell(NamedTuple):
         return int(self.resume["epoch"]) if self.resume else 0
 
 
-def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> tuple[list[_Cell], bool]:
-    """The unfinished cells trained together with ``todo[i]``, and whether as an ensemble: with
-    one, every seed of its attack that resumes from the same epoch (their students become one
-    ensemble per architecture); without, ``todo[i]`` alone."""
+def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> list[_Cell]:
+    """The unfinished cells trained together with ``todo[i]``: every seed of its attack that resumes
+    from the same epoch, where the attack keeps the default step and it pays (as an ensemble, or
+    by default on a GPU, where the seeds' batches share each teacher forward); else ``todo[i]``."""
     first = todo[i]
     same = [c for c in todo[i:] if c.name == first.name and c.done is None and c.resume_epoch == first.resume_epoch
             and (c.reference is None) == (first.reference is None)]
-    members = len(same) * (1 if first.name in BASELINES or first.reference else len(SOURCES))
-    together = batchable(first.attack) and (ensemble if ensemble is not None else
-                                            ensembles_for(first.attack, device, members))
-    return (same if together else [first]), together
+    together = batchable(first.attack) and (ensemble if ensemble is not None else accel.enabled(device))
+    return same if together else [first]
 
 
 def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, device, quiet, checkpoint_seconds,
@@ -348,7 +349,7 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
         if c.resume:
             cell["resumed_from_epoch"] = c.resume_epoch
         if len(seeds) > 1:
-            cell["trained_with_seeds"] = seeds  # one ensemble: the cell's seconds are its share of theirs
+            cell["trained_with_seeds"] = seeds  # in one run: the cell's seconds are its share of theirs
         ckpt.write_json(c.path, cell)
         c.partial.unlink(missing_ok=True)
         written[c.path] = cell

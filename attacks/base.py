@@ -15,7 +15,8 @@ things, and nothing else:
 mdistiller's ``Distiller.forward_train`` does) and returns the final logits and named losses,
 whose sum is what that student minimises. Its default is :meth:`Attack.losses` of
 ``student(x)``, whose default is :meth:`Attack.loss`: most attacks only override that. An attack
-that keeps the default ``step`` can have its students trained as one batched ensemble
+that keeps the default ``step`` has its students' forward and backward replayed as CUDA graphs
+on a GPU (:mod:`attacks._graphs`), or, on request, trained as one batched ensemble
 (:mod:`attacks._ensemble`: one vmapped forward for an architecture's students). Attacks
 register by name with :func:`register`.
 
@@ -45,8 +46,9 @@ from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
 from ._ensemble import Ensemble, momentum_from_members, momentum_to_members
+from ._graphs import capture
 
-__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "batchable", "ensembles_for", "labelled",
+__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "batchable", "graphs_for", "labelled",
            "register", "run_cells", "run_students"]
 
 ATTACKS: dict[str, type["Attack"]] = {}  # by name, in the order they were registered
@@ -203,12 +205,12 @@ def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Atta
     return StudentBank(made)
 
 
-def ensembles_for(attack: Attack, device, members: int) -> bool:
-    """Whether :func:`run_students` trains each architecture's students as one batched ensemble by
-    default: on a GPU (where small students are bound by kernel launches), when the attack does not
-    own the forward (:meth:`Attack.step`) and an architecture has more than one student. On the CPU
-    the ensemble's grouped convolutions are slower than a loop (bench/bench.py measures both)."""
-    return accel.enabled(device) and batchable(attack) and members > 1
+def graphs_for(attack: Attack, device) -> bool:
+    """Whether :func:`run_students` replays the students' forward and backward as CUDA graphs by
+    default (:mod:`attacks._graphs`): on a CUDA device, where small students are bound by kernel
+    launches, when the attack does not own the forward (:meth:`Attack.step`). On one H100 this beat
+    both the eager loop and the batched ensemble for every zoo student (bench/student_step_variants.py)."""
+    return torch.device(device).type == "cuda" and batchable(attack)
 
 
 def batchable(attack: Attack) -> bool:
@@ -219,7 +221,8 @@ def batchable(attack: Attack) -> bool:
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
                  config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
                  save: Callable[[dict], None] | None = None, notes: dict | None = None, images: dict | None = None,
-                 image_count: int = 40, ensemble: bool | None = None) -> dict[tuple[str, str], float]:
+                 image_count: int = 40, ensemble: bool = False, graphs: bool | None = None,
+                 ) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
     (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
 
@@ -233,16 +236,18 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     teacher at the end (where not empty).
 
     ``ensemble``: train the students of one architecture (one per teacher) as one batched
-    ensemble (:mod:`attacks._ensemble`); ``None`` decides by :func:`ensembles_for`. Both ways train
-    the same students from the same state (to float rounding) and save the same state format, so a
-    run may resume the other way. :func:`run_cells` trains several seeds at once.
+    ensemble (:mod:`attacks._ensemble`). ``graphs``: replay each student's training forward and
+    backward as CUDA graphs (:mod:`attacks._graphs`); ``None`` decides by :func:`graphs_for`
+    (never with an ensemble). All ways train the same students from the same state (to float
+    rounding) and save the same state format, so a run may resume another way.
+    :func:`run_cells` trains several seeds at once.
     """
     seed = config.seed
     per_notes, per_images = {}, {}
     acc = run_cells(attack, teachers, students, data, config=config, seeds=[seed], device=device, quiet=quiet,
                     desc=desc, resume=None if resume is None else {seed: resume},
                     save=None if save is None else lambda states: save(states[seed]),
-                    notes=per_notes, images=per_images, image_count=image_count, ensemble=ensemble)
+                    notes=per_notes, images=per_images, image_count=image_count, ensemble=ensemble, graphs=graphs)
     if notes is not None:
         notes.update(per_notes.get(seed, {}))
     if images is not None:
@@ -254,7 +259,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
               config: TrainConfig, seeds: list[int], device, quiet: bool = True, desc: str = "",
               resume: dict[int, dict] | None = None, save: Callable[[dict[int, dict]], None] | None = None,
               notes: dict | None = None, images: dict | None = None, image_count: int = 40,
-              ensemble: bool | None = None) -> dict[int, dict[tuple[str, str], float]]:
+              ensemble: bool = False, graphs: bool | None = None) -> dict[int, dict[tuple[str, str], float]]:
     """:func:`run_students` for several seeds at once (``config.seed`` is not used): per seed its
     own students, data order and attack state, exactly one audit cell's worth each; with an
     ensemble, an architecture's students of every seed and teacher are one ensemble. ``resume``,
@@ -268,11 +273,14 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     seeds = list(dict.fromkeys(seeds))
     device = torch.device(device)
     members = [(seed, src) for seed in seeds for src in teachers]
-    if ensemble is None:
-        ensemble = ensembles_for(attack, device, len(members))
-    elif ensemble and not batchable(attack):
-        raise NastyError(f"{attack.name} reads its students' features (it owns their forward); "
-                         f"its students cannot be trained as an ensemble")
+    if (ensemble or graphs) and not batchable(attack):
+        raise NastyError(f"{attack.name} reads its students' features (it owns their forward); its students "
+                         f"cannot be trained as {'an ensemble' if ensemble else 'CUDA graphs'}")
+    if graphs and (ensemble or device.type != "cuda"):
+        raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
+    if graphs is None:
+        graphs = not ensemble and graphs_for(attack, device)
+    captured = {}  # id(student) -> whether its forward and backward replay as CUDA graphs
     for t in teachers.values():
         if t is not None:
             prepare(t, device).eval().requires_grad_(False)
@@ -319,6 +327,9 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     total = 0.0
                     for (seed, src), (x, t) in batches.items():
                         for arch, student in zip(students, banks[seed][src].students):
+                            if graphs and id(student) not in captured:  # on the first batch (after a resume too)
+                                with autocast(device):
+                                    captured[id(student)] = capture(student, x, name=arch)
                             with autocast(device):
                                 _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed],
                                                         epoch=epoch, arch=arch)

@@ -129,22 +129,90 @@ def test_bf16_on_cuda_is_within_tolerance_of_fp32(gpu_teachers, digits):
     assert all(abs(on["cuda"][k] - on["cpu"][k]) <= 3.0 for k in on["cpu"]), on  # 3 points: 13 of 450 images
 
 
-def test_students_of_every_seed_as_one_ensemble_on_cuda(gpu_teachers, digits):
-    """What the audit does on a GPU by default (attacks/_ensemble.py): every seed's and teacher's
-    students of one architecture in one vmapped forward; within noise of each seed in a loop."""
+def test_a_student_captured_as_cuda_graphs_trains_as_its_eager_self(monkeypatch):
+    """attacks/_graphs.py: the replayed forward and backward give the eager outputs, gradients and
+    BatchNorm statistics (fp32 without TF32 here, so they agree closely; the two may still pick
+    different cuDNN kernels: on an H100 with TF32 on, outputs differed by 2e-4 after one step);
+    capture leaves the statistics as they were; evaluation and a batch of another shape run the
+    eager forward."""
+    import copy
+
+    from attacks._graphs import capture
+    from nasty.models import create_model
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    close = dict(atol=1e-3, rtol=1e-3)
+    torch.manual_seed(0)
+    eager = create_model("resnetc20", num_classes=10, in_chans=3).cuda().train()
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(32, 3, 32, 32, device="cuda")
+    assert capture(graphed, x, name="resnetc20")
+    for a, b in zip(eager.buffers(), graphed.buffers()):
+        assert torch.equal(a, b)  # capture's warm-up left no trace
+    for step in range(3):
+        xs = torch.randn(32, 3, 32, 32, device="cuda")
+        za, zb = eager(xs), graphed(xs)
+        assert torch.allclose(za, zb, **close), (step, (za - zb).abs().max())
+        za.square().mean().backward()
+        zb.square().mean().backward()
+        for (name, pa), pb in zip(eager.named_parameters(), graphed.parameters()):
+            assert torch.allclose(pa.grad, pb.grad, atol=1e-3, rtol=1e-2), (step, name)
+            with torch.no_grad():
+                pa -= 0.1 * pa.grad
+                pb -= 0.1 * pb.grad
+            pa.grad = pb.grad = None
+    for a, b in zip(eager.buffers(), graphed.buffers()):
+        assert torch.allclose(a.float(), b.float(), **close)
+    small = torch.randn(8, 3, 32, 32, device="cuda")
+    assert torch.allclose(eager(small), graphed(small), **close)  # another shape: eager
+    with torch.no_grad():
+        assert torch.allclose(eager.eval()(x), graphed.eval()(x), **close)
+
+
+def test_students_replay_as_cuda_graphs_by_default_within_noise_of_eager_and_ensemble(gpu_teachers, digits,
+                                                                                     monkeypatch):
+    """What the audit does on a GPU by default: every seed's students in one run, each student's
+    forward and backward replayed as CUDA graphs; within noise of the eager loop and of the
+    batched ensemble (--ensemble on, attacks/_ensemble.py)."""
+    import attacks.base as base
     from attacks import create_attack
-    from attacks.base import ensembles_for, run_cells, run_students
+    from attacks.base import graphs_for, run_cells, run_students
     from nasty.trainer import TrainConfig
 
     pair = {k: ckpt.load_model(gpu_teachers["root"] / k)[0] for k in ("normal", "nasty")}
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
-    assert ensembles_for(create_attack("kd"), "cuda", 6)
+    assert graphs_for(create_attack("kd"), "cuda")
+    captured, real = [], base.capture
+    monkeypatch.setattr(base, "capture", lambda *a, **k: captured.append(real(*a, **k)) or captured[-1])
     together = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
                          device="cuda")
+    assert captured == [True] * 12  # 3 seeds x 2 teachers x 2 students, each captured once
+    ensemble = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
+                         device="cuda", ensemble=True)
     for seed in (0, 1, 2):
         alone = run_students(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=replace(cfg, seed=seed),
-                             device="cuda", ensemble=False)
-        assert all(abs(alone[k] - together[seed][k]) <= 3.0 for k in alone), (seed, alone, together[seed])
+                             device="cuda", graphs=False)
+        for way in (together, ensemble):
+            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (seed, alone, way[seed])
+
+
+def test_an_audit_on_cuda_trains_an_attacks_seeds_in_one_run(gpu_teachers, tmp_path, monkeypatch):
+    import attacks.audit as audit_mod
+
+    calls, real = [], audit_mod.run_cells
+
+    def record(attack, *a, seeds, ensemble, **k):
+        calls.append((attack.name, tuple(seeds), ensemble))
+        return real(attack, *a, seeds=seeds, ensemble=ensemble, **k)
+
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    root = gpu_teachers["root"]
+    audit_mod.audit(teacher=root / "nasty", reference=root / "normal", out=tmp_path, attacks=["kd", "skeptical"],
+                    students=["tiny-cnn"], seeds=(0, 1), epochs=2, device="cuda", quiet=True, plots=False,
+                    attack_options={"skeptical": {"delay": 1}})
+    assert calls == [("scratch", (0, 1), False), ("label-smoothing", (0, 1), False), ("kd", (0, 1), False),
+                     ("skeptical", (0,), False), ("skeptical", (1,), False)]  # skeptical owns its step: one by one
 
 
 def test_diagnostics_on_cuda_teachers(gpu_teachers, digits):

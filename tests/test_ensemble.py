@@ -13,7 +13,7 @@ from torch import nn
 
 from attacks import create_attack
 from attacks._ensemble import Ensemble
-from attacks.base import Scratch, batchable, ensembles_for, run_cells, run_students
+from attacks.base import Scratch, batchable, graphs_for, run_cells, run_students
 from nasty.checkpoint import load_model
 from nasty.errors import NastyError
 from nasty.models import create_model
@@ -68,6 +68,60 @@ def test_a_vmapped_ensemble_is_its_members_forward_and_backward():
     assert torch.allclose(own[2], alone[2](xs[2]), atol=1e-5)
 
 
+def test_an_ensemble_of_channels_last_students_runs_in_the_default_layout():
+    """Issue 16, seen on an H100: vmap's batch norm asked a channels_last tensor for its layout
+    ("NYI: querying is_contiguous inside of vmap"). A 1x1 kernel stacked from channels_last members
+    says it is contiguous while its strides are channels_last; the stacks and the input are made
+    plainly contiguous, strides and all, and the members keep their own layout."""
+    torch.manual_seed(0)
+    members = [create_model("resnetc20", num_classes=10, in_chans=3).to(memory_format=torch.channels_last)
+               for _ in range(2)]
+    e = Ensemble(members)
+    for name, t in (*e.params.items(), *e.buffers.items()):
+        assert t.stride() == torch.empty(t.shape).stride(), name
+    assert all(p.is_leaf and p.requires_grad for p in e.parameters())
+    xs = [torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    z = e(xs)
+    assert torch.allclose(z[1], members[1](xs[1]), atol=1e-5)
+    z.square().mean().backward()
+    e.write_back()
+    assert members[0].stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class _Cast(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+
+def test_an_ensembles_batch_norm_takes_a_bf16_input_under_autocast():
+    """Issue 16, seen on an H100: under bf16 autocast a convolution hands BatchNorm a bf16 input while
+    its running statistics stay fp32, and vmap's batch-norm backward refused that ("Expected
+    running_mean to have type BFloat16 but got Float"). On the CPU, vmap's convolutions stay fp32
+    under autocast, so a layer that casts stands in for them; the backward failed the same way
+    before the ensemble's BatchNorm layers ran in fp32."""
+    torch.manual_seed(0)
+
+    def member():
+        return nn.Sequential(nn.Linear(4, 8), _Cast(torch.bfloat16), nn.BatchNorm1d(8), _Cast(torch.float32),
+                             nn.Linear(8, 3))
+
+    e = Ensemble([member(), member()])
+    seen = []
+    for m in e.structure.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.register_forward_hook(lambda mod, args, out: seen.append((args[0].dtype, out.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = e(torch.randn(16, 4))
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16)}, seen  # bf16 on, as it came
+    z.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in e.parameters())
+    assert e.buffers["2.running_mean"].dtype == torch.float32 and e.buffers["2.running_mean"].abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", ["kd", "kd-sweep", "dafl", "scratch"])
 def test_an_ensemble_trains_the_students_a_loop_trains(name, pair, digits):
     """The same accuracies and (to float rounding) weights; real images shared, or a batch per teacher (dafl)."""
@@ -110,14 +164,34 @@ def test_an_ensemble_resumes_bit_identically_and_from_a_loops_checkpoint(pair, d
     assert max(abs(crossed[k] - full[k]) for k in full) <= 0.5, (crossed, full)
 
 
-def test_who_trains_as_an_ensemble(pair, digits, monkeypatch):
+def test_who_trains_how(pair, digits):
     kd, skeptical = create_attack("kd"), create_attack("skeptical")
     assert batchable(kd) and batchable(create_attack("kd-sweep")) and not batchable(skeptical)
-    assert not ensembles_for(kd, "cpu", 2)  # slower than a loop on the CPU (bench/bench.py)
-    monkeypatch.setattr("nasty.accel.enabled", lambda device: True)  # as on a GPU
-    assert ensembles_for(kd, "cpu", 2) and not ensembles_for(kd, "cpu", 1) and not ensembles_for(skeptical, "cpu", 2)
+    # CUDA graphs by default on a CUDA device only, for attacks that keep the default step
+    assert graphs_for(kd, "cuda") and not graphs_for(kd, "cpu") and not graphs_for(skeptical, "cuda")
     with pytest.raises(NastyError, match="skeptical reads its students' features.*cannot be trained as an ensemble"):
         run_students(skeptical, pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True)
+    with pytest.raises(NastyError, match="CUDA graphs need a CUDA device"):
+        run_students(kd, pair, ARCHS, digits, config=CFG, device="cpu", graphs=True)
+
+
+def test_a_student_that_cannot_be_captured_as_cuda_graphs_trains_eagerly():
+    """Capture fails here (no GPU), as it would for a model with host syncs: a one-line warning,
+    and the module is left as it was (its eager forward, its BatchNorm statistics)."""
+    from attacks._graphs import capture
+
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn", num_classes=10, in_chans=1)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(8, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match=r"could not capture tiny-cnn as CUDA graphs \(.*\); it trains eagerly") as w:
+        assert not capture(model, x, name="tiny-cnn")
+    assert "\n" not in str(w[0].message)
+    assert "forward" not in vars(model)  # the class's forward, not an instance's
+    _close(model.state_dict(), before, 0)
+    fresh = create_model("tiny-cnn", num_classes=10, in_chans=1)
+    fresh.load_state_dict(before)
+    assert torch.equal(model(x), fresh(x))
 
 
 def test_an_ensemble_of_students_with_dropout_draws_a_mask_per_member(digits):
@@ -203,6 +277,31 @@ def test_an_audit_trains_an_attacks_seeds_as_one_ensemble_and_resumes_it(teacher
     assert calls == [("kd", (0,)), ("kd", (1,))]
     c, d = by_run(split), by_run(whole)
     assert max(abs(c[k] - d[k]) for k in c) <= 1.0, (c, d)
+
+
+def test_an_audit_on_a_gpu_trains_an_attacks_seeds_in_one_run(teachers, tmp_path, monkeypatch):
+    """On a GPU (simulated: accel on, the CPU's bf16) an attack's seeds train in one run_cells (their
+    batches share each teacher forward), not as an ensemble unless asked; an attack that owns its
+    step trains one cell at a time. On the CPU each cell trains alone."""
+    import attacks.audit as audit_mod
+
+    calls, real = [], audit_mod.run_cells
+
+    def record(attack, *a, seeds, ensemble, **k):
+        calls.append((attack.name, tuple(seeds), ensemble))
+        return real(attack, *a, seeds=seeds, ensemble=ensemble, **k)
+
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    monkeypatch.setattr("nasty.accel.enabled", lambda device: True)
+    _audit(teachers, tmp_path / "gpu", attacks=["kd", "skeptical"], students=["tiny-cnn"], epochs=1,
+           attack_options={"skeptical": {"delay": 0}})
+    assert calls == [("scratch", (0, 1), False), ("label-smoothing", (0, 1), False), ("kd", (0, 1), False),
+                     ("skeptical", (0,), False), ("skeptical", (1,), False)]
+    monkeypatch.undo()
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    calls.clear()
+    _audit(teachers, tmp_path / "cpu", attacks=["kd"], students=["tiny-cnn"], epochs=1)
+    assert calls == [(n, (s,), False) for n in ("scratch", "label-smoothing", "kd") for s in (0, 1)]
 
 
 @pytest.mark.parametrize("name", ["kd", "hard-label", "dafl", "kd-topk", "scratch", "label-smoothing"])
