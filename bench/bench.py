@@ -14,9 +14,10 @@
    workers, with 4 (as the public code configures it) and with as many workers as cores.
 4. audit: seconds per student-epoch with 1, 2 and 4 students sharing one teacher forward per
    batch per teacher, and how much faster that is than training the students one at a time;
-   then, per zoo student, the KD cells of 3 seeds (6 students of one architecture) trained in a
-   loop, one cell per seed, vs as one batched ensemble (``torch.func``: ``run_cells(ensemble=True)``,
-   the audit's default on a GPU).
+   then, per zoo student, the KD cells of 3 seeds (6 students of one architecture) trained in an
+   eager loop, one cell per seed, vs as one batched ensemble (``torch.func``:
+   ``run_cells(ensemble=True)``) and, on a GPU, vs the seeds in one run with each student's steps
+   replayed as CUDA graphs (``run_cells(graphs=True)``, the audit's default there).
 5. the paper's CIFAR-10 table, estimated from measured steps: normal + nasty ResNet-18 for 160
    epochs, then students cnn, resnetc20, resnetc32 and resnet18, each from scratch, with label
    smoothing and by KD from the normal and the nasty teacher (one shared teacher forward per
@@ -220,8 +221,9 @@ def audit_seconds(device, *, images, batch_size, students_grid, teacher_arch) ->
 def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seeds=(0, 1, 2)) -> dict:
     """Seconds per student-epoch of the KD cells of ``seeds`` (two frozen teachers: two students per
     architecture and seed), trained as the CPU audit trains them (one cell per seed, the students in
-    a loop) and as one batched ensemble per architecture (``run_cells(ensemble=True)``, the audit's
-    default on a GPU)."""
+    an eager loop: what the audit did on a GPU before issue 16), as one batched ensemble per
+    architecture (``run_cells(ensemble=True)``, ``--ensemble on``) and, on a GPU, as the audit now
+    trains them there: the seeds in one run, each student's steps replayed as CUDA graphs."""
     from dataclasses import replace
 
     from attacks import create_attack
@@ -236,18 +238,24 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
     def loop(arch, d):
         for seed in seeds:
             run_students(create_attack("kd"), teachers, [arch], d, config=replace(cfg, seed=seed), device=device,
-                         ensemble=False)
+                         graphs=False)
 
     def ensemble(arch, d):
         run_cells(create_attack("kd"), teachers, [arch], d, config=cfg, seeds=list(seeds), device=device, ensemble=True)
 
+    def graphs(arch, d):
+        run_cells(create_attack("kd"), teachers, [arch], d, config=cfg, seeds=list(seeds), device=device, graphs=True)
+
+    modes = (("loop", loop), ("ensemble", ensemble)) + ((("graphs", graphs),) if device.type == "cuda" else ())
     rows = []
     for arch in students:
         row = {"student": arch}
-        for mode, train in (("loop", loop), ("ensemble", ensemble)):
+        for mode, train in modes:
             spent = timed(device, lambda: train(arch, data), warm_up=lambda: train(arch, synthetic(2 * batch_size)))
             row[f"{mode}_s_per_student_epoch"] = spent / members
         row["speedup"] = row["loop_s_per_student_epoch"] / row["ensemble_s_per_student_epoch"]
+        if "graphs_s_per_student_epoch" in row:  # the audit's way on a GPU
+            row["graphs_speedup"] = row["loop_s_per_student_epoch"] / row["graphs_s_per_student_epoch"]
         rows.append(row)
     return {"teacher": teacher_arch, "teachers": len(teachers), "seeds": len(seeds), "members": members,
             "images": images, "batch_size": batch_size, "rows": rows}
@@ -327,6 +335,10 @@ def main(argv=None):
                     help="Images per epoch of the ensemble figures [GPU 16384, quick 4096; CPU 1024, quick 512].")
     ap.add_argument("--steps", type=int, default=None,
                     help="Steps per timed epoch of the step figures [GPU 390, quick 100; CPU 4, quick 2].")
+    ap.add_argument("--ensemble-students", default=None,
+                    help="Comma-separated students of the ensemble figures [GPU: the four CIFAR students, quick: cnn,resnetc20].")
+    ap.add_argument("--only-ensemble", action="store_true",
+                    help="Measure the ensemble figures (section 4's second half) only.")
     ap.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
@@ -339,11 +351,6 @@ def main(argv=None):
     t_start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
 
-    log(f"trainer steps: {args.arch}, batch {bs}, {steps} steps x {repeats} epochs, normal then hardening")
-    normal = trainer_step_seconds(args.arch, device, batch_size=bs, steps=steps, repeats=repeats, compile=args.compile)
-    harden = trainer_step_seconds(args.arch, device, batch_size=bs, steps=steps, repeats=repeats, compile=args.compile,
-                                  harden=True)
-
     progress = {"partial": True, "device": device_name(device), "details": {"arch": args.arch, "batch_size": bs}}
 
     def keep(**figures):  # a run cut short (a time limit on a lent GPU) keeps what it measured
@@ -352,14 +359,30 @@ def main(argv=None):
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(progress, indent=2) + "\n")
 
-    keep(normal_step_s=normal, harden_step_s=harden)
-    ensemble_students = ("cnn", "resnetc20") if quick or not gpu else CIFAR_STUDENTS
+    if not args.only_ensemble:
+        log(f"trainer steps: {args.arch}, batch {bs}, {steps} steps x {repeats} epochs, normal then hardening")
+        normal = trainer_step_seconds(args.arch, device, batch_size=bs, steps=steps, repeats=repeats,
+                                      compile=args.compile)
+        harden = trainer_step_seconds(args.arch, device, batch_size=bs, steps=steps, repeats=repeats,
+                                      compile=args.compile, harden=True)
+        keep(normal_step_s=normal, harden_step_s=harden)
+    ensemble_students = (tuple(args.ensemble_students.split(",")) if args.ensemble_students
+                         else ("cnn", "resnetc20") if quick or not gpu else CIFAR_STUDENTS)
     ensemble_images = args.ensemble_images or ((4096 if quick else 16384) if gpu else (512 if quick else 1024))
     log(f"audit: KD cells of 3 seeds, the students in a loop vs one batched ensemble per architecture "
         f"({', '.join(ensemble_students)}; {ensemble_images} images)")
     ensemble = ensemble_seconds(device, images=ensemble_images, batch_size=bs, students=ensemble_students,
                                 teacher_arch="resnetc20")
     keep(ensemble=ensemble)
+    if args.only_ensemble:
+        progress["partial"] = False
+        keep(seconds=time.perf_counter() - t_start)
+        for row in ensemble["rows"]:
+            graphed = (f", CUDA graphs {row['graphs_s_per_student_epoch']:.4f} s ({row['graphs_speedup']:.2f}x)"
+                       if "graphs_speedup" in row else "")
+            print(f"{row['student']:>10}: eager loop {row['loop_s_per_student_epoch']:.4f} s, ensemble "
+                  f"{row['ensemble_s_per_student_epoch']:.4f} s ({row['speedup']:.2f}x){graphed} per student-epoch")
+        return progress
 
     log(f"data paths at CIFAR shape ({args.images:,} images)")
     cifar = synthetic(args.images)
@@ -393,13 +416,13 @@ def main(argv=None):
     audit_images = args.audit_images or (1024 if quick else 2048) * (16 if gpu else 1)
     audit = audit_seconds(device, images=audit_images, batch_size=bs, students_grid=grid, teacher_arch="resnetc20")
 
-    speedups = {row["student"]: row["speedup"] for row in ensemble["rows"]}
+    speedups = {row["student"]: row["graphs_speedup"] for row in ensemble["rows"] if "graphs_speedup" in row}
     estimate_ensemble = None
-    if gpu:  # where the audit trains ensembles by default: the students' steps shortened by the measured ratio
+    if gpu:  # the audit's way on a GPU (CUDA graphs): the students' steps shortened by the measured ratio
         estimate_ensemble = cifar_table_estimate(
             normal_step=normal, harden_step=harden, teacher_forward=estimate["teacher_forward_s"],
             student_steps={s: t / speedups.get(s, 1.0) for s, t in student_steps.items()})
-        estimate_ensemble["ensemble_speedups"] = speedups
+        estimate_ensemble["graphs_speedups"] = speedups
 
     demo = None
     if not (quick or args.no_demo or gpu):
@@ -412,7 +435,7 @@ def main(argv=None):
         "epoch_speedup_vs_dataloader": loader_harden / harden,
         "epoch_speedup_vs_dataloader_by_workers": {str(k): v / harden for k, v in by_workers.items()},
         "cifar10_table_hours": estimate["total_hours"],
-        "cifar10_table_hours_ensemble": estimate_ensemble and estimate_ensemble["total_hours"],
+        "cifar10_table_hours_graphs": estimate_ensemble and estimate_ensemble["total_hours"],
         "demo_seconds": demo,
         "device": device_name(device),
         "details": {
@@ -421,7 +444,7 @@ def main(argv=None):
             "harden_img_s": bs / harden, "harden_img_s_dataloader": bs / loader_harden,
             "data_img_s": ours_rate, "data_img_s_dataloader": loader_rate, "dataloader_workers": 2,
             "harden_step_s_dataloader_by_workers": {str(k): v for k, v in by_workers.items()},
-            "cifar10_table": estimate, "cifar10_table_ensemble": estimate_ensemble, "cpu_count": os.cpu_count(),
+            "cifar10_table": estimate, "cifar10_table_graphs": estimate_ensemble, "cpu_count": os.cpu_count(),
             "audit": audit, "ensemble": ensemble, "quick": quick, "torch": torch.__version__, "python": platform.python_version(),
             "seconds": time.perf_counter() - t_start,
         },
@@ -455,15 +478,19 @@ def table(r: dict) -> str:
     for row in d.get("ensemble", {}).get("rows", []):
         rows.append((f"ensemble of {d['ensemble']['members']} {row['student']}", f"{row['speedup']:.2f}x",
                      f"{row['ensemble_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
-                     f"student-epoch in a loop ({d['ensemble']['images']} images)"))
+                     f"student-epoch in an eager loop ({d['ensemble']['images']} images)"))
+        if "graphs_speedup" in row:
+            rows.append((f"CUDA graphs, {d['ensemble']['members']} {row['student']}", f"{row['graphs_speedup']:.2f}x",
+                         f"{row['graphs_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
+                         f"student-epoch in an eager loop"))
     if "cifar10_table" in d:
         e = d["cifar10_table"]
         rows.append(("CIFAR-10 table (estimate)", f"{e['total_hours']:.1f} h",
                      f"teachers {e['teachers_hours']:.1f} h + audit {e['audit_hours']:.1f} h ({', '.join(e['students'])}; "
                      f"{e['epochs']} epochs, {e['seeds']} seeds)"))
-    if d.get("cifar10_table_ensemble"):
-        e = d["cifar10_table_ensemble"]
-        rows.append(("CIFAR-10 table, ensembles (estimate)", f"{e['total_hours']:.1f} h",
+    if d.get("cifar10_table_graphs"):
+        e = d["cifar10_table_graphs"]
+        rows.append(("CIFAR-10 table, CUDA graphs (estimate)", f"{e['total_hours']:.1f} h",
                      f"audit {e['audit_hours']:.1f} h with the students' steps shortened by the ratios above "
                      f"(1.0 where not measured)"))
     rows.append(("nasty demo", "skipped" if r["demo_seconds"] is None else f"{r['demo_seconds']:.1f} s", ""))

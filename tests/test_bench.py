@@ -75,3 +75,37 @@ def test_bench_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
     r = json.loads(out.read_text())
     assert r["partial"] is True and r["details"]["harden_step_s"] == 0.2 and r["details"]["normal_step_s"] == 0.1
     assert r["details"]["ensemble"]["rows"][0]["speedup"] == 2.0
+
+
+def test_only_ensemble_measures_the_named_students_and_nothing_else(tmp_path, monkeypatch):
+    """What bench/gpu_check.sh runs for the four zoo students: the ensemble figures alone."""
+    bench = _bench()
+    seen = {}
+
+    def never(*a, **k):
+        raise AssertionError("--only-ensemble measured a trainer step")
+
+    def ensemble(device, *, students, images, **k):
+        seen.update(students=students, images=images)
+        return {"rows": [{"student": s, "loop_s_per_student_epoch": 2.0, "ensemble_s_per_student_epoch": 1.0,
+                          "speedup": 2.0} for s in students]}
+
+    monkeypatch.setattr(bench, "trainer_step_seconds", never)
+    monkeypatch.setattr(bench, "ensemble_seconds", ensemble)
+    out = tmp_path / "zoo.json"
+    bench.main(["--device", "cpu", "--only-ensemble", "--ensemble-students", "cnn,resnet18", "--ensemble-images", "64",
+                "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert seen == {"students": ("cnn", "resnet18"), "images": 64}
+    assert r["partial"] is False and [row["student"] for row in r["details"]["ensemble"]["rows"]] == ["cnn", "resnet18"]
+
+
+def test_student_step_variants_time_each_way(tmp_path):
+    """bench/student_step_variants.py at toy size on the CPU (the CUDA-graph way needs a GPU and is left out)."""
+    out = tmp_path / "variants.json"
+    bench_script("student_step_variants").main(
+        ["--device", "cpu", "--archs", "cnn", "--members", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1",
+         "--variants", "loop,graphed,ensemble,ensemble_fp32", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert r["errors"] == {} and set(r["ms_per_member_step"]["cnn"]) == {"loop", "ensemble", "ensemble_fp32"}
+    assert all(ms > 0 for ms in r["ms_per_member_step"]["cnn"].values())

@@ -1,0 +1,180 @@
+"""Ways to train M small students of one architecture, timed per member-step on one device.
+
+    python bench/student_step_variants.py --device cuda --json out.json [--archs cnn,resnetc20]
+
+The audit's students are launch-bound on a GPU (issue 16). This measures, for M students (three
+seeds x two teachers) at batch 128 on CIFAR-shaped data with KD from fixed teacher logits:
+
+- ``loop``: each student's forward, loss and backward in turn, one SGD step over all (the audit's
+  ``--ensemble off``);
+- ``graphed``: the same loop with each student's forward and backward captured as CUDA graphs
+  (``torch.cuda.make_graphed_callables``);
+- ``ensemble``: one vmapped forward of all students (``attacks._ensemble.Ensemble``, the audit's
+  GPU default), bf16 autocast and channels_last as the trainer runs it;
+- ``ensemble_nchw``, ``ensemble_fp32``: the same in the default memory layout, and without autocast;
+- ``compiled``: the loop with each student ``torch.compile``-d (default mode; its compile time is
+  reported apart).
+
+Each figure is milliseconds per member-step (one student's step), the median of ``--repeats``
+timed runs of ``--steps`` steps after a warm-up. The teacher's forward is left out: every variant
+shares it. The JSON is rewritten after each variant, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from attacks import create_attack
+from attacks._ensemble import Ensemble
+from nasty.models import create_model
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _students(arch, m, device, *, channels_last):
+    torch.manual_seed(0)
+    models = [create_model(arch, num_classes=10, in_chans=3).to(device).train() for _ in range(m)]
+    if channels_last:
+        for model in models:
+            model.to(memory_format=torch.channels_last)
+    return models
+
+
+def _batches(m, batch_size, device, *, channels_last, count=4):
+    """``count`` steps of data: per step, one batch per seed (members of a seed share it), teacher
+    logits per member, labels per member."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    steps = []
+    for _ in range(count):
+        per_seed = [torch.randn(batch_size, 3, 32, 32, generator=g) for _ in range(m // 2)]
+        xs = [x.to(device) for x in per_seed for _ in range(2)]
+        if channels_last:
+            xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        ts = [torch.randn(batch_size, 10, generator=g).to(device) for _ in range(m)]
+        ys = [torch.randint(0, 10, (batch_size,), generator=g).to(device) for _ in range(m)]
+        steps.append((xs, ts, ys))
+    return steps
+
+
+def loop_step(models, *, autocast, graphed=False):
+    kd = create_attack("kd")
+    params = [p for model in models for p in model.parameters()]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def step(xs, ts, ys):
+        opt.zero_grad(set_to_none=True)
+        for model, x, t, y in zip(models, xs, ts, ys):
+            with autocast():
+                z = model(x)
+            kd.loss(z.float(), t, y)[0].backward()
+        opt.step()
+    return step
+
+
+def graphed_loop(models, sample, *, autocast):
+    xs = sample[0]
+    with autocast():
+        graphed = list(torch.cuda.make_graphed_callables(tuple(models), tuple((x,) for x in xs)))
+    return loop_step(graphed, autocast=autocast), models
+
+
+def ensemble_step(models, *, autocast):
+    kd = create_attack("kd")
+    e = Ensemble(models)
+    opt = torch.optim.SGD(e.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def step(xs, ts, ys):
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            z = e(xs).float()
+        (len(xs) * kd.loss(z.flatten(0, 1), torch.cat(ts), torch.cat(ys))[0]).backward()
+        opt.step()
+    return step
+
+
+def timed_ms(step, data, device, *, steps, repeats, warmup=5) -> float:
+    for i in range(warmup):
+        step(*data[i % len(data)])
+    _sync(device)
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(*data[i % len(data)])
+        _sync(device)
+        runs.append((time.perf_counter() - t0) / steps * 1000)
+    return statistics.median(runs)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--archs", default="cnn,resnetc20,resnetc32,resnet18")
+    ap.add_argument("--members", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", default="loop,graphed,ensemble,ensemble_nchw,ensemble_fp32,compiled")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    bf16 = (lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)) if gpu else nullcontext
+    fp32 = nullcontext
+    result = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
+              "members": args.members, "batch_size": args.batch_size, "ms_per_member_step": {}, "errors": {},
+              "compile_s": {}}
+
+    def keep():
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+    for arch in args.archs.split(","):
+        rows = result["ms_per_member_step"].setdefault(arch, {})
+        for variant in args.variants.split(","):
+            if variant == "graphed" and not gpu:
+                continue
+            cl = variant not in ("ensemble_nchw", "ensemble_fp32")
+            autocast = fp32 if variant == "ensemble_fp32" else bf16
+            t0 = time.perf_counter()
+            try:
+                models = _students(arch, args.members, device, channels_last=cl and gpu)
+                data = _batches(args.members, args.batch_size, device, channels_last=cl and gpu)
+                if variant == "loop":
+                    step = loop_step(models, autocast=autocast)
+                elif variant == "graphed":
+                    step, _ = graphed_loop(models, data[0], autocast=autocast)
+                elif variant == "compiled":
+                    step = loop_step([torch.compile(m) for m in models], autocast=autocast)
+                    step(*data[0])
+                    _sync(device)
+                    result["compile_s"][arch] = time.perf_counter() - t0
+                else:
+                    step = ensemble_step(models, autocast=autocast)
+                ms = timed_ms(step, data, device, steps=args.steps, repeats=args.repeats) / args.members
+                rows[variant] = round(ms, 3)
+                print(f"{arch:>10} {variant:>14}: {ms:7.3f} ms per member-step "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            except Exception as exc:  # a variant that fails is a result too
+                result["errors"][f"{arch}/{variant}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                print(f"{arch:>10} {variant:>14}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            keep()
+    keep()
+    return result
+
+
+if __name__ == "__main__":
+    main()
