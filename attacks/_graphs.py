@@ -29,6 +29,11 @@ __all__ = ["capture"]
 def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
     """Replace ``module``'s training forward on batches like ``x`` by CUDA graph replays; ``True``
     if captured, ``False`` (with a warning, the module unchanged) if it could not be."""
+    # capture's warm-up makes the gradient accumulators on its own stream, as intended; torch warns
+    # about that once per process (an H100 run printed it mid-audit), so say it is expected
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet is not None:
+        quiet(False)
     eager = module.forward
     saved = [b.detach().clone() for b in module.buffers()]
     sample = x.detach().clone().requires_grad_(x.requires_grad)
@@ -48,9 +53,6 @@ def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
         with torch.no_grad():
             for b, s in zip(module.buffers(), saved):
                 b.copy_(s)
-    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
-    if quiet is not None:  # capture's warm-up made the gradient accumulators on its own stream: expected, harmless
-        quiet(False)
     graphed = module.forward
     like = (sample.shape, sample.dtype, sample.device, sample.requires_grad)
 
