@@ -5,7 +5,7 @@ graph replay launches a whole forward, one more the whole backward:
 ``torch.cuda.make_graphed_callables`` captures both on the first batch, and every later batch of
 that shape replays them. Measured on one H100 (``bench/student_step_variants.py``), a member-step
 took 2.8-4.0x less time than the eager loop for cnn, resnetc20, resnetc32 and resnet18, and less
-than the vmapped ensemble (:mod:`attacks._ensemble`) for each of them.
+than in the vmapped ensemble (:mod:`attacks._ensemble`) for the three ResNets (cnn: within 5%).
 
 The module stays the record: the graphs read and write its own parameters, gradients and
 BatchNorm statistics. Only a training-mode call with grad enabled on a batch like the captured one

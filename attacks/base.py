@@ -208,8 +208,9 @@ def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Atta
 def graphs_for(attack: Attack, device) -> bool:
     """Whether :func:`run_students` replays the students' forward and backward as CUDA graphs by
     default (:mod:`attacks._graphs`): on a CUDA device, where small students are bound by kernel
-    launches, when the attack does not own the forward (:meth:`Attack.step`). On one H100 this beat
-    both the eager loop and the batched ensemble for every zoo student (bench/student_step_variants.py)."""
+    launches, when the attack does not own the forward (:meth:`Attack.step`). On one H100 a student
+    step took 2.8-4.0x less time than eager for every zoo student, and less than in the batched
+    ensemble for the three ResNets (bench/student_step_variants.py; docs/speed.md has the rest)."""
     return torch.device(device).type == "cuda" and batchable(attack)
 
 
