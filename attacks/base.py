@@ -281,7 +281,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
         raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
     if graphs is None:
         graphs = not ensemble and graphs_for(attack, device)
-    captured = {}  # id(student) -> whether its forward and backward replay as CUDA graphs
+    captured = set()  # id() of each student capture was tried on (it replays CUDA graphs, or trains eagerly)
     for t in teachers.values():
         if t is not None:
             prepare(t, device).eval().requires_grad_(False)
@@ -328,10 +328,10 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     total = 0.0
                     for (seed, src), (x, t) in batches.items():
                         for arch, student in zip(students, banks[seed][src].students):
-                            if graphs and id(student) not in captured:  # on the first batch (after a resume too)
-                                with autocast(device):
-                                    captured[id(student)] = capture(student, x, name=arch)
                             with autocast(device):
+                                if graphs and id(student) not in captured:  # on the first batch (after a resume too)
+                                    captured.add(id(student))
+                                    capture(student, x, name=arch)
                                 _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed],
                                                         epoch=epoch, arch=arch)
                             loss = sum(losses.values())

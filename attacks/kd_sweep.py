@@ -3,9 +3,9 @@ so it tries each (tau, alpha) in ``taus`` x ``alphas`` and keeps the pair whose 
 accurate on a stratified validation split of *its own* training data (``val_fraction`` of it,
 seeded; the test set is never read for the choice). Each candidate trains for
 ``search_epochs`` on the rest (all candidates in one run, sharing the teacher's forwards); the
-chosen pair then trains the student on all of the thief's data for the full schedule. Chosen per teacher and per student architecture; ties go to the
-first pair in order. A low tau ignores most of the misleading mass a nasty teacher puts on
-wrong classes.
+chosen pair then trains the student on all of the thief's data for the full schedule. Chosen per
+teacher and per student architecture; ties go to the first pair in order. A low tau ignores most
+of the misleading mass a nasty teacher puts on wrong classes.
 """
 
 from __future__ import annotations

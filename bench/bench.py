@@ -388,11 +388,7 @@ def main(argv=None):
     if args.only_ensemble:
         progress["partial"] = False
         keep(seconds=time.perf_counter() - t_start)
-        for row in ensemble["rows"]:
-            graphed = (f", CUDA graphs {row['graphs_s_per_student_epoch']:.4f} s ({row['graphs_speedup']:.2f}x)"
-                       if "graphs_speedup" in row else "")
-            print(f"{row['student']:>10}: eager loop {row['loop_s_per_student_epoch']:.4f} s, ensemble "
-                  f"{row['ensemble_s_per_student_epoch']:.4f} s ({row['speedup']:.2f}x){graphed} per student-epoch")
+        print(_aligned(_ensemble_rows(ensemble)))
         return progress
 
     log(f"data paths at CIFAR shape ({args.images:,} images)")
@@ -486,14 +482,7 @@ def table(r: dict) -> str:
         rows.append((f"audit, {len(row['students'])} student(s)", f"{row['seconds_per_student_epoch']:.2f} s",
                      f"per student-epoch ({d['audit']['images']} images); one at a time: "
                      f"{row['sharing_speedup']:.2f}x slower"))
-    for row in d.get("ensemble", {}).get("rows", []):
-        rows.append((f"ensemble of {d['ensemble']['members']} {row['student']}", f"{row['speedup']:.2f}x",
-                     f"{row['ensemble_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
-                     f"student-epoch in an eager loop ({d['ensemble']['images']} images; steady epochs)"))
-        if "graphs_speedup" in row:
-            rows.append((f"CUDA graphs, {d['ensemble']['members']} {row['student']}", f"{row['graphs_speedup']:.2f}x",
-                         f"{row['graphs_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
-                         f"student-epoch in an eager loop"))
+    rows += _ensemble_rows(d.get("ensemble", {}))
     if "cifar10_table" in d:
         e = d["cifar10_table"]
         rows.append(("CIFAR-10 table (estimate)", f"{e['total_hours']:.1f} h",
@@ -505,10 +494,26 @@ def table(r: dict) -> str:
                      f"audit {e['audit_hours']:.1f} h with the students' steps shortened by the ratios above "
                      f"(1.0 where not measured)"))
     rows.append(("nasty demo", "skipped" if r["demo_seconds"] is None else f"{r['demo_seconds']:.1f} s", ""))
+    return "\n".join([f"device: {r['device']}, torch {d['torch']}, {d['seconds']:.0f} s in all", "", _aligned(rows)])
+
+
+def _ensemble_rows(e: dict) -> list[tuple[str, str, str]]:
+    """The table's rows of :func:`ensemble_seconds`' figures (none where there are none)."""
+    rows = []
+    for row in e.get("rows", []):
+        rows.append((f"ensemble of {e['members']} {row['student']}", f"{row['speedup']:.2f}x",
+                     f"{row['ensemble_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
+                     f"student-epoch in an eager loop ({e['images']} images; steady epochs)"))
+        if "graphs_speedup" in row:
+            rows.append((f"CUDA graphs, {e['members']} {row['student']}", f"{row['graphs_speedup']:.2f}x",
+                         f"{row['graphs_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
+                         f"student-epoch in an eager loop"))
+    return rows
+
+
+def _aligned(rows: list[tuple[str, str, str]]) -> str:
     w = max(len(a) for a, _, _ in rows)
-    lines = [f"device: {r['device']}, torch {d['torch']}, {d['seconds']:.0f} s in all", ""]
-    lines += [f"{a:<{w}}  {b:>8}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
+    return "\n".join(f"{a:<{w}}  {b:>8}  {c}" for a, b, c in rows)
 
 
 if __name__ == "__main__":

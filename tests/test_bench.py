@@ -87,7 +87,8 @@ def test_only_ensemble_measures_the_named_students_and_nothing_else(tmp_path, mo
 
     def ensemble(device, *, students, images, **k):
         seen.update(students=students, images=images)
-        return {"rows": [{"student": s, "loop_s_per_student_epoch": 2.0, "ensemble_s_per_student_epoch": 1.0,
+        return {"members": 6, "images": images,
+                "rows": [{"student": s, "loop_s_per_student_epoch": 2.0, "ensemble_s_per_student_epoch": 1.0,
                           "speedup": 2.0} for s in students]}
 
     monkeypatch.setattr(bench, "trainer_step_seconds", never)
