@@ -22,7 +22,7 @@ from .skeptical import Skeptical
 DEFAULT_ATTACKS = ("kd", "hard-label", "dafl", "deepinversion")
 
 
-def attack_settings(name: str, *, option: str = "--attacks") -> list[str]:
+def attack_settings(name: str, *, option: str = "`attacks`") -> list[str]:
     """The keyword arguments attack ``name`` accepts (its settings); ``option`` names where an
     unknown name came from in the error."""
     import inspect

@@ -145,20 +145,20 @@ def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_se
     """The attack names and seeds, once every audit-level setting is known to be valid (before anything is loaded)."""
     attacks = attack_names(attacks)
     for name, options in (attack_options or {}).items():
-        known = attack_settings(name, option="--attack-option")
+        known = attack_settings(name, option="`attack_options`")
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise NastyError(f"--attack-option: {name} has no setting {unknown[0]!r}; "
+            raise NastyError(f"`attack_options`: {name} has no setting {unknown[0]!r}; "
                              f"it has {', '.join(known) or 'none'}")
     if not 0.0 <= alpha <= 1.0:
-        raise NastyError(f"--alpha must be in [0, 1], got {alpha}")
+        raise NastyError(f"`alpha` must be in [0, 1], got {alpha}")
     if tau is not None and tau <= 0:
-        raise NastyError(f"--tau must be > 0, got {tau}")
+        raise NastyError(f"`tau` must be > 0, got {tau}")
     seeds = list(seeds)
     if not seeds:
-        raise NastyError("--seeds: give at least one seed")
+        raise NastyError("`seeds`: give at least one seed")
     if checkpoint_seconds < 0:
-        raise NastyError(f"--checkpoint-seconds must be >= 0, got {checkpoint_seconds}")
+        raise NastyError(f"`checkpoint_seconds` must be >= 0, got {checkpoint_seconds}")
     return attacks, seeds
 
 
@@ -167,7 +167,7 @@ def _teachers(teacher, reference, *, arch, dataset, data, data_root, download, t
     """The two teachers (``normal``: the reference, ``nasty``: the audited one) as models and
     cards, and the data they were trained on; whatever does not fit fails here, named."""
     read = {}
-    for src, option, source in (("nasty", "--teacher", teacher), ("normal", "--reference", reference)):
+    for src, option, source in (("nasty", "`teacher`", teacher), ("normal", "`reference`", reference)):
         sd, card = read_model(source, option=option, arch=arch, normalization=normalization, inputs=inputs,
                               unsafe_pickle=unsafe_pickle)
         read[src] = (option, source, card, sd)
@@ -176,7 +176,7 @@ def _teachers(teacher, reference, *, arch, dataset, data, data_root, download, t
     require_options(items, dataset=dataset or (data.name if data is not None else None))
     trained_on = (cards["nasty"].get("dataset"), cards["normal"].get("dataset"))
     if None not in trained_on and trained_on[0] != trained_on[1]:
-        raise NastyError(f"--reference {label(reference)} was trained on {trained_on[1]}, but --teacher "
+        raise NastyError(f"`reference` {label(reference)} was trained on {trained_on[1]}, but `teacher` "
                          f"{label(teacher)} on {trained_on[0]}; audit a teacher against its own normal model")
     _warn_about_reference(cards["nasty"], cards["normal"], reference)
     data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
@@ -205,13 +205,13 @@ def _cells_dir(out: Path) -> Path:
     """``out/cells``, made, with the temporary files of a killed write removed."""
     cells_dir = out / "cells"
     if cells_dir.is_symlink():  # a published audit folder must not send our writes elsewhere
-        raise NastyError(f"--out {one_line(out)}: cells is a link ({one_line(os.readlink(cells_dir))}); refused")
+        raise NastyError(f"`out` {one_line(out)}: cells is a link ({one_line(os.readlink(cells_dir))}); refused")
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
         for folder in (out, cells_dir):
             ckpt.remove_stale_temps(folder)
     except OSError as e:
-        raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
+        raise NastyError(f"`out` {out} is not writable: {e.strerror or e}") from None
     return cells_dir
 
 
@@ -250,7 +250,7 @@ def _reference_cells(folder) -> Path | None:
         return None
     cells = Path(folder).expanduser() / "cells"
     if not cells.is_dir():
-        raise NastyError(f"--reference-from {one_line(folder)}: not an audit folder (it has no cells/)")
+        raise NastyError(f"`reference_from` {one_line(folder)}: not an audit folder (it has no cells/)")
     return cells
 
 
@@ -277,11 +277,11 @@ def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path
 def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> None:
     """One line on stderr (a warning, not an error) when the comparison is not the one the audit is for."""
     if normal_card.get("kind") == "nasty":
-        warnings.warn(NastyWarning(f"--reference {label(reference)} is itself a hardened (nasty) teacher; the audit "
+        warnings.warn(NastyWarning(f"`reference` {label(reference)} is itself a hardened (nasty) teacher; the audit "
                                    f"measures immunity against the normal model the teacher was hardened from"))
     elif is_adversary(nasty_card, normal_card) is False:
         adv = nasty_card["adversary"]
-        warnings.warn(NastyWarning(f"--reference {label(reference)} is not the adversary the teacher was hardened "
+        warnings.warn(NastyWarning(f"`reference` {label(reference)} is not the adversary the teacher was hardened "
                                    f"against ({adv.get('source')}, sha256 {str(adv.get('sha256'))[:12]}...); "
                                    f"immunity is measured against another model"))
 
@@ -501,7 +501,7 @@ def _load_cell(path: Path, key: dict, *, force: bool):
     except NastyError as e:
         if force:
             return None
-        raise NastyError(f"{e}; remove it, or pass --force to redo the cell") from None
+        raise NastyError(f"{e}; remove it, or pass `force` to redo the cell") from None
     return cell if _same_key(cell["key"], key, path, force=force) else None
 
 
@@ -570,8 +570,8 @@ def _same_key(saved: dict | None, key: dict, path: Path, *, force: bool) -> bool
         saved, now = saved.get(diff), now.get(diff)
         if not (isinstance(saved, dict) and isinstance(now, dict)):
             break
-    raise NastyError(f"--out {one_line(path.parent.parent)} holds results of another audit ({one_line(name)[:80]} "
-                     f"differs: {one_line(repr(saved))[:80]} there, {now!r} now); use another --out or --force to redo them")
+    raise NastyError(f"`out` {one_line(path.parent.parent)} holds results of another audit ({one_line(name)[:80]} "
+                     f"differs: {one_line(repr(saved))[:80]} there, {now!r} now); use another `out` or `force` to redo them")
 
 
 def _mean_std(xs):

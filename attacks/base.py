@@ -341,7 +341,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     opt.step()
                 if step == 0 and not torch.isfinite(total.detach()):
                     raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
-                                     f"try a smaller --lr or --tau")
+                                     f"try a smaller `lr` or `tau`")
                 bar.update(1)
             for _, sched in trained.values():
                 sched.step()

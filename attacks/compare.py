@@ -59,7 +59,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
     """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict."""
     teachers = [Path(t).expanduser() for t in teachers]
     if not teachers:
-        raise NastyError("--teachers: give at least one teacher to compare")
+        raise NastyError("`teachers`: give at least one teacher to compare")
     out = Path(out).expanduser()
     taken: set[str] = set()
     names = [_slug(t, taken) for t in teachers]

@@ -107,7 +107,7 @@ class DeepInversion(Attack):
     def check(self, teacher):
         if not BNStats(teacher).layers:
             raise NastyError("deepinversion needs a teacher with BatchNorm layers (it matches their statistics); "
-                             "this teacher has none: audit it with --attacks kd,hard-label,dafl")
+                             "this teacher has none: audit it with `attacks` kd,hard-label,dafl")
         if not 1 <= self.rounds <= self.pool_size:
             raise NastyError(f"deepinversion.rounds must be between 1 and the pool size ({self.pool_size}), "
                              f"got {self.rounds}")

@@ -191,7 +191,7 @@ def _refuse_legacy(path: Path) -> None:
             raise CheckpointError(f"{one_line(path)} could not be read as a PyTorch file ({first_line(e)})") from None
     raise CheckpointError(f"{one_line(path)} is in the legacy (non-zip) torch.save format, whose tensor sizes cannot "
                           f"be checked before loading; re-save it with a current torch.save or convert it to "
-                          f"safetensors, or pass --unsafe-pickle if you trust its source")
+                          f"safetensors, or pass `unsafe_pickle` if you trust its source")
 
 
 def read_card(path) -> dict:
@@ -206,7 +206,7 @@ def read_card(path) -> dict:
 # --------------------------------------------------------------------------- loading
 
 
-def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher") -> tuple[dict[str, torch.Tensor], dict]:
+def load_weights(path, *, unsafe_pickle: bool = False, option: str = "`teacher`") -> tuple[dict[str, torch.Tensor], dict]:
     """Read a state dict from a run dir, ``.safetensors`` or a pickle-based file, safely.
 
     Returns ``(state_dict, card)``; ``card`` is what is known about the weights (the run's
@@ -231,7 +231,7 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher"
     file_sha = sha256_file(path)
     if card.get("sha256") and file_sha != card["sha256"]:
         raise CheckpointError(f"{one_line(path)} does not match the sha256 in {one_line(path.parent / CARD)} (an "
-                              f"interrupted write or a modified file); re-run with --resume to rewrite it")
+                              f"interrupted write or a modified file); re-run with `resume` to rewrite it")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -258,7 +258,7 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "--teacher"
         if not unsafe_pickle:
             raise CheckpointError(
                 f"{one_line(path)} refused: it holds Python objects beyond tensors, and unpickling them could run "
-                f"arbitrary code; convert it to safetensors, or pass --unsafe-pickle if you trust its source "
+                f"arbitrary code; convert it to safetensors, or pass `unsafe_pickle` if you trust its source "
                 f"(torch.load(weights_only=True): {_weights_only_reason(e)})") from None
         obj = _unsafe_load(path)
     except CheckpointError:
@@ -362,7 +362,7 @@ def _fitted(model: nn.Module, sd: dict, *, arch: str) -> dict:
         parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
                  f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
-        raise ModelError(f"weights do not fit --arch {one_line(arch)}: " + "; ".join(p for p in parts if p))
+        raise ModelError(f"weights do not fit `arch` {one_line(arch)}: " + "; ".join(p for p in parts if p))
     return sd
 
 
@@ -370,7 +370,7 @@ _WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def load_model(source, *, arch: str | None = None, num_classes: int | None = None, in_chans: int | None = None,
-               unsafe_pickle: bool = False, device="cpu", option: str = "--teacher") -> tuple[nn.Module, dict]:
+               unsafe_pickle: bool = False, device="cpu", option: str = "`teacher`") -> tuple[nn.Module, dict]:
     """Build the architecture and load weights into it; returns ``(model.eval(), card)``.
 
     ``arch``/``num_classes``/``in_chans`` default to what the card or file metadata says;
@@ -394,9 +394,9 @@ def build_model(sd: dict, card: dict, *, source, arch=None, num_classes=None, in
     transform = create_transform(card.get("output_transform")) if served else None
     arch = arch or card.get("arch")
     if not arch:
-        raise ModelError(f"{source}: the architecture is not recorded with these weights; pass --arch")
+        raise ModelError(f"{source}: the architecture is not recorded with these weights; pass `arch`")
     if card.get("arch") and arch != card["arch"]:
-        raise ModelError(f"--arch {arch} does not match the architecture recorded with {source} ({card['arch']})")
+        raise ModelError(f"`arch` {arch} does not match the architecture recorded with {source} ({card['arch']})")
     if num_classes is None:
         num_classes = card.get("num_classes") or _guess_num_classes(sd, source)
     elif card.get("num_classes") and int(card["num_classes"]) != num_classes:
@@ -434,5 +434,5 @@ def _check_size(arch, num_classes: int, in_chans: int, sd: dict, source) -> None
 def _guess_num_classes(sd: dict, source) -> int:
     last = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
     if not last:
-        raise ModelError(f"{source}: cannot tell the number of classes from the weights; pass --dataset")
+        raise ModelError(f"{source}: cannot tell the number of classes from the weights; pass `dataset`")
     return int(last[-1].shape[0])

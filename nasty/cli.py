@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ def _fail_cleanly(fn):
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except NastyError as e:  # text from files may hold newlines or escape sequences: one line, escaped
-            raise click.ClickException(one_line(e)) from None
+            raise click.ClickException(one_line(_as_flags(str(e)))) from None
         except KeyboardInterrupt:
             click.echo("\ninterrupted; the last finished epoch is saved: run the same command with --resume", err=True)
             sys.exit(130)
@@ -34,9 +35,25 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+_NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def _as_flags(text: str) -> str:
+    """A library message for the command line: each option it names as a Python keyword
+    (`` `data_root` ``) becomes the running command's flag (``--data-root``); names that are not
+    this command's options stay as they are."""
+    flags, ctx = {}, click.get_current_context(silent=True)
+    while ctx is not None:  # the command's own options first, then its group's
+        for param in ctx.command.params:
+            if isinstance(param, click.Option):
+                flags.setdefault(param.name, max(param.opts, key=len))
+        ctx = ctx.parent
+    return _NAMED.sub(lambda m: flags.get(m.group(1), m.group(0)), text)
+
+
 def _show_warning(message, category, *args, **kwargs):
     if issubclass(category, NastyWarning):
-        click.echo(f"warning: {message}", err=True)
+        click.echo(f"warning: {_as_flags(str(message))}", err=True)
     else:
         _default_showwarning(message, category, *args, **kwargs)
 

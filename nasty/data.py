@@ -146,7 +146,7 @@ class TensorData:
     def subset(self, fraction: float, *, seed: int = 0) -> "TensorData":
         """A stratified ``fraction`` of the training set (same test set, same normalisation)."""
         if not 0.0 < fraction <= 1.0:
-            raise DataError(f"--train-fraction must be in (0, 1], got {fraction}")
+            raise DataError(f"`train_fraction` must be in (0, 1], got {fraction}")
         if fraction == 1.0:
             return self
         from sklearn.model_selection import train_test_split
@@ -156,7 +156,7 @@ class TensorData:
             keep, _ = train_test_split(np.arange(len(y)), train_size=fraction, stratify=y, random_state=seed)
         except ValueError:
             raise DataError(
-                f"--train-fraction {fraction} keeps too few of {len(y)} training images to have every "
+                f"`train_fraction` {fraction} keeps too few of {len(y)} training images to have every "
                 f"one of {self.num_classes} classes; use a larger fraction"
             ) from None
         keep = torch.from_numpy(np.sort(keep))
@@ -233,13 +233,13 @@ def _digits(root=None, download=False):
 def _need(root, name, files, hint):
     """Raise a one-line DataError naming the files that are missing under root."""
     if root is None:
-        raise DataError(f"dataset '{name}' needs --data-root DIR holding {hint} (or add --download to fetch it)")
+        raise DataError(f"dataset '{name}' needs `data_root` DIR holding {hint} (or add `download` to fetch it)")
     root = Path(root).expanduser()
     missing = [f for f in files if not (root / f).exists()]
     if missing:
         shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
         raise DataError(f"dataset '{name}' not found: missing {shown} under {root}; put {hint} there, "
-                        f"or add --download to fetch it")
+                        f"or add `download` to fetch it")
 
 
 def _torchvision(name, cls_name, root, download, files, hint, split_kw):
@@ -342,7 +342,7 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
     from tqdm.auto import tqdm
 
     if download:
-        raise DataError("dataset 'imagefolder' cannot be downloaded; point --data-root at a folder with train/ and val/")
+        raise DataError("dataset 'imagefolder' cannot be downloaded; point `data_root` at a folder with train/ and val/")
     _need(root, "imagefolder", ["train", "val"], "train/<class>/... and val/<class>/... (or Tiny-ImageNet's val/images + val_annotations.txt)")
     root = Path(root).expanduser()
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
@@ -451,7 +451,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if key not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     if not 0.0 < train_fraction <= 1.0:
-        raise DataError(f"--train-fraction must be in (0, 1], got {train_fraction}")
+        raise DataError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
     loader, pad, flip = DATASETS[key]
     xtr, ytr, xte, yte, classes = loader(root=root, download=download)
     mean, std = _channel_stats(xtr)

@@ -331,27 +331,27 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     check_figure_path(Path(out), numbers=what == "logits")  # before anything is loaded
     if what in ("omega", "frontier"):
         if not sweep:
-            raise NastyError(f"nasty plot {what} needs --sweep FILE.json (from bench/omega_sweep.py --json)")
+            raise NastyError(f"nasty plot {what} needs `sweep` FILE.json (from bench/omega_sweep.py --json)")
         try:
             fig = (plot_omega_curve if what == "omega" else plot_frontier)(sweep)
         except (NastyError, KeyError, TypeError, IndexError, ValueError) as e:  # frontier reads extra columns
-            raise NastyError(f"--sweep: not a bench/omega_sweep.py JSON: {one_line(e)}") from None
+            raise NastyError(f"`sweep`: not a bench/omega_sweep.py JSON: {one_line(e)}") from None
         return save_figure(fig, out)
     if not teacher:
-        raise NastyError(f"nasty plot {what} needs --teacher (a run directory)")
+        raise NastyError(f"nasty plot {what} needs `teacher` (a run directory)")
     if what == "search":
         from .checkpoint import read_card
 
         card = read_card(teacher)
         if not isinstance(card.get("search"), dict):
-            raise NastyError(f"--teacher {teacher} holds no budgeted search (a normal run, or hardened with a fixed omega)")
+            raise NastyError(f"`teacher` {teacher} holds no budgeted search (a normal run, or hardened with a fixed omega)")
         try:
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
-            raise NastyError(f"--teacher {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
+            raise NastyError(f"`teacher` {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
     items, weights = [], []
-    for option, source in (("--reference", reference), ("--teacher", teacher)):
+    for option, source in (("`reference`", reference), ("`teacher`", teacher)):
         if source:
             sd, card = read_model(source, option=option, arch=arch, normalization=norm,
                                   inputs=parse_input(**inputs or {}), unsafe_pickle=unsafe_pickle)

@@ -64,7 +64,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
 
 def check_batch(batch_size: int, w: World) -> None:
     if w.active and batch_size % w.size:
-        raise NastyError(f"--batch-size {batch_size} does not split over {w.size} processes; "
+        raise NastyError(f"`batch_size` {batch_size} does not split over {w.size} processes; "
                          f"use a multiple of {w.size}")
 
 

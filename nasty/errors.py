@@ -1,4 +1,9 @@
-"""Errors that the CLI prints as one line (no traceback)."""
+"""Errors that the CLI prints as one line (no traceback).
+
+A message names an option the user can change by its Python keyword in backquotes
+(`` `data_root` ``, as :func:`nasty.runs.train` and the other entry points spell it); the CLI
+shows the same name as its flag (``--data-root``), so the library never speaks in flags.
+"""
 
 
 def one_line(text) -> str:

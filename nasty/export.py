@@ -24,11 +24,11 @@ def export(*, teacher, out, unsafe_pickle: bool = False, batch: int = 2) -> Path
     """Write ``out`` (``.pt2``: torch.export; ``.onnx``: ONNX) and return its path."""
     out = Path(out)
     if out.suffix not in (".pt2", ".onnx"):
-        raise NastyError(f"--out {out}: the exported file must end in .pt2 (torch.export) or .onnx")
+        raise NastyError(f"`out` {out}: the exported file must end in .pt2 (torch.export) or .onnx")
     model, card = ckpt.load_model(teacher, unsafe_pickle=unsafe_pickle)
     shape = card.get("input_shape")
     if not shape:
-        raise NastyError(f"--teacher {teacher} does not record its input shape; export run directories")
+        raise NastyError(f"`teacher` {teacher} does not record its input shape; export run directories")
     example = (torch.zeros(batch, *shape),)
     dims = {"x": {0: torch.export.Dim("batch", min=1)}}
     out.parent.mkdir(parents=True, exist_ok=True)

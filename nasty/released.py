@@ -69,10 +69,10 @@ def read_model_card(path) -> dict:
         try:
             obj = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise DataError(f"--model-card {path}: not valid TOML ({e})") from None
+            raise DataError(f"`model_card` {path}: not valid TOML ({e})") from None
     else:
-        obj = parse_json(text, f"--model-card {path}", error=DataError)
-    card = validate(ModelCardFile, obj, f"--model-card {path}", error=DataError)
+        obj = parse_json(text, f"`model_card` {path}", error=DataError)
+    card = validate(ModelCardFile, obj, f"`model_card` {path}", error=DataError)
     return {k: v for k, v in card.items() if v is not None}
 
 
@@ -94,17 +94,17 @@ def parse_normalization(*, mean=None, std=None, preset: str | None = None) -> di
     """``{"mean": [...], "std": [...]}`` on the 0..1 scale from the options, or ``None`` if none is stated."""
     if preset is not None:
         if mean is not None or std is not None:
-            raise DataError("give either --normalization or --mean/--std, not both")
+            raise DataError("give either `normalization` or `mean`/`std`, not both")
         if preset not in PRESETS:
-            raise DataError(f"unknown --normalization {preset!r}; choose one of: {', '.join(PRESETS)}")
+            raise DataError(f"unknown `normalization` {preset!r}; choose one of: {', '.join(PRESETS)}")
         return {k: list(v) for k, v in PRESETS[preset].items()}
     if mean is None and std is None:
         return None
     if mean is None or std is None:
-        raise DataError("give --mean and --std together (per channel, on the 0..1 scale)")
+        raise DataError("give `mean` and `std` together (per channel, on the 0..1 scale)")
     norm = {"mean": _floats(mean, "mean"), "std": _floats(std, "std")}
     if min(norm["std"]) <= 0:
-        raise DataError(f"--std must be > 0, got {std!r}")
+        raise DataError(f"`std` must be > 0, got {std!r}")
     return norm
 
 
@@ -115,11 +115,11 @@ def parse_input(*, size=None, channels=None, channel_order=None) -> dict | None:
     if not spec:
         return None
     if "size" in spec and (not isinstance(spec["size"], int) or not 8 <= spec["size"] <= 1024):
-        raise DataError(f"--input-size takes a side in pixels from 8 to 1024, got {spec['size']!r}")
+        raise DataError(f"`input_size` takes a side in pixels from 8 to 1024, got {spec['size']!r}")
     if "channels" in spec and spec["channels"] not in (1, 3):
-        raise DataError(f"--channels takes 1 or 3, got {spec['channels']!r}")
+        raise DataError(f"`channels` takes 1 or 3, got {spec['channels']!r}")
     if "channel_order" in spec and spec["channel_order"] not in ("rgb", "bgr"):
-        raise DataError(f"--channel-order takes rgb or bgr, got {spec['channel_order']!r}")
+        raise DataError(f"`channel_order` takes rgb or bgr, got {spec['channel_order']!r}")
     return spec
 
 
@@ -150,7 +150,7 @@ def _digest(sd: dict) -> str:
     return h.hexdigest()
 
 
-def read_model(source, *, option: str = "--teacher", arch: str | None = None, normalization: dict | None = None,
+def read_model(source, *, option: str = "`teacher`", arch: str | None = None, normalization: dict | None = None,
                inputs: dict | None = None, classes=None, unsafe_pickle: bool = False) -> tuple[dict, dict]:
     """``(state_dict, card)`` of a run directory, weights file or ``nn.Module``; what the caller states
     (``arch``, ``normalization``, ``inputs`` from :func:`parse_input`, ``classes``) is merged into the
@@ -163,12 +163,12 @@ def read_model(source, *, option: str = "--teacher", arch: str | None = None, no
     name = f"{option} {label(source)}"
     if arch:
         if card.get("arch") and card["arch"] != arch:
-            raise ModelError(f"--arch {arch} does not match the architecture recorded with {name} ({card['arch']})")
+            raise ModelError(f"`arch` {arch} does not match the architecture recorded with {name} ({card['arch']})")
         card = {**card, "arch": arch}
     if normalization is not None:
         known = card.get("normalization")
         if known and not _agree(known, normalization, name):
-            raise DataError(f"--mean/--std {fmt_normalization(normalization)} differ from the normalisation "
+            raise DataError(f"`mean`/`std` {fmt_normalization(normalization)} differ from the normalisation "
                             f"recorded with {name} ({fmt_normalization(known)})")
         card = {**card, "normalization": normalization}
     if inputs:
@@ -212,7 +212,7 @@ def require_options(items: list[tuple[str, object, dict]], *, dataset: str | Non
         return
     named = list(dict.fromkeys(no_arch + no_data))
     what = " and ".join(w for w, gap in (("architecture", no_arch), ("dataset", no_data)) if gap)
-    need = " and ".join(f for f, gap in (("--arch (see `nasty models`)", no_arch), ("--dataset", no_data)) if gap)
+    need = " and ".join(f for f, gap in (("`arch` (see `nasty models`)", no_arch), ("`dataset`", no_data)) if gap)
     who = " and ".join(f"{o} {label(s)}" for o, s in named)
     raise NastyError(f"{who} {'does' if len(named) == 1 else 'do'} not record {'its' if len(named) == 1 else 'their'} "
                      f"{what}; pass {need}")
@@ -251,7 +251,7 @@ def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = Non
         warnings.warn(NastyWarning(
             f"{who} {'does' if len(items) == 1 else 'do'} not record the preprocessing it was trained with; assuming "
             f"{data.name}'s own normalisation ({_of(data)}): state it with "
-            f"--mean/--std or --normalization if it was trained otherwise"), stacklevel=2)
+            f"`mean`/`std` or `normalization` if it was trained otherwise"), stacklevel=2)
     for option, source, c in items:
         if c.get("classes") and tuple(c["classes"]) != data.classes:
             if len(c["classes"]) != data.num_classes:
@@ -276,8 +276,8 @@ def check_accuracy(measured: float, *, data: TensorData, expected: float | None,
         why = f"far below the {expected:.2f}% expected"
     raise NastyError(f"{what} scores {measured:.2f}% on the {data.name} test split, {why}; the likely cause is "
                      f"preprocessing: it was fed {_of(data)}, so state the "
-                     f"normalisation it was trained with (--mean/--std or --normalization), or pass "
-                     f"--expect-accuracy 0 to go on anyway")
+                     f"normalisation it was trained with (`mean`/`std` or `normalization`), or pass "
+                     f"`expect_accuracy` 0 to go on anyway")
 
 
 def identities(card: dict) -> set[str]:

@@ -36,11 +36,11 @@ def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | No
     out = Path(out).expanduser()
     w = world or distributed.World()
     if out.exists() and not out.is_dir():
-        raise NastyError(f"--out {out} is a file, not a folder")
+        raise NastyError(f"`out` {out} is a file, not a folder")
     present = [f for f in RUN_FILES if (out / f).exists()]
     if present and not resume and not force:
-        raise NastyError(f"--out {out} already holds a run ({', '.join(present)}); "
-                         f"pass --resume to continue it or --force to start over")
+        raise NastyError(f"`out` {out} already holds a run ({', '.join(present)}); "
+                         f"pass `resume` to continue it or `force` to start over")
     if w.main:
         _clear_out(out, [f for f in present if not resume])
     distributed.barrier(w)
@@ -59,7 +59,7 @@ def _clear_out(out: Path, stale: list[str]) -> None:
         os.close(fd)
         probe.unlink()
     except OSError as e:
-        raise NastyError(f"--out {out} is not writable: {e.strerror or e}") from None
+        raise NastyError(f"`out` {out} is not writable: {e.strerror or e}") from None
 
 
 def _config(recipe, epochs, batch_size, lr, seed) -> TrainConfig:
@@ -120,40 +120,40 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     neither, above chance level): a model that does not is almost always fed the wrong preprocessing.
     """
     if init not in ("scratch", "teacher"):
-        raise NastyError(f"--init must be 'scratch' or 'teacher', got {init!r}")
+        raise NastyError(f"`init` must be 'scratch' or 'teacher', got {init!r}")
     if omega is not None and max_cost is not None:
-        raise NastyError("give either --omega (a fixed strength) or --max-cost (a budget to search within), not both")
+        raise NastyError("give either `omega` (a fixed strength) or `max_cost` (a budget to search within), not both")
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
     # fail fast, before loading data
     weights, known = read_model(teacher, arch=arch, normalization=norm, inputs=parse_input(**inputs or {}),
                                 classes=classes, unsafe_pickle=unsafe_pickle)
-    require_options([("--teacher", teacher, known)], dataset=dataset or (data.name if data is not None else None))
-    data = data_for([("--teacher", teacher, known)], dataset=dataset, data=data, data_root=data_root,
+    require_options([("`teacher`", teacher, known)], dataset=dataset or (data.name if data is not None else None))
+    data = data_for([("`teacher`", teacher, known)], dataset=dataset, data=data, data_root=data_root,
                     download=download, train_fraction=train_fraction)
     arch = known["arch"]
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     tau = recipe.tau if tau is None else tau
     if omega is not None and omega < 0:
-        raise NastyError(f"--omega must be >= 0, got {omega}")
+        raise NastyError(f"`omega` must be >= 0, got {omega}")
     if tau <= 0:
-        raise NastyError(f"--tau must be > 0, got {tau}")
+        raise NastyError(f"`tau` must be > 0, got {tau}")
     searching = omega is None
     if searching:
         budget = replace(budget or Budget(), **({} if max_cost is None else {"max_cost": max_cost}))
         budget.check()
         if init != "scratch":
-            raise NastyError("the budgeted search trains from scratch; give --omega with --init teacher")
+            raise NastyError("the budgeted search trains from scratch; give `omega` with `init` teacher")
     with distributed.joined(resolve_device(device)) as (w, dev):
         distributed.check_batch(cfg.batch_size, w)
         if searching and w.active:
-            raise NastyError("the budgeted search runs in one process; under torchrun give a fixed --omega "
+            raise NastyError("the budgeted search runs in one process; under torchrun give a fixed `omega` "
                              "(e.g. the one a single-process search chose)")
-        adversary = ckpt.build_model(weights, known, source=f"--teacher {label(teacher)}", num_classes=data.num_classes,
+        adversary = ckpt.build_model(weights, known, source=f"`teacher` {label(teacher)}", num_classes=data.num_classes,
                                      in_chans=data.input_shape[0]).to(dev).eval()
         adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
         imported_from = known["source"].get("sha256") if isinstance(known.get("source"), dict) else None
-        check_accuracy(adv_acc, data=data, what=f"--teacher {label(teacher)}",
+        check_accuracy(adv_acc, data=data, what=f"`teacher` {label(teacher)}",
                        expected=known.get("accuracy") if expect_accuracy is None else expect_accuracy)
         out = prepare_out(out, resume=resume, force=force, world=w)
         adversary_card = {"source": label(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
@@ -174,7 +174,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         guard = None if not (omega > 0 and collapse_margin) else Guard(
             reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1, chance=100.0 / data.num_classes,
             early_start=max(2, cfg.epochs // 4),
-            hint=f"try a smaller --omega than {omega:g}, or relax the guard (--collapse-margin, 0 turns it off)")
+            hint=f"try a smaller `omega` than {omega:g}, or relax the guard (`collapse_margin`, 0 turns it off)")
         run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
                     "init": init, "adversary": adversary_card}
         if trace is not None:
@@ -183,7 +183,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
             final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
                         reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
                         quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
-                        divergence_hint=f"try a smaller --omega than {omega:g} or a smaller --lr")
+                        divergence_hint=f"try a smaller `omega` than {omega:g} or a smaller `lr`")
         except TrainingStopped:
             if w.main and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # stopped before its first checkpoint: leave no empty --out behind
@@ -208,17 +208,17 @@ def import_weights(*, weights, arch: str | None = None, dataset: str | None = No
     takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
     source's sha256 and the test accuracy measured here, with that normalisation)."""
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    sd, known = read_model(weights, option="--weights", arch=arch, normalization=norm,
+    sd, known = read_model(weights, option="`weights`", arch=arch, normalization=norm,
                            inputs=parse_input(**inputs or {}), classes=classes,
                            unsafe_pickle=unsafe_pickle)
-    item = [("--weights", weights, known)]
+    item = [("`weights`", weights, known)]
     require_options(item, dataset=dataset or (data.name if data is not None else None))
     data = data_for(item, dataset=dataset, data=data, data_root=data_root, download=download)
     dev = resolve_device(device)
-    model = ckpt.build_model(sd, known, source=f"--weights {label(weights)}", num_classes=data.num_classes,
+    model = ckpt.build_model(sd, known, source=f"`weights` {label(weights)}", num_classes=data.num_classes,
                              in_chans=data.input_shape[0]).to(dev).eval()
     acc = evaluate(model, data, device=dev)["accuracy"]
-    check_accuracy(acc, data=data, expected=expect_accuracy, what=f"--weights {label(weights)}")
+    check_accuracy(acc, data=data, expected=expect_accuracy, what=f"`weights` {label(weights)}")
     out = prepare_out(out, resume=False, force=force)
     card = {"nasty_version": __version__, "kind": "imported", "arch": known["arch"], **data.describe(),
             "accuracy": round(acc, 4), "source": {"path": label(weights), "sha256": known.get("sha256")}}
@@ -251,12 +251,12 @@ def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False
     create_transform(transform)  # malformed settings fail before anything is written
     src = Path(teacher).expanduser()
     if not (src.is_dir() and (src / ckpt.CARD).exists() and (src / ckpt.WEIGHTS).exists()):
-        raise NastyError(f"--teacher {teacher}: defend takes a run directory (model.safetensors + card.json)")
+        raise NastyError(f"`teacher` {teacher}: defend takes a run directory (model.safetensors + card.json)")
     card = ckpt.read_card(src)
     ckpt.load_model(src, unsafe_pickle=unsafe_pickle)  # the weights load and fit their card
     out = Path(out).expanduser()
     if out.resolve() == src.resolve():
-        raise NastyError("--out must be a new folder, not the teacher's own run directory")
+        raise NastyError("`out` must be a new folder, not the teacher's own run directory")
     out = prepare_out(out, resume=False, force=force)
     ckpt.atomic_write(out / ckpt.WEIGHTS, lambda p: shutil.copyfile(src / ckpt.WEIGHTS, p))
     card = {**card, "output_transform": dict(transform), "defence": describe(transform), "defended_from": str(src),

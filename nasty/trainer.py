@@ -50,7 +50,7 @@ class TrainConfig:
     gamma: float = 0.1
 
     def check(self) -> None:
-        for name, ok in (("--epochs", self.epochs >= 1), ("--batch-size", self.batch_size >= 1), ("--lr", self.lr > 0)):
+        for name, ok in (("`epochs`", self.epochs >= 1), ("`batch_size`", self.batch_size >= 1), ("`lr`", self.lr > 0)):
             if not ok:
                 raise NastyError(f"{name} must be positive, got {getattr(self, name[2:].replace('-', '_'))}")
 
@@ -79,13 +79,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise NastyError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+        raise NastyError(f"`device` {device!r} is not a device; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NastyError(f"--device {device}: no CUDA device is available here; use --device cpu (or auto)")
+        raise NastyError(f"`device` {device}: no CUDA device is available here; use `device` cpu (or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise NastyError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+        raise NastyError(f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
     if dev.type not in ("cpu", "cuda"):
-        raise NastyError(f"--device {device}: only cpu and cuda are supported")
+        raise NastyError(f"`device` {device}: only cpu and cuda are supported")
     return dev
 
 
@@ -134,7 +134,7 @@ class Guard:
     start: int = 1
     chance: float = 0.0
     early_start: int | None = None
-    hint: str = "try a smaller --omega"
+    hint: str = "try a smaller `omega`"
 
     def check(self, epoch: int, accuracy: float) -> None:
         n = epoch + 1
@@ -149,7 +149,7 @@ class Guard:
 def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: Callable = None,
         reference: nn.Module | None = None, eval_tau: float | None = None, device="cpu", out=None,
         card: dict | None = None, resume: bool = False, quiet: bool = False, guard: Guard | None = None,
-        divergence_hint: str = "try a smaller --lr", desc: str = "train", compile: bool = False,
+        divergence_hint: str = "try a smaller `lr`", desc: str = "train", compile: bool = False,
         world: World | None = None) -> dict:
     """Train ``model`` in place; checkpoint every epoch to ``out`` if given; return the final card.
 
@@ -352,8 +352,8 @@ def _check_same_run(saved: dict, now: dict, out) -> None:
             if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
                 va, vb = list(va or []), list(vb or [])
             if not _equal(va, vb):
-                raise NastyError(f"--resume: the run in {out} was made with {key}={one_line(repr(va))[:80]}, not {vb!r}; "
-                                 f"repeat its options or choose another --out")
+                raise NastyError(f"`resume`: the run in {out} was made with {key}={one_line(repr(va))[:80]}, not {vb!r}; "
+                                 f"repeat its options or choose another `out`")
 
 
 def _equal(a, b) -> bool:

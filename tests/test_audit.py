@@ -216,7 +216,7 @@ def test_bad_audit_inputs(teachers, tmp_path):
         run(teachers, tmp_path, attacks=["kd", "fgsm"])
     with pytest.raises(NastyError, match="unknown architecture 'resnet9000'"):
         run(teachers, tmp_path, students=["resnet9000"])
-    with pytest.raises(NastyError, match="--alpha"):
+    with pytest.raises(NastyError, match="`alpha`"):
         run(teachers, tmp_path, alpha=1.5)
 
 
@@ -265,7 +265,7 @@ def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_p
 
     train(dataset="digits", arch="mlp", epochs=1, out=tmp_path / "n", quiet=True, device="cpu")
     harden(teacher=tmp_path / "n", epochs=1, omega=0.05, out=tmp_path / "x", quiet=True, device="cpu")
-    with pytest.raises(NastyError, match="BatchNorm.*--attacks kd,hard-label,dafl"):
+    with pytest.raises(NastyError, match="BatchNorm.*`attacks` kd,hard-label,dafl"):
         audit(teacher=tmp_path / "x", reference=tmp_path / "n", out=tmp_path / "a", device="cpu", quiet=True)
     assert not list((tmp_path / "a").glob("cells/*.json"))  # nothing was trained
 

@@ -44,7 +44,7 @@ def test_plain_state_dict_needs_weights_only_and_arch(tmp_path):
     m = _model()
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, path)  # DDP-style keys
-    with pytest.raises(ModelError, match="pass --arch"):
+    with pytest.raises(ModelError, match="pass `arch`"):
         ckpt.load_model(path)
     loaded, _ = ckpt.load_model(path, arch="tiny-cnn", num_classes=10, in_chans=1)
     assert _same(m, loaded)
@@ -62,7 +62,7 @@ def test_pickle_payload_refused_unless_unsafe(tmp_path):
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": _model().state_dict(), "extra": Payload(str(marker))}, path)
-    with pytest.raises(CheckpointError, match="--unsafe-pickle"):
+    with pytest.raises(CheckpointError, match="`unsafe_pickle`"):
         ckpt.load_model(path, arch="tiny-cnn", num_classes=10, in_chans=1)
     assert not marker.exists()
     ckpt.load_model(path, arch="tiny-cnn", num_classes=10, in_chans=1, unsafe_pickle=True)
@@ -92,7 +92,7 @@ def test_weights_for_another_arch_name_the_mismatch(tmp_path):
     with pytest.raises(ModelError) as e:
         ckpt.load_model(tmp_path / "model.safetensors", arch="mlp", num_classes=10, in_chans=1)
     msg = str(e.value)
-    assert "--arch mlp" in msg and "missing" in msg and "unexpected" in msg and "\n" not in msg
+    assert "`arch` mlp" in msg and "missing" in msg and "unexpected" in msg and "\n" not in msg
     torch.save(_model().state_dict(), tmp_path / "plain.pt")  # nothing recorded: only the shapes can tell
     with pytest.raises(ModelError, match="2 of another shape.*head.weight"):
         ckpt.load_model(tmp_path / "plain.pt", arch="tiny-cnn", num_classes=3, in_chans=1)

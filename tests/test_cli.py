@@ -1,5 +1,11 @@
+import ast
+import io
 import json
+import re
+import tokenize
+from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -57,6 +63,53 @@ def test_bad_input_is_one_clear_line(tmp_path, args, code, words):
     assert got == code, out
     assert words in out and "Traceback" not in out
     assert len([line for line in out.splitlines() if line.startswith("Error")]) == 1
+
+
+def _library_strings():
+    """Every string literal of the library (nasty/ and attacks/, not the CLI), docstrings left out."""
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted([*root.glob("nasty/**/*.py"), *root.glob("attacks/**/*.py")]):
+        if path.name == "cli.py":
+            continue
+        src = path.read_text()
+        docs = set()
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                    docs.update(range(first.lineno, first.end_lineno + 1))
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.STRING and tok.start[0] not in docs:
+                yield f"{path.relative_to(root)}:{tok.start[0]}", tok.string
+
+
+def _options():
+    names = set()
+    for command in main.commands.values():
+        names.update(p.name for p in command.params if isinstance(p, click.Option))
+    return names
+
+
+def test_library_messages_name_python_keywords_and_the_cli_shows_flags(tmp_path):
+    flags = [(where, s) for where, s in _library_strings()
+             if re.search(r"(?<![\w/-])--[a-z]", s) and "omega_sweep.py --json" not in s]
+    assert flags == []  # the library speaks in keywords (`data_root`); only the CLI knows flags
+    named = {(m, where) for where, s in _library_strings() for m in re.findall(r"(?<!`)`([a-z][a-z0-9_]*)`(?!`)", s)}
+    commands = set(main.commands)
+    assert {(m, where) for m, where in named if m not in _options() and m not in commands} == set()
+    assert {m for m, _ in named} >= {"out", "resume", "force", "data_root", "device", "omega", "max_cost"}
+    # the CLI shows each as the running command's flag ...
+    code, out = run("harden", "--teacher", tmp_path, "--omega", 0.1, "--max-cost", 1, "--out", tmp_path / "x")
+    assert code == 1 and "give either --omega (a fixed strength) or --max-cost" in out and "`" not in out
+    code, out = run("train", "--dataset", "cifar10", "--epochs", 1)
+    assert code == 1 and "needs --data-root DIR" in out and "--download" in out
+    # ... and a warning too
+    assert run("train", "--epochs", 1, "--arch", "mlp", "--out", tmp_path / "n", "-q")[0] == 0
+    assert run("harden", "--teacher", tmp_path / "n", "--epochs", 1, "--omega", 0.01, "--out", tmp_path / "x", "-q")[0] == 0
+    code, out = run("audit", "--teacher", tmp_path / "x", "--reference", tmp_path / "x", "--attacks", "kd",
+                    "--epochs", 1, "--seeds", 1, "--students", "mlp", "--out", tmp_path / "a", "-q")
+    assert code == 0, out
+    assert "warning: --reference" in out and "is itself a hardened" in out and "`" not in out
 
 
 def test_models_lists_the_zoo():

@@ -25,7 +25,7 @@ def test_train_fraction_is_stratified_subset(digits):
     assert abs(len(part.train_y) - 0.2 * 1347) <= 1
     assert torch.bincount(part.train_y, minlength=10).min() >= 20
     assert torch.equal(part.test_x, digits.test_x) and part.mean == digits.mean
-    with pytest.raises(DataError, match="train-fraction"):
+    with pytest.raises(DataError, match="`train_fraction`"):
         load_dataset("digits", train_fraction=1.5)
     with pytest.raises(DataError, match="too few"):
         load_dataset("digits", train_fraction=0.001)
@@ -46,8 +46,8 @@ def test_offline_missing_files_one_line_error(tmp_path, name, expected):
     with pytest.raises(DataError) as e:
         load_dataset(name, root=tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and expected in msg and str(tmp_path) in msg and "--download" in msg
-    with pytest.raises(DataError, match="--data-root"):
+    assert "\n" not in msg and expected in msg and str(tmp_path) in msg and "`download`" in msg
+    with pytest.raises(DataError, match="`data_root`"):
         load_dataset(name)
 
 

@@ -114,7 +114,7 @@ def test_python_takes_modules_and_a_dataset_object(own, tmp_path):
     model = create_model("small-cnn", num_classes=10, in_chans=1)
     model.load_state_dict(torch.load(own / "my.pt", weights_only=True))
     data = load_dataset("digits")
-    with pytest.raises(NastyError, match="does not record its architecture; pass --arch"):
+    with pytest.raises(NastyError, match="does not record its architecture; pass `arch`"):
         harden(teacher=model, data=data, omega=0.05, out=tmp_path / "x")
     with pytest.raises(NastyError, match="far below the 95.00% expected; the likely cause is preprocessing"):
         harden(teacher=model, arch="small-cnn", data=data, mean=0.5, std=0.01, expect_accuracy=95, omega=0.05,

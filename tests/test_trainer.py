@@ -65,9 +65,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
         loss, terms = objective_for("normal")(z, y, ref)
         return (loss * float("nan") if len(calls) > 30 else loss), terms
 
-    with pytest.raises(TrainingStopped, match="diverged at epoch 2.*smaller --omega.*last good checkpoint"):
+    with pytest.raises(TrainingStopped, match="diverged at epoch 2.*smaller `omega`.*last good checkpoint"):
         fit(_net(), digits, config=TrainConfig(epochs=3, batch_size=64, lr=0.05), quiet=True, out=tmp_path,
-            objective=explodes_in_epoch_2, divergence_hint="try a smaller --omega", card={"arch": "tiny-cnn"})
+            objective=explodes_in_epoch_2, divergence_hint="try a smaller `omega`", card={"arch": "tiny-cnn"})
     assert len(calls) <= 21 + 26  # stopped within the epoch, not at its end
     assert ckpt.read_card(tmp_path)["epoch"] == 1
     loaded, _ = ckpt.load_model(tmp_path)
@@ -78,8 +78,8 @@ def test_collapse_guard_stops_an_oversized_omega(digits, tmp_path):
     adversary = _net("small-cnn")
     fit(adversary, digits, config=TrainConfig(epochs=3, batch_size=64, lr=0.05), quiet=True)
     adv_acc = evaluate(adversary, digits, device="cpu")["accuracy"]
-    guard = Guard(reference_accuracy=adv_acc, margin=20, start=2, chance=10.0, early_start=2, hint="try a smaller --omega")
-    with pytest.raises(TrainingStopped, match="collapsed at epoch 2.*smaller --omega"):
+    guard = Guard(reference_accuracy=adv_acc, margin=20, start=2, chance=10.0, early_start=2, hint="try a smaller `omega`")
+    with pytest.raises(TrainingStopped, match="collapsed at epoch 2.*smaller `omega`"):
         fit(_net("small-cnn", seed=1), digits, config=TrainConfig(epochs=4, batch_size=64, lr=0.05), quiet=True,
             objective=objective_for("nasty", omega=1.0, tau=4.0), reference=adversary, eval_tau=4.0, guard=guard,
             out=tmp_path)
