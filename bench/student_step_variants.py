@@ -13,7 +13,16 @@ seeds x two teachers) at batch 128 on CIFAR-shaped data with KD from fixed teach
   GPU default), bf16 autocast and channels_last as the trainer runs it;
 - ``ensemble_nchw``, ``ensemble_fp32``: the same in the default memory layout, and without autocast;
 - ``compiled``: the loop with each student ``torch.compile``-d (default mode; its compile time is
-  reported apart).
+  reported apart);
+- ``wholestep``: the loop's whole step (every student's forward, KD loss and backward, then the SGD
+  step) captured as one CUDA graph with ``torch.cuda.graph`` after a warm-up on a side stream
+  (PyTorch's whole-network capture); a step copies its batch into the graph's inputs and replays
+  it, one launch for all M students. Not what the audit does: what it could gain by capturing the
+  loss and the optimizer too (what the host would still pay per student step is gone).
+
+``--teachers resnet18,resnetc20`` also times one frozen teacher forward of the seeds' batches
+joined (``members / 2`` x batch), eager and replayed as a CUDA graph (``teacher_ms``): what the
+audit's teacher forward could gain.
 
 Each figure is milliseconds per member-step (one student's step), the median of ``--repeats``
 timed runs of ``--steps`` steps after a warm-up. The teacher's forward is left out: every variant
@@ -88,6 +97,52 @@ def graphed_loop(models, sample, *, autocast):
     return loop_step(graphed, autocast=autocast), models
 
 
+def _captured(run, static):
+    """``run(*static)`` captured as one CUDA graph after three warm-up calls on a side stream (their
+    effects, such as optimizer steps, stay); returns ``replay(*args)``, which copies ``args`` (lists
+    of tensors shaped as ``static``'s) into the graph's inputs, replays it and returns its output."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run(*static)
+
+    def replay(*args):
+        for dst, src in zip(static, args):
+            for d, s in zip(dst, src):
+                d.copy_(s, non_blocking=True)
+        graph.replay()
+        return out
+    return replay
+
+
+def whole_step(models, sample, *, autocast):
+    """The loop's step, optimizer included, as one CUDA graph (captured on ``sample``'s batch)."""
+    return _captured(loop_step(models, autocast=autocast), [[t.clone() for t in part] for part in sample])
+
+
+def teacher_ms(arch, device, *, batch_size, steps, repeats, autocast, graphed) -> float:
+    """Milliseconds of one frozen teacher forward of ``batch_size`` images (bf16, channels_last as
+    the audit runs it), eager or replayed as a CUDA graph."""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_chans=3).to(device).eval().requires_grad_(False)
+    model.to(memory_format=torch.channels_last)
+    xs = [torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+          for _ in range(2)]
+
+    def forward(x):
+        with torch.no_grad(), autocast():
+            return model(x)
+
+    run = _captured(lambda x: forward(x[0]), [[xs[0].clone()]]) if graphed else None
+    step = (lambda x: run([x]).clone()) if graphed else forward  # the graph's output is overwritten by the next replay
+    return timed_ms(step, [(x,) for x in xs], device, steps=steps, repeats=repeats)
+
+
 def ensemble_step(models, *, autocast):
     kd = create_attack("kd")
     e = Ensemble(models)
@@ -125,6 +180,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default="loop,graphed,ensemble,ensemble_nchw,ensemble_fp32,compiled")
+    ap.add_argument("--teachers", default="", help="Also time these teachers' forward, eager and graphed.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -136,7 +192,7 @@ def main(argv=None):
     fp32 = nullcontext
     result = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
               "members": args.members, "batch_size": args.batch_size, "ms_per_member_step": {}, "errors": {},
-              "compile_s": {}}
+              "compile_s": {}, "teacher_ms": {}}
 
     def keep():
         if args.json:
@@ -145,7 +201,7 @@ def main(argv=None):
     for arch in args.archs.split(","):
         rows = result["ms_per_member_step"].setdefault(arch, {})
         for variant in args.variants.split(","):
-            if variant == "graphed" and not gpu:
+            if variant in ("graphed", "wholestep") and not gpu:
                 continue
             cl = variant not in ("ensemble_nchw", "ensemble_fp32")
             autocast = fp32 if variant == "ensemble_fp32" else bf16
@@ -157,6 +213,8 @@ def main(argv=None):
                     step = loop_step(models, autocast=autocast)
                 elif variant == "graphed":
                     step, _ = graphed_loop(models, data[0], autocast=autocast)
+                elif variant == "wholestep":
+                    step = whole_step(models, data[0], autocast=autocast)
                 elif variant == "compiled":
                     step = loop_step([torch.compile(m) for m in models], autocast=autocast)
                     step(*data[0])
@@ -171,6 +229,19 @@ def main(argv=None):
             except Exception as exc:  # a variant that fails is a result too
                 result["errors"][f"{arch}/{variant}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 print(f"{arch:>10} {variant:>14}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            keep()
+    for arch in filter(None, args.teachers.split(",")):
+        batch = args.members // 2 * args.batch_size  # every seed's batch joined, as the audit's teacher sees them
+        rows = result["teacher_ms"].setdefault(arch, {"batch": batch})
+        for way in ("eager", "graphed") if gpu else ("eager",):
+            try:
+                ms = teacher_ms(arch, device, batch_size=batch, steps=args.steps, repeats=args.repeats,
+                                autocast=bf16, graphed=way == "graphed")
+                rows[way] = round(ms, 3)
+                print(f"{arch:>10} teacher {way:>8}: {ms:7.3f} ms per forward of {batch} images", flush=True)
+            except Exception as exc:
+                result["errors"][f"teacher {arch}/{way}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                print(f"{arch:>10} teacher {way:>8}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             keep()
     keep()
     return result

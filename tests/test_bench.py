@@ -102,11 +102,12 @@ def test_only_ensemble_measures_the_named_students_and_nothing_else(tmp_path, mo
 
 
 def test_student_step_variants_time_each_way(tmp_path):
-    """bench/student_step_variants.py at toy size on the CPU (the CUDA-graph way needs a GPU and is left out)."""
+    """bench/student_step_variants.py at toy size on the CPU (the CUDA-graph ways need a GPU and are left out)."""
     out = tmp_path / "variants.json"
     bench_script("student_step_variants").main(
         ["--device", "cpu", "--archs", "cnn", "--members", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1",
-         "--variants", "loop,graphed,ensemble,ensemble_fp32", "--json", str(out)])
+         "--variants", "loop,graphed,wholestep,ensemble,ensemble_fp32", "--teachers", "cnn", "--json", str(out)])
     r = json.loads(out.read_text())
     assert r["errors"] == {} and set(r["ms_per_member_step"]["cnn"]) == {"loop", "ensemble", "ensemble_fp32"}
     assert all(ms > 0 for ms in r["ms_per_member_step"]["cnn"].values())
+    assert r["teacher_ms"]["cnn"]["batch"] == 4 and r["teacher_ms"]["cnn"]["eager"] > 0  # graphed: GPU only
