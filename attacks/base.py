@@ -281,27 +281,13 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
         raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
     if graphs is None:
         graphs = not ensemble and graphs_for(attack, device)
-    captured = set()  # id() of each student capture was tried on (it replays CUDA graphs, or trains eagerly)
-    for t in teachers.values():
-        if t is not None:
-            prepare(t, device).eval().requires_grad_(False)
-    banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
-                                          for src in teachers}), device) for seed in seeds}
-    contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
-                                          device=device, quiet=quiet, config=replace(config, seed=seed), source=src)
-                for seed in seeds for src, t in teachers.items()}
-    opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}  # each seed's checkpoint format
-    groups = {}  # architecture -> its students (every seed's, every teacher's, in ``members`` order) as one ensemble
-    if ensemble:
-        groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
-                  for i, arch in enumerate(students)}
-        trained = {None: make_optimizer([p for e in groups.values() for p in e.parameters()], config)}
-    else:
-        trained = opts
     if resume is not None and set(resume) != set(seeds):
         raise ValueError(f"resume needs one state per seed of {seeds}, got {sorted(resume)}")
+    banks, contexts, opts, groups, trained = _build(attack, teachers, students, data, config=config, seeds=seeds,
+                                                    device=device, quiet=quiet, ensemble=ensemble)
     start = 0 if resume is None else _restore(resume, attack, banks=banks, opts=opts, contexts=contexts,
                                               trained=trained, groups=groups)
+    captured = set() if graphs else None  # id() of each student capture was tried on (it replays, or trains eagerly)
     steps = max(1, len(data.train_y) // config.batch_size)
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
                disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
@@ -325,18 +311,8 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device)
                     total.backward()
                 else:
-                    total = 0.0
-                    for (seed, src), (x, t) in batches.items():
-                        for arch, student in zip(students, banks[seed][src].students):
-                            with autocast(device):
-                                if graphs and id(student) not in captured:  # on the first batch (after a resume too)
-                                    captured.add(id(student))
-                                    capture(student, x, name=arch)
-                                _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed],
-                                                        epoch=epoch, arch=arch)
-                            loss = sum(losses.values())
-                            loss.backward()  # one student's graph alive at a time, not every student's
-                            total = total + loss.detach()
+                    total = _backward_each(attack, batches, labels, banks, students, contexts, epoch=epoch,
+                                           device=device, captured=captured)
                 for opt, _ in trained.values():
                     opt.step()
                 if step == 0 and not torch.isfinite(total.detach()):
@@ -348,13 +324,8 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
             for e in groups.values():  # the members are the record: attacks, checkpoints and evaluation read them
                 e.write_back()
             if save is not None and epoch + 1 < config.epochs:
-                if groups:
-                    momentum_to_members(list(groups.values()), trained[None][0], [opt for opt, _ in opts.values()])
-                save({seed: {"epoch": epoch + 1, "students": banks[seed].state_dict(),
-                             "optimizer": opts[seed][0].state_dict(),
-                             "scheduler": trained[None if groups else seed][1].state_dict(),
-                             "attack": {src: attack.state(contexts[(seed, src)]) for src in teachers}}
-                      for seed in seeds})
+                save(_states(attack, epoch + 1, banks=banks, opts=opts, contexts=contexts, trained=trained,
+                             groups=groups))
     finally:
         bar.close()
     for seed, src in members:
@@ -366,6 +337,61 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
                    for src in teachers for name, student in zip(students, banks[seed][src].students)}
             for seed in seeds}
+
+
+def _build(attack: Attack, teachers: dict, students: list[str], data: TensorData, *, config: TrainConfig,
+           seeds: list[int], device, quiet: bool, ensemble: bool):
+    """What :func:`run_cells` trains, on ``device``: per seed a bank of students per teacher
+    (``banks[seed][source]``), the attack's context per ``(seed, source)``, per seed an optimizer
+    and schedule (``opts``: each seed's checkpoint format); with ``ensemble``, per architecture one
+    :class:`~attacks._ensemble.Ensemble` of every seed's and teacher's student (``groups``) and the
+    one optimizer that trains their stacks. ``trained`` holds the optimizers that take the steps
+    (``opts``, or ``{None: the ensembles'}``)."""
+    for t in teachers.values():
+        if t is not None:
+            prepare(t, device).eval().requires_grad_(False)
+    banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
+                                          for src in teachers}), device) for seed in seeds}
+    contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
+                                          device=device, quiet=quiet, config=replace(config, seed=seed), source=src)
+                for seed in seeds for src, t in teachers.items()}
+    opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}
+    groups, trained = {}, opts
+    if ensemble:
+        members = [(seed, src) for seed in seeds for src in teachers]
+        groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
+                  for i, arch in enumerate(students)}
+        trained = {None: make_optimizer([p for e in groups.values() for p in e.parameters()], config)}
+    return banks, contexts, opts, groups, trained
+
+
+def _backward_each(attack: Attack, batches: dict, labels: dict, banks: dict, students: list[str], contexts: dict, *,
+                   epoch: int, device, captured: set | None) -> torch.Tensor:
+    """Every student's forward, losses and backward, one student after another (one student's
+    graph alive at a time); return the sum of their losses. ``captured`` (CUDA graphs): the
+    students capture was tried on; a student not in it is captured on this batch first."""
+    total = 0.0
+    for (seed, src), (x, t) in batches.items():
+        for arch, student in zip(students, banks[seed][src].students):
+            with autocast(device):
+                if captured is not None and id(student) not in captured:  # the first batch (after a resume too)
+                    captured.add(id(student))
+                    capture(student, x, name=arch)
+                _, losses = attack.step(contexts[(seed, src)], student, x, t, labels[seed], epoch=epoch, arch=arch)
+            loss = sum(losses.values())
+            loss.backward()
+            total = total + loss.detach()
+    return total
+
+
+def _states(attack: Attack, epoch: int, *, banks, opts, contexts, trained, groups) -> dict[int, dict]:
+    """Each seed's state after ``epoch`` epochs, in :func:`run_students`' format (the live tensors)."""
+    if groups:  # the ensembles' momentum, back into each seed's optimizer (the checkpoint's format)
+        momentum_to_members(list(groups.values()), trained[None][0], [opt for opt, _ in opts.values()])
+    return {seed: {"epoch": epoch, "students": banks[seed].state_dict(), "optimizer": opts[seed][0].state_dict(),
+                   "scheduler": trained[None if groups else seed][1].state_dict(),
+                   "attack": {src: attack.state(contexts[(seed, src)]) for src in banks[seed]}}
+            for seed in banks}
 
 
 def _restore(resume: dict, attack: Attack, *, banks, opts, contexts, trained, groups) -> int:
