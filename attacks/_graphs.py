@@ -14,6 +14,10 @@ runs the eager forward. Capture runs the forward and backward a few times on the
 BatchNorm statistics are put back afterwards, and the gradients it computes are not accumulated.
 A module that cannot be captured (data-dependent control flow, host syncs) is trained eagerly,
 with a warning.
+
+:class:`StepGraph` goes further, on request (``run_cells(graphs="step")``): the whole training
+step of every student, loss and optimizer included, as one graph per epoch. It has not run on a
+GPU yet; ``bench/student_step_variants.py``'s ``wholestep`` way measures what it can gain.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["capture"]
+__all__ = ["StepGraph", "capture"]
 
 
 def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
@@ -65,3 +69,114 @@ def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
 
     module.forward = forward
     return True
+
+
+class StepGraph:
+    """A whole training step replayed as one CUDA graph: ``step(batches, labels, epoch=, step=)``
+    calls ``run(batches, labels)`` (every student's forward, loss and backward, then the optimizer
+    steps; it returns the summed loss), or replays it.
+
+    ``batches`` maps a key to ``(x, t)`` (``t`` may be ``None``), ``labels`` a key to ``y`` or
+    ``None``. Each epoch's first ``warmup`` steps run eagerly on a side stream (capture needs the
+    libraries and autograd warmed up). The next step is captured with its batch cloned into the
+    graph's own input tensors, then replayed, as is every later step of the epoch, after its batch
+    is copied into those tensors. The graph is captured anew each epoch, since the optimizer's
+    learning rate is a constant inside it (and so is ``epoch``, which ``run`` may read). ``run``
+    must not sync with the host, nor depend on anything but its arguments and the epoch. A step
+    whose batch does not fit the captured one (shape, dtype, a missing tensor) runs eagerly. If
+    capture fails, the run goes on eagerly with a one-line warning.
+
+    ``capture=False`` captures nothing: after the warm-up, each step copies its batch into the
+    same input tensors and calls ``run`` on them (the path the CPU tests walk).
+    """
+
+    def __init__(self, run, *, device, warmup: int = 3, capture: bool = True):
+        self.run, self.device, self.warmup = run, torch.device(device), warmup
+        self.capture = capture and self.device.type == "cuda"
+        self.failed, self.epoch, self.side = False, None, None
+        self.graph = self.static = self.out = None
+
+    def __call__(self, batches: dict, labels: dict, *, epoch: int, step: int):
+        if epoch != self.epoch:  # a new learning rate: the last epoch's graph is stale
+            self._drop()
+            self.epoch = epoch
+        now = (batches, labels)
+        if self.failed or step < self.warmup or (self.static is not None and not _fits(self.static, now)):
+            return self._eager(*now)
+        if self.static is not None:
+            _copy_into(self.static, now)
+        else:
+            self.static = _cloned(now)
+            if self.capture and not self._captured():
+                return self._eager(*now)
+        if self.graph is None:
+            return self.run(*self.static)
+        self.graph.replay()
+        return self.out
+
+    def _captured(self) -> bool:
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.run(*self.static)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure to capture means: go on eagerly
+            self.failed = True
+            self._drop()
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            warnings.warn(f"could not capture the training step as a CUDA graph ({type(exc).__name__}: {first}); "
+                          f"it runs eagerly", RuntimeWarning, stacklevel=3)
+            return False
+
+    def _eager(self, batches, labels):
+        if not self.capture or self.failed:  # nothing will be captured: the current stream
+            return self.run(batches, labels)
+        main = torch.cuda.current_stream(self.device)
+        self.side = self.side or torch.cuda.Stream(self.device)
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            out = self.run(batches, labels)
+        main.wait_stream(self.side)
+        return out
+
+    def _drop(self):
+        if self.graph is not None:
+            self.graph.reset()
+        self.graph = self.static = self.out = None
+
+
+def _tensors(batch) -> list:
+    batches, labels = batch
+    return [v for x, t in batches.values() for v in (x, t)] + list(labels.values())
+
+
+def _sharing(tensors: list) -> list:
+    """Which tensors are one object (several sources see one batch; the ensemble then runs it once)."""
+    first = {}
+    return [None if v is None else first.setdefault(id(v), i) for i, v in enumerate(tensors)]
+
+
+def _fits(static, batch) -> bool:
+    """Does ``batch`` have the keys, shapes and dtypes, the same missing tensors and the same
+    tensors shared as ``static``?"""
+    if list(static[0]) != list(batch[0]) or list(static[1]) != list(batch[1]):
+        return False
+    a_all, b_all = _tensors(static), _tensors(batch)
+    return _sharing(a_all) == _sharing(b_all) and all(
+        a is None or (a.shape, a.dtype, a.device) == (b.shape, b.dtype, b.device) for a, b in zip(a_all, b_all))
+
+
+def _cloned(batch):
+    """``batch`` with its own copy of every tensor (one copy of a tensor that several keys share)."""
+    batches, labels = batch
+    copies = {}
+    own = lambda v: None if v is None else copies.setdefault(id(v), v.detach().clone())  # noqa: E731
+    return ({k: (own(x), own(t)) for k, (x, t) in batches.items()}, {k: own(y) for k, y in labels.items()})
+
+
+def _copy_into(static, batch) -> None:
+    done = set()
+    for dst, src in zip(_tensors(static), _tensors(batch)):
+        if dst is not None and id(dst) not in done:
+            done.add(id(dst))
+            dst.copy_(src, non_blocking=True)

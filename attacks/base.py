@@ -46,7 +46,7 @@ from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
 from ._ensemble import Ensemble, momentum_from_members, momentum_to_members
-from ._graphs import capture
+from ._graphs import StepGraph, capture
 
 __all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "batchable", "graphs_for", "labelled",
            "register", "run_cells", "run_students"]
@@ -222,7 +222,7 @@ def batchable(attack: Attack) -> bool:
 def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students: list[str], data: TensorData, *,
                  config: TrainConfig, device, quiet: bool = True, desc: str = "", resume: dict | None = None,
                  save: Callable[[dict], None] | None = None, notes: dict | None = None, images: dict | None = None,
-                 image_count: int = 40, ensemble: bool = False, graphs: bool | None = None,
+                 image_count: int = 40, ensemble: bool = False, graphs: bool | str | None = None,
                  ) -> dict[tuple[str, str], float]:
     """Train ``students`` against each teacher with ``attack``; return final-epoch test accuracy
     (percent) per ``(source, student)``. ``config`` gives epochs, batch size, LR schedule, seed.
@@ -239,8 +239,11 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     ``ensemble``: train the students of one architecture (one per teacher) as one batched
     ensemble (:mod:`attacks._ensemble`). ``graphs``: replay each student's training forward and
     backward as CUDA graphs (:mod:`attacks._graphs`); ``None`` decides by :func:`graphs_for`
-    (never with an ensemble). All ways train the same students from the same state (to float
-    rounding) and save the same state format, so a run may resume another way.
+    (never with an ensemble). ``graphs="step"`` (experimental, not yet run on a GPU) replays the
+    whole step, every student's loss and the optimizers' steps included (the ensemble's too), as
+    one graph per epoch (:class:`attacks._graphs.StepGraph`; on the CPU it walks the same data path
+    without capturing). All ways train the same students from the same state (to float rounding)
+    and save the same state format, so a run may resume another way.
     :func:`run_cells` trains several seeds at once.
     """
     seed = config.seed
@@ -260,7 +263,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
               config: TrainConfig, seeds: list[int], device, quiet: bool = True, desc: str = "",
               resume: dict[int, dict] | None = None, save: Callable[[dict[int, dict]], None] | None = None,
               notes: dict | None = None, images: dict | None = None, image_count: int = 40,
-              ensemble: bool = False, graphs: bool | None = None) -> dict[int, dict[tuple[str, str], float]]:
+              ensemble: bool = False, graphs: bool | str | None = None) -> dict[int, dict[tuple[str, str], float]]:
     """:func:`run_students` for several seeds at once (``config.seed`` is not used): per seed its
     own students, data order and attack state, exactly one audit cell's worth each; with an
     ensemble, an architecture's students of every seed and teacher are one ensemble. ``resume``,
@@ -274,10 +277,12 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     seeds = list(dict.fromkeys(seeds))
     device = torch.device(device)
     members = [(seed, src) for seed in seeds for src in teachers]
+    if graphs not in (None, True, False, "step"):
+        raise ValueError(f"graphs must be None, True, False or 'step', got {graphs!r}")
     if (ensemble or graphs) and not batchable(attack):
         raise NastyError(f"{attack.name} reads its students' features (it owns their forward); its students "
                          f"cannot be trained as {'an ensemble' if ensemble else 'CUDA graphs'}")
-    if graphs and (ensemble or device.type != "cuda"):
+    if graphs is True and (ensemble or device.type != "cuda"):
         raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
     if graphs is None:
         graphs = not ensemble and graphs_for(attack, device)
@@ -287,7 +292,23 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                                                     device=device, quiet=quiet, ensemble=ensemble)
     start = 0 if resume is None else _restore(resume, attack, banks=banks, opts=opts, contexts=contexts,
                                               trained=trained, groups=groups)
-    captured = set() if graphs else None  # id() of each student capture was tried on (it replays, or trains eagerly)
+    captured = set() if graphs is True else None  # id() of each student capture was tried on (replays, or eager)
+
+    def train_step(batches, labels):  # every student's step, then the optimizers'; the summed loss
+        for opt, _ in trained.values():
+            opt.zero_grad(set_to_none=True)
+        if groups:
+            total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device,
+                                   cache=whole is None)
+            total.backward()
+        else:
+            total = _backward_each(attack, batches, labels, banks, students, contexts, epoch=epoch, device=device,
+                                   captured=captured, cache=whole is None)
+        for opt, _ in trained.values():
+            opt.step()
+        return total
+
+    whole = StepGraph(train_step, device=device) if graphs == "step" else None
     steps = max(1, len(data.train_y) // config.batch_size)
     bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
                disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
@@ -305,16 +326,10 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                 batches = _teacher_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch,
                                            device=device)
                 labels = {seed: y for seed, (_, y) in labelled_batches.items()}
-                for opt, _ in trained.values():
-                    opt.zero_grad(set_to_none=True)
-                if groups:
-                    total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device)
-                    total.backward()
+                if whole is None:
+                    total = train_step(batches, labels)
                 else:
-                    total = _backward_each(attack, batches, labels, banks, students, contexts, epoch=epoch,
-                                           device=device, captured=captured)
-                for opt, _ in trained.values():
-                    opt.step()
+                    total = whole(batches, labels, epoch=epoch, step=step)
                 if step == 0 and not torch.isfinite(total.detach()):
                     raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
                                      f"try a smaller `lr` or `tau`")
@@ -366,14 +381,14 @@ def _build(attack: Attack, teachers: dict, students: list[str], data: TensorData
 
 
 def _backward_each(attack: Attack, batches: dict, labels: dict, banks: dict, students: list[str], contexts: dict, *,
-                   epoch: int, device, captured: set | None) -> torch.Tensor:
+                   epoch: int, device, captured: set | None, cache: bool = True) -> torch.Tensor:
     """Every student's forward, losses and backward, one student after another (one student's
     graph alive at a time); return the sum of their losses. ``captured`` (CUDA graphs): the
     students capture was tried on; a student not in it is captured on this batch first."""
     total = 0.0
     for (seed, src), (x, t) in batches.items():
         for arch, student in zip(students, banks[seed][src].students):
-            with autocast(device):
+            with autocast(device, cache=cache):
                 if captured is not None and id(student) not in captured:  # the first batch (after a resume too)
                     captured.add(id(student))
                     capture(student, x, name=arch)
@@ -414,7 +429,8 @@ def _restore(resume: dict, attack: Attack, *, banks, opts, contexts, trained, gr
     return epochs.pop()
 
 
-def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, contexts: dict, *, epoch: int, device):
+def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, contexts: dict, *, epoch: int, device,
+                   cache: bool = True):
     """The summed losses of every member of every ensemble: one vmapped forward per architecture
     (of one shared batch, or of each member's own), then :meth:`Attack.losses` per member, or, for
     a ``sample_mean`` attack, :meth:`Attack.loss` once on every member's batch joined."""
@@ -427,7 +443,7 @@ def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, co
         y_all = None if labels[next(iter(labels))] is None else torch.cat([labels[seed] for seed, _ in batches])
     total = 0.0
     for arch, e in groups.items():
-        with autocast(device):
+        with autocast(device, cache=cache):
             z = e(xs[0] if shared else xs).float()
         if joined:  # the sum over the M members of their batch means = M x the mean over all their samples
             total = total + len(batches) * attack.loss(z.flatten(0, 1), t_all, y_all)[0]

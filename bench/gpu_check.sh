@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check: the cuda test tier, then `bench.py --device cuda --quick`; under 4 minutes on one H100.
 # ZOO=1 adds, between them, the four zoo students' KD cells of 3 seeds (eager loop vs batched ensemble vs
-# CUDA graphs, steady epochs; about 2-3 minutes more). VARIANTS=1 adds bench/student_step_variants.py for the
-# four zoo students (eager loop, per-student CUDA graphs, the whole step as one graph) and the teachers' forward
-# (eager vs graphed): about 1-2 minutes more.
+# CUDA graphs vs the whole step as one graph, steady epochs; about 3-4 minutes more). VARIANTS=1 adds
+# bench/student_step_variants.py for the four zoo students (eager loop, per-student CUDA graphs, the whole
+# step as one graph) and the teachers' forward (eager vs graphed): about 1-2 minutes more.
 #
 #     bench/gpu_check.sh [DIR]        # DIR: $OUT if set, else bench/results/gpu
 #
 # Writes DIR/gpu_check.log (everything printed) and DIR/gpu_check.json, the JSON rewritten after
 # every step, so a run cut off by a time limit still leaves what it measured. Without a GPU it
 # says so, records it and exits 0. PYTHON picks the interpreter (default: python3).
-# Time limits per step (seconds): CUDA_TIER_S (default 120), BENCH_S (default 150), ZOO_S (default 200),
+# Time limits per step (seconds): CUDA_TIER_S (default 120), BENCH_S (default 150), ZOO_S (default 260),
 # VARIANTS_S (default 150).
 set -u
 cd "$(dirname "$0")/.."
@@ -83,7 +83,7 @@ ok=0
 run cuda_tier "${CUDA_TIER_S:-120}" "$DIR/cuda_tier.xml" -- \
     "$PY" -m pytest -m cuda -q -rA -p no:cacheprovider --junitxml="$DIR/cuda_tier.xml" || ok=1
 if [ "${ZOO:-0}" = 1 ]; then
-    run ensemble_zoo "${ZOO_S:-200}" "$DIR/ensemble_zoo.json" -- \
+    run ensemble_zoo "${ZOO_S:-260}" "$DIR/ensemble_zoo.json" -- \
         "$PY" bench/bench.py --device cuda --only-ensemble --ensemble-students cnn,resnetc20,resnetc32,resnet18 \
         --ensemble-images 4096 --json "$DIR/ensemble_zoo.json" || ok=1
 fi

@@ -19,13 +19,14 @@ def enabled(device) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def autocast(device):
+def autocast(device, *, cache: bool = True):
     """bf16 autocast where :func:`enabled`; a no-op context elsewhere (any device type, even one
-    that autocast does not know). Losses are computed in fp32 by the callers (``logits.float()``)."""
+    that autocast does not know). Losses are computed in fp32 by the callers (``logits.float()``).
+    ``cache=False`` recasts the weights at every use (what CUDA-graph capture needs)."""
     device = torch.device(device)
     if not enabled(device):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def prepare(module: nn.Module, device) -> nn.Module:

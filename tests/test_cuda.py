@@ -197,6 +197,41 @@ def test_students_replay_as_cuda_graphs_by_default_within_noise_of_eager_and_ens
             assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (seed, alone, way[seed])
 
 
+def test_a_whole_step_replayed_as_one_cuda_graph_trains_within_noise_of_eager(gpu_teachers, digits, monkeypatch):
+    """``run_cells(graphs="step")`` (experimental): every seed's students, their losses and the
+    optimizers' steps captured as one graph per epoch, for students in a loop and as an ensemble:
+    captured without a warning, replayed, and within noise of the eager loop; a run resumes."""
+    import warnings
+
+    import attacks._graphs as graphs
+    from attacks import create_attack
+    from attacks.base import run_cells, run_students
+    from nasty.trainer import TrainConfig
+
+    pair = {k: ckpt.load_model(gpu_teachers["root"] / k)[0] for k in ("normal", "nasty")}
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+    copies, real = [], graphs._copy_into
+    monkeypatch.setattr(graphs, "_copy_into", lambda *a: copies.append(1) or real(*a))
+    archs = ["tiny-cnn", "mlp"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        states = []
+        loop = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
+                         graphs="step", save=states.append)
+        ensemble = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
+                             graphs="step", ensemble=True)
+        resumed = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
+                            graphs="step", resume=states[0])
+    assert not [w for w in caught if "could not capture" in str(w.message)], [str(w.message) for w in caught]
+    steps = len(digits.train_y) // cfg.batch_size
+    assert len(copies) == (2 * cfg.epochs + cfg.epochs - 1) * (steps - 4)  # every step past the warm-up replayed
+    for seed in (0, 1, 2):
+        alone = run_students(create_attack("kd"), pair, archs, digits, config=replace(cfg, seed=seed),
+                             device="cuda", graphs=False)
+        for way in (loop, ensemble, resumed):
+            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (seed, alone, way[seed])
+
+
 def test_an_audit_on_cuda_trains_an_attacks_seeds_in_one_run(gpu_teachers, tmp_path, monkeypatch):
     import attacks.audit as audit_mod
 
