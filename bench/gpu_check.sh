@@ -89,7 +89,7 @@ if [ "${ZOO:-0}" = 1 ]; then
 fi
 if [ "${VARIANTS:-0}" = 1 ]; then
     run step_variants "${VARIANTS_S:-150}" "$DIR/step_variants.json" -- \
-        "$PY" bench/student_step_variants.py --device cuda --variants loop,graphed,wholestep --steps 20 \
+        "$PY" bench/student_step_variants.py --device cuda --variants loop,graphed,wholestep,ensemble_wholestep --steps 20 \
         --teachers resnet18,resnetc20 --json "$DIR/step_variants.json" || ok=1
 fi
 run bench_cuda_quick "${BENCH_S:-150}" "$DIR/bench_cuda_quick.json" -- \

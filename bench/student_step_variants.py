@@ -17,8 +17,10 @@ seeds x two teachers) at batch 128 on CIFAR-shaped data with KD from fixed teach
 - ``wholestep``: the loop's whole step (every student's forward, KD loss and backward, then the SGD
   step) captured as one CUDA graph with ``torch.cuda.graph`` after a warm-up on a side stream
   (PyTorch's whole-network capture); a step copies its batch into the graph's inputs and replays
-  it, one launch for all M students. Not what the audit does: what it could gain by capturing the
-  loss and the optimizer too (what the host would still pay per student step is gone).
+  it, one launch for all M students. What ``run_cells(graphs="step")`` does (experimental), and
+  what the audit could gain by capturing the loss and the optimizer too;
+- ``ensemble_wholestep``: the ensemble's whole step (one vmapped forward of all students, the
+  loss, the backward and the SGD step) captured the same way, in the default layout (NCHW).
 
 ``--teachers resnet18,resnetc20`` also times one frozen teacher forward of the seeds' batches
 joined (``members / 2`` x batch), eager and replayed as a CUDA graph (``teacher_ms``): what the
@@ -201,9 +203,9 @@ def main(argv=None):
     for arch in args.archs.split(","):
         rows = result["ms_per_member_step"].setdefault(arch, {})
         for variant in args.variants.split(","):
-            if variant in ("graphed", "wholestep") and not gpu:
+            if variant in ("graphed", "wholestep", "ensemble_wholestep") and not gpu:
                 continue
-            cl = variant not in ("ensemble_nchw", "ensemble_fp32")
+            cl = variant not in ("ensemble_nchw", "ensemble_fp32", "ensemble_wholestep")  # NCHW: run 2's layout
             autocast = fp32 if variant == "ensemble_fp32" else bf16
             t0 = time.perf_counter()
             try:
@@ -215,6 +217,9 @@ def main(argv=None):
                     step, _ = graphed_loop(models, data[0], autocast=autocast)
                 elif variant == "wholestep":
                     step = whole_step(models, data[0], autocast=autocast)
+                elif variant == "ensemble_wholestep":
+                    step = _captured(ensemble_step(models, autocast=autocast),
+                                     [[t.clone() for t in part] for part in data[0]])
                 elif variant == "compiled":
                     step = loop_step([torch.compile(m) for m in models], autocast=autocast)
                     step(*data[0])
