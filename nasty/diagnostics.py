@@ -361,8 +361,8 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
     data = data_for(items[::-1], dataset=dataset, data_root=data_root)  # the teacher's first
     models = {}
     for (option, source, card), sd in zip(items, weights):
-        name = plot_text(card.get("kind") or option.strip("-"))
-        name = name if name not in models else f"{name} ({option.strip('-')})"
+        name = plot_text(card.get("kind") or option.strip("`"))
+        name = name if name not in models else f"{name} ({option.strip('`')})"
         models[name] = build_model(sd, card, source=f"{option} {label(source)}", num_classes=data.num_classes,
                                    in_chans=data.input_shape[0], served=True).eval()
     card = items[-1][2]

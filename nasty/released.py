@@ -3,10 +3,16 @@ and whether it works on the data it will be hardened, audited or plotted with.
 
 Every command that loads a model (``import``, ``harden``, ``audit``, ``plot``) goes through here:
 
-    sd, card = read_model("my.pt", option="--teacher", arch="small-cnn", mean="0", std="1")
-    require_options([("--teacher", "my.pt", card)], dataset=None)   # one message for all that is missing
-    data = data_for([card], dataset="digits")     # the dataset, normalised as the model expects
-    model = ckpt.build_model(sd, card, source="my.pt", num_classes=data.num_classes, in_chans=...)
+    norm = parse_normalization(mean="0", std="1")
+    sd, card = read_model("my.pt", option="`teacher`", arch="small-cnn", normalization=norm)
+    items = [("`teacher`", "my.pt", card)]     # (the option it came from, the source, what is known)
+    require_options(items, dataset="digits")   # one message for all that is missing
+    data = data_for(items, dataset="digits")   # the dataset, normalised as the model expects
+    model = ckpt.build_model(sd, card, source="my.pt", num_classes=data.num_classes,
+                             in_chans=data.input_shape[0])
+
+``option`` names the keyword (in backquotes, as every message does: :mod:`nasty.errors`) that a
+source came from, so that an error says which model it is about.
 
 A source is a run directory, a ``.safetensors``/``.pt`` file (read safely by
 :func:`nasty.checkpoint.load_weights`) or an ``nn.Module`` (from a notebook). The model's

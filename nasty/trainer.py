@@ -50,9 +50,9 @@ class TrainConfig:
     gamma: float = 0.1
 
     def check(self) -> None:
-        for name, ok in (("`epochs`", self.epochs >= 1), ("`batch_size`", self.batch_size >= 1), ("`lr`", self.lr > 0)):
+        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0)):
             if not ok:
-                raise NastyError(f"{name} must be positive, got {getattr(self, name[2:].replace('-', '_'))}")
+                raise NastyError(f"`{name}` must be positive, got {getattr(self, name)}")
 
 
 def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9) -> Callable:

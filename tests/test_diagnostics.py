@@ -95,6 +95,15 @@ def test_cli_plot(teachers, tmp_path):
         assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output, res.output
 
 
+def test_two_teachers_of_one_kind_are_told_apart_by_their_role(teachers, tmp_path):
+    from nasty.diagnostics import render
+
+    normal = teachers["root"] / "normal"
+    render("logits", teacher=normal, reference=normal, out=tmp_path / "l.png")
+    numbers = json.loads((tmp_path / "l.json").read_text())
+    assert set(numbers["teachers"]) == {"normal", "normal (teacher)"}
+
+
 class Elsewhere(torch.nn.Module):
     """A teacher whose weights live on another device than the CPU, as a CUDA teacher's do. This
     machine has no GPU, so the other device is ``meta`` (tensors without values): like CUDA, the

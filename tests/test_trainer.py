@@ -93,3 +93,9 @@ def test_reference_is_frozen_and_left_in_eval(digits):
         objective=objective_for("kd", alpha=0.9, tau=4.0), reference=ref, eval_tau=4.0)
     assert not ref.training
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())  # BN running stats untouched too
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("lr", 0.0)])
+def test_a_config_out_of_range_names_the_keyword(field, value):
+    with pytest.raises(NastyError, match=f"^`{field}` must be positive, got {value}$"):
+        TrainConfig(**{"epochs": 1, "batch_size": 8, "lr": 0.1, field: value}).check()
