@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -123,7 +124,12 @@ class PILImages(torch.utils.data.Dataset):
 
 
 def dataloader(data: TensorData, *, batch_size, device, workers=2):
+    """The public code's way: PIL images, torchvision transforms, ``workers`` processes. More
+    workers than cores is on purpose here (4, as the public code configures it): torch's warning
+    about it is left out."""
     from torchvision import transforms as T
+
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
 
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     return torch.utils.data.DataLoader(PILImages(data.train_x, data.train_y, tf), batch_size=batch_size, shuffle=True,
