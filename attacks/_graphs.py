@@ -30,14 +30,18 @@ from torch import nn
 __all__ = ["StepGraph", "capture"]
 
 
-def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
-    """Replace ``module``'s training forward on batches like ``x`` by CUDA graph replays; ``True``
-    if captured, ``False`` (with a warning, the module unchanged) if it could not be."""
-    # capture's warm-up makes the gradient accumulators on its own stream, as intended; torch warns
-    # about that once per process (an H100 run printed it mid-audit), so say it is expected
+def _expect_side_stream_gradients() -> None:
+    """Capture's warm-up makes the gradient accumulators on its own stream, as intended; torch warns
+    about that once per process (an H100 run printed it mid-audit), so say it is expected."""
     quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
     if quiet is not None:
         quiet(False)
+
+
+def capture(module: nn.Module, x: torch.Tensor, *, name: str = "") -> bool:
+    """Replace ``module``'s training forward on batches like ``x`` by CUDA graph replays; ``True``
+    if captured, ``False`` (with a warning, the module unchanged) if it could not be."""
+    _expect_side_stream_gradients()
     eager = module.forward
     saved = [b.detach().clone() for b in module.buffers()]
     sample = x.detach().clone().requires_grad_(x.requires_grad)
@@ -115,6 +119,7 @@ class StepGraph:
         return self.out
 
     def _captured(self) -> bool:
+        _expect_side_stream_gradients()
         try:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
