@@ -111,3 +111,28 @@ def test_student_step_variants_time_each_way(tmp_path):
     assert r["errors"] == {} and set(r["ms_per_member_step"]["cnn"]) == {"loop", "ensemble", "ensemble_fp32"}
     assert all(ms > 0 for ms in r["ms_per_member_step"]["cnn"].values())
     assert r["teacher_ms"]["cnn"]["batch"] == 4 and r["teacher_ms"]["cnn"]["eager"] > 0  # graphed: GPU only
+
+
+def test_the_table_shows_every_way_a_gpu_run_measures():
+    """What bench.py prints at the end of a GPU run (before it writes the final JSON): the CUDA-graph
+    and whole-step rows of the ensemble figures and a CIFAR-10 estimate for each way."""
+    bench = _bench()
+    row = {"student": "resnetc20", "loop_s_per_student_epoch": 1.0, "ensemble_s_per_student_epoch": 0.4,
+           "speedup": 2.5, "graphs_s_per_student_epoch": 0.5, "graphs_speedup": 2.0,
+           "wholestep_s_per_student_epoch": 0.25, "wholestep_speedup": 4.0}
+    estimate = {"total_hours": 9.0, "teachers_hours": 0.4, "audit_hours": 8.6, "students": ["resnetc20"],
+                "epochs": 160, "seeds": 3}
+    d = {"arch": "resnet18", "batch_size": 128, "harden_step_s": 0.015, "normal_step_s": 0.011,
+         "data_img_s": 4e5, "data_img_s_dataloader": 1e4, "harden_img_s": 8533.3, "harden_img_s_dataloader": 6500.0,
+         "harden_step_s_dataloader_by_workers": {"2": 0.0197, "4": 0.016}, "audit": {"rows": [], "images": 1024},
+         "ensemble": {"members": 6, "images": 2048, "rows": [row]}, "cifar10_table": estimate,
+         "cifar10_table_graphs": {**estimate, "total_hours": 4.5, "audit_hours": 4.1},
+         "cifar10_table_wholestep": {**estimate, "total_hours": 2.5, "audit_hours": 2.1},
+         "torch": "2.11", "seconds": 120.0}
+    r = {"harden_step_ratio": 1.31, "data_path_speedup": 40.0, "epoch_speedup_vs_dataloader": 1.31,
+         "epoch_speedup_vs_dataloader_by_workers": {"2": 1.31, "4": 1.08}, "demo_seconds": None,
+         "device": "NVIDIA H100", "details": d}
+    text = bench.table(r)
+    assert "CUDA graphs, 6 resnetc20" in text and "whole step as one graph, 6 resnetc20" in text
+    assert "CIFAR-10 table, CUDA graphs (estimate)" in text and "CIFAR-10 table, whole step as one graph" in text
+    assert "2.5 h" in text and "4.00x" in text
