@@ -175,7 +175,11 @@ def _cloned(batch):
     """``batch`` with its own copy of every tensor (one copy of a tensor that several keys share)."""
     batches, labels = batch
     copies = {}
-    own = lambda v: None if v is None else copies.setdefault(id(v), v.detach().clone())  # noqa: E731
+
+    def own(v):
+        if v is not None and id(v) not in copies:
+            copies[id(v)] = v.detach().clone()
+        return None if v is None else copies[id(v)]
     return ({k: (own(x), own(t)) for k, (x, t) in batches.items()}, {k: own(y) for k, y in labels.items()})
 
 
