@@ -228,6 +228,9 @@ def audit_seconds(device, *, images, batch_size, students_grid, teacher_arch) ->
     return {"teacher": teacher_arch, "teachers": 2, "images": images, "batch_size": batch_size, "rows": rows}
 
 
+GPU_WAYS = {"graphs": "CUDA graphs", "wholestep": "whole step as one graph"}  # timed on a GPU only, with their titles
+
+
 def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seeds=(0, 1, 2)) -> dict:
     """Seconds per student-epoch of the KD cells of ``seeds`` (two frozen teachers: two students per
     architecture and seed), trained as the CPU audit trains them (one cell per seed, the students in
@@ -266,7 +269,7 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
 
     modes = (("loop", loop), ("ensemble", ensemble))
     if device.type == "cuda":
-        modes += (("graphs", graphs), ("wholestep", wholestep))
+        modes += (("graphs", graphs), ("wholestep", wholestep))  # GPU_WAYS
     small = synthetic(2 * batch_size)
     rows = []
     for arch in students:
@@ -280,7 +283,7 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
             row[f"{mode}_s_first_epoch"] = spent[1] / members
             row[f"{mode}_s_per_student_epoch"] = max(spent[2] - spent[1], 1e-9) / members
         row["speedup"] = row["loop_s_per_student_epoch"] / row["ensemble_s_per_student_epoch"]
-        for way in ("graphs", "wholestep"):  # the audit's way on a GPU, and the experimental whole-step graph
+        for way in GPU_WAYS:  # the audit's way on a GPU, and the experimental whole-step graph
             if f"{way}_s_per_student_epoch" in row:
                 row[f"{way}_speedup"] = row["loop_s_per_student_epoch"] / row[f"{way}_s_per_student_epoch"]
         rows.append(row)
@@ -440,7 +443,7 @@ def main(argv=None):
     audit = audit_seconds(device, images=audit_images, batch_size=bs, students_grid=grid, teacher_arch="resnetc20")
 
     by_way = {}  # on a GPU: the audit's way (CUDA graphs) and the experimental whole-step graph, the
-    for way in ("graphs", "wholestep") if gpu else ():  # students' steps shortened by the measured ratios
+    for way in GPU_WAYS if gpu else ():  # students' steps shortened by the measured ratios
         speedups = {row["student"]: row[f"{way}_speedup"] for row in ensemble["rows"] if f"{way}_speedup" in row}
         by_way[way] = cifar_table_estimate(
             normal_step=normal, harden_step=harden, teacher_forward=estimate["teacher_forward_s"],
@@ -505,7 +508,7 @@ def table(r: dict) -> str:
         rows.append(("CIFAR-10 table (estimate)", f"{e['total_hours']:.1f} h",
                      f"teachers {e['teachers_hours']:.1f} h + audit {e['audit_hours']:.1f} h ({', '.join(e['students'])}; "
                      f"{e['epochs']} epochs, {e['seeds']} seeds)"))
-    for way, title in (("graphs", "CUDA graphs"), ("wholestep", "whole step as one graph")):
+    for way, title in GPU_WAYS.items():
         if d.get(f"cifar10_table_{way}"):
             e = d[f"cifar10_table_{way}"]
             rows.append((f"CIFAR-10 table, {title} (estimate)", f"{e['total_hours']:.1f} h",
@@ -522,7 +525,7 @@ def _ensemble_rows(e: dict) -> list[tuple[str, str, str]]:
         rows.append((f"ensemble of {e['members']} {row['student']}", f"{row['speedup']:.2f}x",
                      f"{row['ensemble_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s per "
                      f"student-epoch in an eager loop ({e['images']} images; steady epochs)"))
-        for way, title in (("graphs", "CUDA graphs"), ("wholestep", "whole step as one graph")):
+        for way, title in GPU_WAYS.items():
             if f"{way}_speedup" in row:
                 rows.append((f"{title}, {e['members']} {row['student']}", f"{row[f'{way}_speedup']:.2f}x",
                              f"{row[f'{way}_s_per_student_epoch']:.3f} s vs {row['loop_s_per_student_epoch']:.3f} s "

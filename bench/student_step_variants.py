@@ -99,10 +99,12 @@ def graphed_loop(models, sample, *, autocast):
     return loop_step(graphed, autocast=autocast), models
 
 
-def _captured(run, static):
-    """``run(*static)`` captured as one CUDA graph after three warm-up calls on a side stream (their
-    effects, such as optimizer steps, stay); returns ``replay(*args)``, which copies ``args`` (lists
-    of tensors shaped as ``static``'s) into the graph's inputs, replays it and returns its output."""
+def _captured(run, sample):
+    """``run(*sample)`` captured as one CUDA graph on its own copies of ``sample`` (lists of
+    tensors), after three warm-up calls on a side stream (their effects, such as optimizer steps,
+    stay); returns ``replay(*args)``, which copies ``args`` (shaped as ``sample``) into the graph's
+    inputs, replays it and returns its output."""
+    static = [[t.clone() for t in part] for part in sample]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -122,11 +124,6 @@ def _captured(run, static):
     return replay
 
 
-def whole_step(models, sample, *, autocast):
-    """The loop's step, optimizer included, as one CUDA graph (captured on ``sample``'s batch)."""
-    return _captured(loop_step(models, autocast=autocast), [[t.clone() for t in part] for part in sample])
-
-
 def teacher_ms(arch, device, *, batch_size, steps, repeats, autocast, graphed) -> float:
     """Milliseconds of one frozen teacher forward of ``batch_size`` images (bf16, channels_last as
     the audit runs it), eager or replayed as a CUDA graph."""
@@ -140,7 +137,7 @@ def teacher_ms(arch, device, *, batch_size, steps, repeats, autocast, graphed) -
         with torch.no_grad(), autocast():
             return model(x)
 
-    run = _captured(lambda x: forward(x[0]), [[xs[0].clone()]]) if graphed else None
+    run = _captured(lambda x: forward(x[0]), [[xs[0]]]) if graphed else None
     step = (lambda x: run([x]).clone()) if graphed else forward  # the graph's output is overwritten by the next replay
     return timed_ms(step, [(x,) for x in xs], device, steps=steps, repeats=repeats)
 
@@ -196,6 +193,10 @@ def main(argv=None):
               "members": args.members, "batch_size": args.batch_size, "ms_per_member_step": {}, "errors": {},
               "compile_s": {}, "teacher_ms": {}}
 
+    def failed(what, exc):  # a variant that fails is a result too
+        result["errors"][what] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print(f"{what}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
     def keep():
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -215,11 +216,10 @@ def main(argv=None):
                     step = loop_step(models, autocast=autocast)
                 elif variant == "graphed":
                     step, _ = graphed_loop(models, data[0], autocast=autocast)
-                elif variant == "wholestep":
-                    step = whole_step(models, data[0], autocast=autocast)
+                elif variant == "wholestep":  # the loop's step, optimizer included, as one graph
+                    step = _captured(loop_step(models, autocast=autocast), data[0])
                 elif variant == "ensemble_wholestep":
-                    step = _captured(ensemble_step(models, autocast=autocast),
-                                     [[t.clone() for t in part] for part in data[0]])
+                    step = _captured(ensemble_step(models, autocast=autocast), data[0])
                 elif variant == "compiled":
                     step = loop_step([torch.compile(m) for m in models], autocast=autocast)
                     step(*data[0])
@@ -231,9 +231,8 @@ def main(argv=None):
                 rows[variant] = round(ms, 3)
                 print(f"{arch:>10} {variant:>14}: {ms:7.3f} ms per member-step "
                       f"({time.perf_counter() - t0:.1f} s)", flush=True)
-            except Exception as exc:  # a variant that fails is a result too
-                result["errors"][f"{arch}/{variant}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                print(f"{arch:>10} {variant:>14}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            except Exception as exc:
+                failed(f"{arch}/{variant}", exc)
             keep()
     for arch in filter(None, args.teachers.split(",")):
         batch = args.members // 2 * args.batch_size  # every seed's batch joined, as the audit's teacher sees them
@@ -245,8 +244,7 @@ def main(argv=None):
                 rows[way] = round(ms, 3)
                 print(f"{arch:>10} teacher {way:>8}: {ms:7.3f} ms per forward of {batch} images", flush=True)
             except Exception as exc:
-                result["errors"][f"teacher {arch}/{way}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                print(f"{arch:>10} teacher {way:>8}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                failed(f"teacher {arch}/{way}", exc)
             keep()
     keep()
     return result
