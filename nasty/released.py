@@ -89,10 +89,10 @@ def _floats(value, what: str) -> list[float]:
     try:
         out = [float(v) for v in items if not isinstance(v, str) or v.strip()]
     except (TypeError, ValueError):
-        raise DataError(f"--{what} takes numbers, one per channel or one for all (e.g. 0.5 or 0.485,0.456,0.406), "
+        raise DataError(f"`{what}` takes numbers, one per channel or one for all (e.g. 0.5 or 0.485,0.456,0.406), "
                         f"got {value!r}") from None
     if not out or not all(math.isfinite(v) for v in out):
-        raise DataError(f"--{what} takes finite numbers, got {value!r}")
+        raise DataError(f"`{what}` takes finite numbers, got {value!r}")
     return out
 
 
