@@ -35,7 +35,7 @@ from nasty.safety import read_json
 from nasty.schema import AuditCell, PartialCell, validate
 from nasty.models import create_model
 from nasty.recipes import RECIPES
-from nasty.released import data_for, is_adversary, label, parse_input, parse_normalization, read_model, require_options
+from nasty.released import is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
@@ -96,8 +96,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, arch=arch, dataset=dataset, data=data, data_root=data_root,
                                     download=download, train_fraction=train_fraction, unsafe_pickle=unsafe_pickle,
-                                    normalization=parse_normalization(mean=mean, std=std, preset=normalization),
-                                    inputs=parse_input(**inputs or {}))
+                                    mean=mean, std=std, normalization=normalization, inputs=inputs)
     recipe = RECIPES[data.name]
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     tau = default_tau(data.num_classes) if tau is None else tau
@@ -162,29 +161,19 @@ def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_se
     return attacks, seeds
 
 
-def _teachers(teacher, reference, *, arch, dataset, data, data_root, download, train_fraction, unsafe_pickle,
-              normalization, inputs) -> tuple[dict, dict, TensorData]:
+def _teachers(teacher, reference, **brought) -> tuple[dict, dict, TensorData]:
     """The two teachers (``normal``: the reference, ``nasty``: the audited one) as models and
     cards, and the data they were trained on; whatever does not fit fails here, named."""
-    read = {}
-    for src, option, source in (("nasty", "`teacher`", teacher), ("normal", "`reference`", reference)):
-        sd, card = read_model(source, option=option, arch=arch, normalization=normalization, inputs=inputs,
-                              unsafe_pickle=unsafe_pickle)
-        read[src] = (option, source, card, sd)
-    items = [r[:3] for r in read.values()]
-    cards = {src: r[2] for src, r in read.items()}
-    require_options(items, dataset=dataset or (data.name if data is not None else None))
-    trained_on = (cards["nasty"].get("dataset"), cards["normal"].get("dataset"))
-    if None not in trained_on and trained_on[0] != trained_on[1]:
-        raise NastyError(f"`reference` {label(reference)} was trained on {trained_on[1]}, but `teacher` "
-                         f"{label(teacher)} on {trained_on[0]}; audit a teacher against its own normal model")
-    _warn_about_reference(cards["nasty"], cards["normal"], reference)
-    data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
-                    train_fraction=train_fraction)
-    fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
-    models = {src: ckpt.build_model(sd, card, source=f"{option} {label(source)}", served=True, **fit).eval()
-              for src, (option, source, card, sd) in read.items()}
-    return {"normal": models["normal"], "nasty": models["nasty"]}, cards, data
+    def same_dataset(items):
+        nasty_on, normal_on = (card.get("dataset") for _, _, card in items)
+        if None not in (nasty_on, normal_on) and nasty_on != normal_on:
+            raise NastyError(f"`reference` {label(reference)} was trained on {normal_on}, but `teacher` "
+                             f"{label(teacher)} on {nasty_on}; audit a teacher against its own normal model")
+        _warn_about_reference(items[0][2], items[1][2], reference)
+
+    (nasty, normal), data = open_models([("`teacher`", teacher), ("`reference`", reference)], served=True,
+                                        check=same_dataset, **brought)
+    return {"normal": normal.model, "nasty": nasty.model}, {"normal": normal.card, "nasty": nasty.card}, data
 
 
 def _preflight(attacks: list[str], opts: dict, *, data, models: dict, students: list[str], epochs: int) -> None:

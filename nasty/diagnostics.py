@@ -324,9 +324,8 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
 
     ``images`` needs ``synthesize(models, data, tau=, count=, seed=)`` -> ``{title: (images, labels)}``
     (the data-free attacks live in ``attacks/``, a layer above this one: ``attacks.synthesized_grids``)."""
-    from .checkpoint import build_model
     from .errors import NastyError
-    from .released import data_for, label, parse_input, parse_normalization, read_model, require_options
+    from .released import open_models
 
     check_figure_path(Path(out), numbers=what == "logits")  # before anything is loaded
     if what in ("omega", "frontier"):
@@ -349,23 +348,14 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
             raise NastyError(f"`teacher` {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
-    norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    items, weights = [], []
-    for option, source in (("`reference`", reference), ("`teacher`", teacher)):
-        if source:
-            sd, card = read_model(source, option=option, arch=arch, normalization=norm,
-                                  inputs=parse_input(**inputs or {}), unsafe_pickle=unsafe_pickle)
-            items.append((option, source, card))
-            weights.append(sd)
-    require_options(items, dataset=dataset)
-    data = data_for(items[::-1], dataset=dataset, data_root=data_root)  # the teacher's first
+    brought = [(option, source) for option, source in (("`teacher`", teacher), ("`reference`", reference)) if source]
+    opened, data = open_models(brought, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
+                               unsafe_pickle=unsafe_pickle, dataset=dataset, data_root=data_root, served=True)
     models = {}
-    for (option, source, card), sd in zip(items, weights):
+    for option, _, card, model in opened[::-1]:  # the reference's first
         name = plot_text(card.get("kind") or option.strip("`"))
-        name = name if name not in models else f"{name} ({option.strip('`')})"
-        models[name] = build_model(sd, card, source=f"{option} {label(source)}", num_classes=data.num_classes,
-                                   in_chans=data.input_shape[0], served=True).eval()
-    card = items[-1][2]
+        models[name if name not in models else f"{name} ({option.strip('`')})"] = model
+    card = opened[0].card
     tau = tau or card.get("tau") or 4.0
     if what == "logits":
         fig, numbers = plot_logits(models, data, tau=tau)

@@ -1,7 +1,14 @@
 """A model you bring: what it is (architecture), what it expects (normalisation, class names),
 and whether it works on the data it will be hardened, audited or plotted with.
 
-Every command that loads a model (``import``, ``harden``, ``audit``, ``plot``) goes through here:
+Every command that loads a model (``import``, ``harden``, ``audit``, ``plot``) goes through
+:func:`open_models`, which reads the sources, checks that they say enough, loads their data and
+builds each model for it:
+
+    [teacher], data = open_models([("`teacher`", "my.pt")], arch="small-cnn", dataset="digits")
+    teacher.model, teacher.card                # the module, and what is known about it
+
+Its steps, one by one:
 
     norm = parse_normalization(mean="0", std="1")
     sd, card = read_model("my.pt", option="`teacher`", arch="small-cnn", normalization=norm)
@@ -26,6 +33,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,6 +43,7 @@ from .data import TensorData, load_dataset
 from .errors import DataError, ModelError, NastyError, NastyWarning
 
 __all__ = ["PRESETS", "MODEL_CARD_KEYS", "read_model_card", "parse_normalization", "parse_input", "read_model", "require_options", "data_for", "check_accuracy",
+           "open_models", "Opened",
            "is_adversary", "identities", "label", "fmt_normalization", "TOLERANCE"]
 
 PRESETS = {
@@ -266,6 +275,45 @@ def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = Non
             data = replace(data, classes=tuple(str(x) for x in c["classes"]), _device_cache={})
             break
     return data
+
+
+class Opened(NamedTuple):
+    """A model brought to a command: the keyword it came from, the source, what is known about it
+    (its card, with what the caller stated merged in) and the module, built for the data."""
+
+    option: str
+    source: object
+    card: dict
+    model: nn.Module
+
+
+def open_models(sources: list[tuple[str, object]], *, arch: str | None = None, mean=None, std=None,
+                normalization: str | None = None, inputs: dict | None = None, classes=None,
+                unsafe_pickle: bool = False, dataset: str | None = None, data: TensorData | None = None,
+                data_root=None, download: bool = False, train_fraction: float = 1.0, served: bool = False,
+                check=None) -> tuple[list[Opened], TensorData]:
+    """Every model of ``sources`` (``(option, source)``, the first one's preprocessing named first)
+    and the data they are used on, in the module doc's steps; a source that cannot be read, says
+    too little or does not fit the data fails before the next step. What the caller states
+    (``arch``, ``mean``/``std`` or a ``normalization`` preset, ``inputs`` ``{size, channels,
+    channel_order}``, ``classes``) holds for every source. ``check(items)`` runs the caller's own
+    checks on the ``(option, source, card)`` items before the data is loaded. ``served``: each model
+    answers through its card's output transform (:mod:`nasty.defences`)."""
+    norm = parse_normalization(mean=mean, std=std, preset=normalization)
+    spec = parse_input(**inputs or {})
+    read = [(option, source, *read_model(source, option=option, arch=arch, normalization=norm, inputs=spec,
+                                         classes=classes, unsafe_pickle=unsafe_pickle))
+            for option, source in sources]
+    items = [(option, source, card) for option, source, _, card in read]
+    require_options(items, dataset=dataset or (data.name if data is not None else None))
+    if check is not None:
+        check(items)
+    data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
+                    train_fraction=train_fraction)
+    fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
+    return [Opened(option, source, card, ckpt.build_model(sd, card, source=f"{option} {label(source)}", served=served,
+                                                          **fit).eval())
+            for option, source, sd, card in read], data
 
 
 def check_accuracy(measured: float, *, data: TensorData, expected: float | None, what: str) -> None:

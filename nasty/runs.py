@@ -22,7 +22,7 @@ from .data import TensorData, load_dataset
 from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
-from .released import check_accuracy, data_for, label, parse_input, parse_normalization, read_model, require_options
+from .released import check_accuracy, label, open_models
 from .safety import temp_beside
 from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
@@ -123,13 +123,10 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         raise NastyError(f"`init` must be 'scratch' or 'teacher', got {init!r}")
     if omega is not None and max_cost is not None:
         raise NastyError("give either `omega` (a fixed strength) or `max_cost` (a budget to search within), not both")
-    norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    # fail fast, before loading data
-    weights, known = read_model(teacher, arch=arch, normalization=norm, inputs=parse_input(**inputs or {}),
-                                classes=classes, unsafe_pickle=unsafe_pickle)
-    require_options([("`teacher`", teacher, known)], dataset=dataset or (data.name if data is not None else None))
-    data = data_for([("`teacher`", teacher, known)], dataset=dataset, data=data, data_root=data_root,
-                    download=download, train_fraction=train_fraction)
+    [(_, _, known, adversary)], data = open_models(
+        [("`teacher`", teacher)], arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
+        classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
+        download=download, train_fraction=train_fraction)
     arch = known["arch"]
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
@@ -139,26 +136,17 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     if tau <= 0:
         raise NastyError(f"`tau` must be > 0, got {tau}")
     searching = omega is None
-    if searching:
-        budget = replace(budget or Budget(), **({} if max_cost is None else {"max_cost": max_cost}))
-        budget.check()
-        if init != "scratch":
-            raise NastyError("the budgeted search trains from scratch; give `omega` with `init` teacher")
+    budget = _budget(budget, max_cost=max_cost, init=init) if searching else None
     with distributed.joined(resolve_device(device)) as (w, dev):
         distributed.check_batch(cfg.batch_size, w)
         if searching and w.active:
             raise NastyError("the budgeted search runs in one process; under torchrun give a fixed `omega` "
                              "(e.g. the one a single-process search chose)")
-        adversary = ckpt.build_model(weights, known, source=f"`teacher` {label(teacher)}", num_classes=data.num_classes,
-                                     in_chans=data.input_shape[0]).to(dev).eval()
+        adversary = adversary.to(dev)
         adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
-        imported_from = known["source"].get("sha256") if isinstance(known.get("source"), dict) else None
         check_accuracy(adv_acc, data=data, what=f"`teacher` {label(teacher)}",
                        expected=known.get("accuracy") if expect_accuracy is None else expect_accuracy)
         out = prepare_out(out, resume=resume, force=force, world=w)
-        adversary_card = {"source": label(teacher), "arch": arch, "accuracy": round(adv_acc, 4),
-                          "sha256": known.get("sha256"),
-                          **{k: v for k, v in (("kind", known.get("kind")), ("source_sha256", imported_from)) if v}}
         trace = None
         if searching:
             trace = search_strength(adversary, arch=arch, data=data, config=cfg, tau=tau, omega0=recipe.omega,
@@ -168,15 +156,9 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         model = _seeded_model(arch, data, seed)
         if init == "teacher":
             model.load_state_dict(adversary.state_dict())
-        # the guard judges hardening only (omega 0 is plain training), and only after warm-up: its margin
-        # applies after the first LR drop, its chance-level check from the second epoch on
-        first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
-        guard = None if not (omega > 0 and collapse_margin) else Guard(
-            reference_accuracy=adv_acc, margin=collapse_margin, start=first_drop + 1, chance=100.0 / data.num_classes,
-            early_start=max(2, cfg.epochs // 4),
-            hint=f"try a smaller `omega` than {omega:g}, or relax the guard (`collapse_margin`, 0 turns it off)")
+        guard = _collapse_guard(cfg, omega=omega, margin=collapse_margin, adversary_accuracy=adv_acc, data=data)
         run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
-                    "init": init, "adversary": adversary_card}
+                    "init": init, "adversary": _adversary_card(teacher, known, accuracy=adv_acc)}
         if trace is not None:
             run_card["search"] = trace
         try:
@@ -200,6 +182,35 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     return final
 
 
+def _budget(budget: Budget | None, *, max_cost: float | None, init: str) -> Budget:
+    """The search's budget: ``budget`` (else the default) with ``max_cost`` over it, checked."""
+    budget = replace(budget or Budget(), **({} if max_cost is None else {"max_cost": max_cost}))
+    budget.check()
+    if init != "scratch":
+        raise NastyError("the budgeted search trains from scratch; give `omega` with `init` teacher")
+    return budget
+
+
+def _collapse_guard(cfg: TrainConfig, *, omega: float, margin: float | None, adversary_accuracy: float,
+                    data: TensorData) -> Guard | None:
+    """The guard judges hardening only (omega 0 is plain training), and only after warm-up: its
+    margin applies after the first LR drop, its chance-level check from the second epoch on."""
+    if not (omega > 0 and margin):
+        return None
+    first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
+    return Guard(reference_accuracy=adversary_accuracy, margin=margin, start=first_drop + 1,
+                 chance=100.0 / data.num_classes, early_start=max(2, cfg.epochs // 4),
+                 hint=f"try a smaller `omega` than {omega:g}, or relax the guard (`collapse_margin`, 0 turns it off)")
+
+
+def _adversary_card(teacher, known: dict, *, accuracy: float) -> dict:
+    """What a nasty teacher's card records of the model it was hardened against."""
+    imported_from = known["source"].get("sha256") if isinstance(known.get("source"), dict) else None
+    return {"source": label(teacher), "arch": known["arch"], "accuracy": round(accuracy, 4),
+            "sha256": known.get("sha256"),
+            **{k: v for k, v in (("kind", known.get("kind")), ("source_sha256", imported_from)) if v}}
+
+
 def import_weights(*, weights, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
                    data_root=None, download: bool = False, mean=None, std=None, normalization: str | None = None,
                    inputs: dict | None = None, classes=None, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
@@ -207,16 +218,12 @@ def import_weights(*, weights, arch: str | None = None, dataset: str | None = No
     """Turn a released model (a weights file or an ``nn.Module``) into a run directory that every command
     takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
     source's sha256 and the test accuracy measured here, with that normalisation)."""
-    norm = parse_normalization(mean=mean, std=std, preset=normalization)
-    sd, known = read_model(weights, option="`weights`", arch=arch, normalization=norm,
-                           inputs=parse_input(**inputs or {}), classes=classes,
-                           unsafe_pickle=unsafe_pickle)
-    item = [("`weights`", weights, known)]
-    require_options(item, dataset=dataset or (data.name if data is not None else None))
-    data = data_for(item, dataset=dataset, data=data, data_root=data_root, download=download)
+    [(_, _, known, model)], data = open_models(
+        [("`weights`", weights)], arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
+        classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
+        download=download)
     dev = resolve_device(device)
-    model = ckpt.build_model(sd, known, source=f"`weights` {label(weights)}", num_classes=data.num_classes,
-                             in_chans=data.input_shape[0]).to(dev).eval()
+    model = model.to(dev)
     acc = evaluate(model, data, device=dev)["accuracy"]
     check_accuracy(acc, data=data, expected=expect_accuracy, what=f"`weights` {label(weights)}")
     out = prepare_out(out, resume=False, force=force)

@@ -212,3 +212,36 @@ def test_adapted_data_resizes_repeats_and_reverses_channels():
     assert colour.adapted({"channels": 1}).input_shape == (1, 8, 8)
     with pytest.raises(NastyError, match="already adapted"):
         rgb.adapted({"size": 32})
+
+
+def test_open_models_reads_checks_then_loads_and_builds(tmp_path):
+    from nasty.checkpoint import save_release
+    from nasty.data import load_dataset
+    from nasty.defences import Defended
+    from nasty.models import create_model
+    from nasty.released import open_models
+
+    data = load_dataset("digits")
+    net = create_model("tiny-cnn", num_classes=10, in_chans=1)
+    save_release(tmp_path / "top2", net, {"arch": "tiny-cnn", **data.describe(),
+                                          "output_transform": {"name": "topk", "k": 2}})
+    seen = []
+
+    def stop(items):  # the caller's checks see every card, before any data is loaded
+        seen.extend(items)
+        raise NastyError("stopped by the caller")
+    with pytest.raises(NastyError, match="stopped by the caller"):
+        open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)], arch="tiny-cnn", dataset="cifar10",
+                    check=stop)  # cifar10 without a `data_root` would fail to load
+    assert [(o, c["arch"]) for o, _, c in seen] == [("`teacher`", "tiny-cnn"), ("`reference`", "tiny-cnn")]
+    with pytest.raises(NastyError, match="`reference` <TinyCNN module> does not record its architecture"):
+        open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)], data=data)
+    (teacher, reference), got = open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)],
+                                            arch="tiny-cnn", data=data, served=True, train_fraction=0.5)
+    assert isinstance(teacher.model, Defended) and not isinstance(reference.model, Defended)
+    assert not teacher.model.training and teacher.card["output_transform"] == {"name": "topk", "k": 2}
+    assert len(got.train_y) < len(data.train_y) and got.mean == data.mean
+    [bare], _ = open_models([("`teacher`", tmp_path / "top2")], data=data)  # not served: the network itself
+    assert not isinstance(bare.model, Defended)
+    x, _ = next(data.batches("test", batch_size=4))
+    torch.testing.assert_close(bare.model(x), net.eval()(x))
