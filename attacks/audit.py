@@ -448,6 +448,8 @@ def format_html(report: dict, images: dict[str, str]) -> str:
         f"<section id='{k}'><h2>{title}</h2><p>{text}</p><img alt='{k}' src='data:image/png;base64,{images[k]}'>"
         f"</section>" for k, (title, text) in sections.items() if k in images)
     seeds = sorted({r["seed"] for r in report["runs"]})
+    chosen_ = "".join(f"<section class='chosen'><p>{title}</p><ul>{''.join(f'<li>{b}</li>' for b in bullets)}</ul>"
+                      f"</section>\n" for title, bullets in _chosen_text(report, h))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>KD-immunity audit: {h(report['dataset'])}</title>
 <style>
@@ -474,7 +476,7 @@ the defence is as good as this row. Immunity ± the spread over seeds of the per
 immunity = from reference - from teacher; below scratch = scratch - from teacher; below label smoothing =
 label smoothing - from teacher.</p>
 <table>{rows}</table></section>
-{figures}
+{chosen_}{figures}
 <p>Machine-readable: report.json. nasty {h(str(report.get('nasty_version', '')))}.</p>
 </body></html>
 """
@@ -502,8 +504,9 @@ def _read_cell(path: Path) -> dict:
 
 
 def _rename_settings(key: dict | None) -> None:
-    """An older cell's key, in place, with the attack's settings under their current names (and
-    without the teachers, for a baseline cell: older audits recorded them there too)."""
+    """An older cell's key, in place, with the attack's settings under their current names, a
+    setting added since at the value the cell ran with (``Attack.added``), and without the
+    teachers for a baseline cell (older audits recorded them there too)."""
     if isinstance(key, dict) and key.get("attack") in BASELINES:
         key.pop("teachers", None)
     attack = ATTACKS.get((key or {}).get("attack"))
@@ -512,19 +515,26 @@ def _rename_settings(key: dict | None) -> None:
         for old, new in getattr(attack, "renamed", {}).items():
             if old in settings and new not in settings:
                 settings[new] = settings.pop(old)
+        for name, before in getattr(attack, "added", {}).items():  # what a cell from before the setting ran with
+            settings.setdefault(name, before)
 
 
 def _load_partial(path: Path, key: dict, *, force: bool):
-    """The saved state of an unfinished cell with the same settings, or ``None``."""
-    if force:
-        path.unlink(missing_ok=True)
-        return None
-    state = ckpt.load_resume_file(path)
-    if state is None:
-        return None
-    validate(PartialCell, state, path)
-    _rename_settings(state["key"])
-    return state if _same_key(state["key"], key, path, force=force) else None
+    """The saved state of an unfinished cell with the same settings, or ``None``. One of another
+    audit (or one that cannot be read) is refused, or with ``force`` dropped: ``force`` redoes
+    what has other settings, and still goes on with a cell in training that has these."""
+    try:
+        state = ckpt.load_resume_file(path)
+        if state is not None:
+            validate(PartialCell, state, path)
+            _rename_settings(state["key"])
+        if state is None or _same_key(state["key"], key, path, force=force):
+            return state
+    except NastyError:
+        if not force:
+            raise
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _partial_saver(cells: dict, *, t0: float, every: float):
@@ -675,12 +685,62 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(md(c) for c in r) + " |" for r in rows])
 
 
+def _pick(p) -> tuple[str, int, int] | None:
+    """``("tau/alpha", candidates tied at the best validation score, candidates)`` of one pick."""
+    if not isinstance(p, dict) or not all(isinstance(p.get(k), (int, float)) for k in ("tau", "alpha")):
+        return None
+    tried = [r.get("val_accuracy") for r in p.get("tried") or [] if isinstance(r, dict)]
+    return f"{p['tau']:g}/{p['alpha']:g}", max(1, tried.count(p.get("val_accuracy"))), len(tried)
+
+
+def chosen(report: dict) -> dict[str, dict[str, dict[str, list]]]:
+    """What the attacks that tune themselves chose (kd-sweep's picks), from the report's notes:
+    ``{attack: {"teacher"|"reference": {student: [(seed, "tau/alpha", tied, candidates), ...]}}}``,
+    seeds in order; ``tied`` counts the candidates that shared the best validation score (the first
+    of them is taken, so a pick with every candidate tied is no choice at all)."""
+    out = {}
+    for cell, by_source in (report.get("notes") or {}).items():
+        attack, _, seed = str(cell).rpartition("-seed")
+        for src, note in (by_source.items() if isinstance(by_source, dict) and seed.isdigit() else ()):
+            picks = note.get("picks") if isinstance(note, dict) else None
+            for student, p in (picks.items() if isinstance(picks, dict) and src in SOURCES else ()):
+                if (pick := _pick(p)) is not None:
+                    side = "teacher" if src == "nasty" else "reference"
+                    out.setdefault(attack, {}).setdefault(side, {}).setdefault(str(student), []).append((int(seed), *pick))
+    for sides in out.values():
+        for students in sides.values():
+            for rows in students.values():
+                rows.sort()
+    return out
+
+
+def _chosen_text(report: dict, esc) -> list[tuple[str, list[str]]]:
+    """Per attack that tuned itself: a title and its bullets, names escaped by ``esc``."""
+    said = []
+    for attack, sides in chosen(report).items():
+        bullets = [f"from the {side}: " + "; ".join(
+            f"{esc(student)} " + ", ".join(pick + (f" ({tied} of {n} tied)" if tied > 1 else "")
+                                           for _, pick, tied, n in rows)
+            for student, rows in sides[side].items()) for side in ("teacher", "reference") if side in sides]
+        if any(1 < tied == n for ss in sides.values() for rows in ss.values() for _, _, tied, n in rows):
+            bullets.append("where every candidate tied, the search saw no signal (too few images or steps to tell "
+                           "them apart): that pick is the first pair, not a choice.")
+        said.append((f"What {esc(attack)} chose, tau/alpha per seed (tied: candidates that shared the best "
+                     f"validation score; the first is taken):", bullets))
+    return said
+
+
+def _chosen_lines(report: dict) -> list[str]:
+    return [line for title, bullets in _chosen_text(report, md) for line in ("", title, *(f"- {b}" for b in bullets))]
+
+
 def format_table(report: dict) -> str:
     """The worst case per student, then the whole summary, as markdown tables (what ``nasty
-    audit`` prints). Reads older reports too (no label-smoothing baseline, no worst case)."""
+    audit`` prints), then what the attacks that tune themselves chose. Reads older reports too
+    (no label-smoothing baseline, no worst case)."""
     return "\n".join(["Worst case per student (the attack that gets most from the audited teacher):", "",
                       *_markdown(WORST_HEADER, _worst_cells(report)), "", "Every attack:", "",
-                      *_markdown(TABLE_HEADER, _table_cells(report))])
+                      *_markdown(TABLE_HEADER, _table_cells(report)), *_chosen_lines(report)])
 
 
 def format_markdown(report: dict) -> str:

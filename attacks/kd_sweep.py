@@ -2,8 +2,11 @@
 so it tries each (tau, alpha) in ``taus`` x ``alphas`` and keeps the pair whose student is most
 accurate on a stratified validation split of *its own* training data (``val_fraction`` of it,
 seeded; the test set is never read for the choice). Each candidate trains for
-``search_epochs`` on the rest (all candidates in one run, sharing the teacher's forwards); the
-chosen pair then trains the student on all of the thief's data for the full schedule. Chosen per
+``search_epochs`` on the rest, or longer where those epochs hold fewer than ``search_steps``
+optimizer steps (a thief with few images: 5 epochs of 107 digits are 5 steps, after which every
+candidate is still at chance and the search sees nothing), but never longer than the full
+schedule; all candidates train in one run, sharing the teacher's forwards. The chosen pair then
+trains the student on all of the thief's data for the full schedule. Chosen per
 teacher and per student architecture; ties go to the first pair in order. A low tau ignores most
 of the misleading mass a nasty teacher puts on wrong classes.
 """
@@ -23,9 +26,10 @@ from .base import Attack, register
 @register
 class KDSweep(Attack):
     name = "kd-sweep"
+    added = {"search_steps": 0}  # a cell from before the setting searched for search_epochs alone
 
     def __init__(self, *, taus=(1.0, 2.0, 4.0, 8.0, 16.0), alphas=(0.5, 0.9), val_fraction: float = 0.2,
-                 search_epochs: int = 5):
+                 search_epochs: int = 5, search_steps: int = 80):
         self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
         if not self.taus or not self.alphas or min(self.taus) <= 0 or not all(0 <= a <= 1 for a in self.alphas):
             raise NastyError(f"kd-sweep needs taus > 0 and alphas in [0, 1], got {self.taus} and {self.alphas}")
@@ -33,7 +37,15 @@ class KDSweep(Attack):
             raise NastyError(f"kd-sweep.val_fraction must be in (0, 1), got {val_fraction}")
         if int(search_epochs) != search_epochs or search_epochs < 1:
             raise NastyError(f"kd-sweep.search_epochs must be a whole number >= 1, got {search_epochs}")
-        self.val_fraction, self.search_epochs = val_fraction, int(search_epochs)
+        if int(search_steps) != search_steps or search_steps < 0:
+            raise NastyError(f"kd-sweep.search_steps must be a whole number >= 0, got {search_steps}")
+        self.val_fraction, self.search_epochs, self.search_steps = val_fraction, int(search_epochs), int(search_steps)
+
+    def search_schedule(self, train_size: int, config) -> int:
+        """The epochs each candidate trains: ``search_epochs``, more if those hold fewer than
+        ``search_steps`` steps of ``train_size`` images, at most the full schedule's."""
+        steps = max(1, train_size // config.batch_size)  # an epoch's steps, as run_cells counts them
+        return min(config.epochs, max(self.search_epochs, -(-self.search_steps // steps)))
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         if config is None:
@@ -56,7 +68,8 @@ class KDSweep(Attack):
         devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
             acc = run_cells(_Candidates(pairs), dict.fromkeys(pairs, teacher), list(archs), split,
-                            config=replace(config, epochs=self.search_epochs), seeds=[config.seed],
+                            config=replace(config, epochs=self.search_schedule(len(split.train_y), config)),
+                            seeds=[config.seed],
                             device=device)[config.seed]
         tried = {arch: [{"tau": tau, "alpha": alpha, "val_accuracy": round(acc[(name, arch)], 4)}
                         for name, (tau, alpha) in pairs.items()] for arch in archs}

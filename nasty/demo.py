@@ -9,7 +9,8 @@ The data-free attacks (dafl, deepinversion: ``nasty audit``'s default) are left 
 on 2 CPU cores they take about 6 of its minutes, and the adaptive thief decides its worst case.
 
 Every step writes to its own folder under ``out`` and is resumed or skipped when the demo runs
-again. ``quick`` shrinks every budget and adds the data-free attacks, to check that every step runs
+again; audit cells left with other settings (by an older version, or by the other of quick and
+full) are redone. ``quick`` shrinks every budget and adds the data-free attacks, to check that every step runs
 (a smoke test: its numbers mean nothing).
 """
 
@@ -23,7 +24,7 @@ from .runs import harden, train
 ATTACKS = ("kd", "hard-label", "kd-sweep")
 # --quick checks that every step runs, the data-free attacks (and their images in the report) included
 QUICK = {"teacher_epochs": 3, "seeds": (0,), "student_epochs": 2, "attacks": ATTACKS + ("dafl", "deepinversion"),
-         "attack_options": {"kd-sweep": {"search_epochs": 1}, "deepinversion": {"pool_size": 64, "iterations": 5}}}
+         "attack_options": {"kd-sweep": {"search_epochs": 1, "search_steps": 0}, "deepinversion": {"pool_size": 64, "iterations": 5}}}
 
 
 def run_demo(*, out="runs/demo", quick: bool = False, device: str = "auto", quiet: bool = False, echo=print) -> dict:
@@ -43,7 +44,10 @@ def run_demo(*, out="runs/demo", quick: bool = False, device: str = "auto", quie
     if not quiet:
         echo(f"nasty teacher: {nasty['accuracy']:.2f}% (omega {nasty['omega']:g} for a budget of "
              f"{nasty['search']['max_cost']:g} points; test cost {nasty['teacher_cost']:+.2f} points) -> {out / 'nasty'}")
+    # force: cells that an older version or the other mode (quick / full) left with other settings are redone;
+    # finished cells with these settings are kept and a cell in training goes on
     return audit(teacher=out / "nasty", reference=out / "normal", out=out / "audit", device=device, quiet=quiet,
+                 force=True,
                  attacks=QUICK["attacks"] if quick else ATTACKS,
                  seeds=QUICK["seeds"] if quick else (0, 1, 2), epochs=QUICK["student_epochs"] if quick else None,
                  attack_options=QUICK["attack_options"] if quick else None)

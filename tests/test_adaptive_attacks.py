@@ -128,6 +128,8 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
         KDSweep(val_fraction=1.5)
     with pytest.raises(NastyError, match="search_epochs"):
         KDSweep(search_epochs=0)
+    with pytest.raises(NastyError, match="search_steps must be a whole number >= 0"):
+        KDSweep(search_steps=-1)
     with pytest.raises(NastyError, match="unknown attack 'nope'"):
         attack_names(["kd", "nope"])
     assert attack_names(["kd", "all"]) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep",
@@ -137,7 +139,7 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
 def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeypatch):
     normal, _ = load_model(teachers["root"] / "normal")
     normal.eval().requires_grad_(False)
-    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1)
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1, search_steps=0)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
     seen = []
     real_evaluate = base.evaluate
@@ -161,7 +163,7 @@ def test_kd_sweep_trains_its_candidates_in_one_run_as_each_would_train_alone(tea
 
     normal, _ = load_model(teachers["root"] / "normal")
     normal.eval().requires_grad_(False)
-    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1)
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.5, 0.9), search_epochs=1, search_steps=0)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=3)
     forwards = []
     hook = normal.register_forward_hook(lambda *a: forwards.append(1))
@@ -178,12 +180,33 @@ def test_kd_sweep_trains_its_candidates_in_one_run_as_each_would_train_alone(tea
             assert round(alone[("thief", arch)], 4) == row["val_accuracy"], (arch, row)  # bit for bit on the CPU
 
 
+def test_a_thief_with_few_images_searches_long_enough_to_see_a_difference(teachers, digits):
+    """5 epochs of 10% of digits are 5 steps: every candidate ends at chance and the pick is the
+    first pair by default. The search trains at least ``search_steps`` steps, within the schedule."""
+    cfg = TrainConfig(epochs=20, batch_size=64, lr=0.05, seed=0)
+    sweep = KDSweep()
+    assert sweep.search_schedule(1077, cfg) == 5  # all of digits' 80%: 16 steps an epoch, 80 in 5 epochs
+    assert sweep.search_schedule(323, cfg) == 16  # 30%: 5 steps an epoch
+    assert sweep.search_schedule(107, cfg) == 20  # 10%: 1 step an epoch, so the whole schedule
+    assert KDSweep(search_steps=0).search_schedule(107, cfg) == 5 == KDSweep(search_steps=200).search_schedule(
+        50_000, replace(cfg, batch_size=128))
+    normal, _ = load_model(teachers["root"] / "normal")
+    forwards = []
+    hook = normal.eval().requires_grad_(False).register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        KDSweep(taus=(1.0,), alphas=(0.9,), search_epochs=1).select(
+            normal, digits.subset(0.1), archs=["mlp"], config=replace(cfg, epochs=4), device="cpu")
+    finally:
+        hook.remove()
+    assert len(forwards) == 4  # 1 step an epoch, 4 epochs (the schedule's), not search_epochs' 1
+
+
 def test_kd_sweep_candidates_take_the_gpu_default_of_cuda_graphs(teachers, digits, monkeypatch):
     """On a GPU the search's candidates train as every audit run does there: each student captured
     as CUDA graphs once (simulated: capture is recorded and declines, so the students train eagerly
     and the picks equal the CPU's)."""
     normal, _ = load_model(teachers["root"] / "normal")
-    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.9,), search_epochs=1)
+    sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.9,), search_epochs=1, search_steps=0)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
     loop = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")["mlp"]["tried"]
     captured = []
@@ -197,7 +220,7 @@ def test_kd_sweep_candidates_take_the_gpu_default_of_cuda_graphs(teachers, digit
 def test_kd_sweep_trains_with_its_pick_and_reports_it(teachers, digits):
     normal, _ = load_model(teachers["root"] / "normal")
     notes = {}
-    attack = create_attack("kd-sweep", taus=(2.0,), alphas=(0.7,), search_epochs=1, tau=99.0)  # tau: not its setting
+    attack = create_attack("kd-sweep", taus=(2.0,), alphas=(0.7,), search_epochs=1, search_steps=0, tau=99.0)  # tau: not its setting
     acc = base.run_students(attack, {"normal": normal}, ["mlp"], digits, notes=notes,
                             config=TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=0), device="cpu")
     assert acc[("normal", "mlp")] > 30.0

@@ -276,7 +276,7 @@ def test_deepinversion_on_teachers_without_batchnorm_fails_before_training(tmp_p
 @pytest.mark.parametrize("name,opts", [
     ("kd", {}),
     ("skeptical", {"delay": 1}),  # its auxiliary heads are in the students' state
-    ("kd-sweep", {"taus": (1.0, 4.0), "alphas": (0.9,), "search_epochs": 1}),  # its choice, not made again
+    ("kd-sweep", {"taus": (1.0, 4.0), "alphas": (0.9,), "search_epochs": 1, "search_steps": 0}),  # its choice, not made again
     ("kd-topk", {"k": 2}),
     ("dafl", {}),  # the generator, its Adam state and its noise stream
     ("deepinversion", {"pool_size": 48, "iterations": 4, "rounds": 3, "competition": 0.5}),  # the pool, made in rounds
@@ -358,3 +358,68 @@ def test_a_partial_cell_of_another_audit_is_refused_unless_forced(tiny_audit, te
     assert torch.load(partial, weights_only=True)["key"] == key  # nothing overwritten
     run(teachers, out, attacks=["kd"], seeds=(0,), force=True)
     assert not partial.exists() and (out / "cells" / "kd-seed0.json").exists()
+
+
+def test_the_report_says_what_the_tuning_thief_chose_and_when_it_saw_nothing(tiny_audit):
+    from attacks.audit import chosen, format_html, format_table
+
+    _, report = tiny_audit
+    assert "chose" not in format_table(report)  # no attack that tunes itself: nothing to say
+    tried = lambda *accs: [{"tau": t, "alpha": 0.5, "val_accuracy": a} for t, a in zip((1.0, 2.0, 4.0), accs)]
+    pick = lambda tau, acc, rows: {"tau": tau, "alpha": 0.5, "val_accuracy": acc, "tried": rows}
+    report = {**report, "notes": {
+        "kd-sweep-seed1": {"nasty": {"picks": {"mlp": pick(1.0, 11.1, tried(11.1, 11.1, 11.1))}},
+                           "normal": {"picks": {"mlp": pick(4.0, 90.0, tried(80.0, 85.0, 90.0))}}},
+        "kd-sweep-seed0": {"nasty": {"picks": {"mlp": pick(2.0, 70.0, tried(60.0, 70.0, 70.0)),
+                                               "<b>|x": pick(1.0, 50.0, tried(50.0, 40.0, 30.0))}}},
+        "kd-sweep-seedX": {"nasty": {"picks": {"mlp": pick(8.0, 1.0, [])}}},  # malformed: left out
+        "dafl-seed0": {"nasty": {"picks": "not a dict"}}}}
+    assert chosen(report) == {"kd-sweep": {
+        "teacher": {"mlp": [(0, "2/0.5", 2, 3), (1, "1/0.5", 3, 3)], "<b>|x": [(0, "1/0.5", 1, 3)]},
+        "reference": {"mlp": [(1, "4/0.5", 1, 3)]}}}
+    lines = format_table(report).split("What kd-sweep chose")[1].splitlines()
+    assert lines[1] == r"- from the teacher: mlp 2/0.5 (2 of 3 tied), 1/0.5 (3 of 3 tied); \<b\>\|x 1/0.5"
+    assert lines[2] == "- from the reference: mlp 4/0.5"
+    assert "the search saw no signal" in lines[3]
+    page = format_html(report, {})
+    assert "<b>|x" not in page and "&lt;b&gt;|x 1/0.5" in page and "(3 of 3 tied)" in page
+
+
+def test_a_kd_sweep_cell_from_before_search_steps_is_read_as_the_search_it_ran(tmp_path):
+    from attacks.audit import _rename_settings, _same_key
+
+    key = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5}}
+    _rename_settings(key)
+    assert key["settings"] == {"taus": [1.0], "search_epochs": 5, "search_steps": 0}  # no floor back then
+    assert _same_key(key, json.loads(json.dumps(key)), tmp_path / "cells" / "kd-sweep-seed0.json", force=False)
+    now = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5, "search_steps": 80}}
+    with pytest.raises(NastyError, match="settings.search_steps differs: 0 there, 80 now"):
+        _same_key(key, now, tmp_path / "cells" / "kd-sweep-seed0.json", force=False)
+
+
+def test_force_redoes_a_partial_cell_of_other_settings_and_goes_on_with_one_of_these(tiny_audit, tmp_path):
+    from attacks.audit import _load_partial
+    from nasty.checkpoint import save_resume_file
+
+    key = json.loads((tiny_audit[0] / "cells" / "kd-seed0.json").read_text())["key"]
+    partial = tmp_path / "cells" / "kd-seed0.partial.pt"
+    save_resume_file(partial, {"key": key, "epoch": 1, "seconds": 1.0})
+    assert _load_partial(partial, key, force=True)["epoch"] == 1 and partial.exists()  # these settings: go on
+    assert _load_partial(partial, {**key, "epochs": 99}, force=True) is None and not partial.exists()
+    partial.write_bytes(b"not a checkpoint")
+    with pytest.raises(NastyError, match="cannot read"):
+        _load_partial(partial, key, force=False)
+    assert _load_partial(partial, key, force=True) is None and not partial.exists()
+
+
+def test_the_demo_redoes_audit_cells_that_an_older_version_left_with_other_settings(tmp_path, monkeypatch):
+    """An upgraded user's runs/demo: a kd-sweep cell from before ``search_steps`` is redone, not refused."""
+    import nasty.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "train", lambda **k: {"accuracy": 99.0})
+    monkeypatch.setattr(demo, "harden", lambda **k: {"accuracy": 98.0, "omega": 0.05, "teacher_cost": 1.0,
+                                                     "search": {"max_cost": 1.0}})
+    monkeypatch.setattr(audit_mod, "audit", lambda **k: calls.append(k) or {})
+    demo.run_demo(out=tmp_path, quiet=True)
+    assert calls[0]["force"] is True and calls[0]["out"] == tmp_path / "audit"
