@@ -4,8 +4,8 @@ accurate on a stratified validation split of *its own* training data (``val_frac
 seeded; the test set is never read for the choice). Each candidate trains for
 ``search_epochs`` on the rest, or longer where those epochs hold fewer than ``search_steps``
 optimizer steps (a thief with few images: 5 epochs of 107 digits are 5 steps, after which every
-candidate is still at chance and the search sees nothing), but never longer than the full
-schedule; all candidates train in one run, sharing the teacher's forwards. The chosen pair then
+candidate is still at chance and the search sees nothing), up to the full schedule's epochs;
+all candidates train in one run, sharing the teacher's forwards. The chosen pair then
 trains the student on all of the thief's data for the full schedule. Chosen per
 teacher and per student architecture; ties go to the first pair in order. A low tau ignores most
 of the misleading mass a nasty teacher puts on wrong classes.
@@ -43,9 +43,9 @@ class KDSweep(Attack):
 
     def search_schedule(self, train_size: int, config) -> int:
         """The epochs each candidate trains: ``search_epochs``, more if those hold fewer than
-        ``search_steps`` steps of ``train_size`` images, at most the full schedule's."""
+        ``search_steps`` steps of ``train_size`` images (but not more than the full schedule's)."""
         steps = max(1, train_size // config.batch_size)  # an epoch's steps, as run_cells counts them
-        return min(config.epochs, max(self.search_epochs, -(-self.search_steps // steps)))
+        return max(self.search_epochs, min(config.epochs, -(-self.search_steps // steps)))
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         if config is None:

@@ -190,6 +190,7 @@ def test_a_thief_with_few_images_searches_long_enough_to_see_a_difference(teache
     assert sweep.search_schedule(107, cfg) == 20  # 10%: 1 step an epoch, so the whole schedule
     assert KDSweep(search_steps=0).search_schedule(107, cfg) == 5 == KDSweep(search_steps=200).search_schedule(
         50_000, replace(cfg, batch_size=128))
+    assert KDSweep(search_epochs=30).search_schedule(107, cfg) == 30  # asked for: not cut to the schedule
     normal, _ = load_model(teachers["root"] / "normal")
     forwards = []
     hook = normal.eval().requires_grad_(False).register_forward_hook(lambda *a: forwards.append(1))
@@ -237,3 +238,15 @@ def test_an_audit_refuses_a_skeptical_delay_past_its_epochs_before_training(teac
               attacks=["kd", "skeptical"], seeds=(0,), epochs=2, attack_options={"skeptical": {"delay": 2}},
               device="cpu", quiet=True, plots=False)
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_a_default_audit_meets_the_thief_who_picks_its_own_temperature():
+    """It decides the worst case on digits (README); an audit without it would report a rosier verdict."""
+    from click.testing import CliRunner
+
+    from attacks import DEFAULT_ATTACKS
+    from nasty.cli import main
+
+    assert "kd-sweep" in DEFAULT_ATTACKS
+    out = CliRunner().invoke(main, ["audit", "--help"], terminal_width=200).output
+    assert f"[default: {','.join(DEFAULT_ATTACKS)}]" in out
