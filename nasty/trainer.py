@@ -170,25 +170,15 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
         prepare(reference, device).eval().requires_grad_(False)
 
     opt, sched = make_optimizer(model.parameters(), config)
-    # what must match for --resume: the schedule, the card's scalars, and nested sha256s (the adversary's)
-    run_config = {"train": asdict(config),
-                  "card": {(f"{k}.sha256" if isinstance(v, dict) else k): (v.get("sha256") if isinstance(v, dict) else v)
-                           for k, v in (card or {}).items()}}
+    run_config = _run_config(config, card)
     start, seconds, last = 0, 0.0, None
     out = Path(out) if out else None
     writes = out is not None and w.main  # only rank 0 writes
     if writes:
         out.mkdir(parents=True, exist_ok=True)
-
     if out is not None and resume:
-        # rank 0 reads the run directory and hands the state to the other ranks (no shared disk needed)
-        state = distributed.share(ckpt.load_state(out) if w.main else None, w)
-        if state is not None:
-            _check_same_run(state["config"], run_config, out)
-            _load_resume(state, model, opt, sched, config, out / ckpt.STATE, arch=str((card or {}).get("arch")))
-            start, seconds, last = int(state["epoch"]), float(state["seconds"]), state.get("last")
-            if writes:
-                _truncate_metrics(out / ckpt.METRICS, start)
+        start, seconds, last = _resume(out, run_config, model, opt, sched, config, world=w, writes=writes,
+                                       arch=str((card or {}).get("arch")))
     step_model = distributed.wrap(model, device, w)
     if compile:
         step_model = torch.compile(step_model)
@@ -219,10 +209,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
             bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
             if guard is not None:
                 guard.check(epoch, metrics["accuracy"])
-            last = {"accuracy": round(metrics["accuracy"], 4), "epoch": epoch + 1, "seconds": round(seconds, 2),
-                    "status": "complete" if epoch + 1 == config.epochs else "running"}
-            if "kl" in metrics:
-                last["kl_to_adversary"] = round(metrics["kl"], 6)
+            last = _record(metrics, epoch=epoch, seconds=seconds, config=config)
             if writes:
                 _append_metrics(out / ckpt.METRICS, _metrics_row(epoch, lr, train, metrics, seconds))
                 ckpt.save_state(out, {"model": ckpt.plain_state_dict(model), "optimizer": opt.state_dict(),
@@ -232,6 +219,37 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
     finally:
         bar.close()
     return written or {**base_card, **(last or {})}
+
+
+def _run_config(config: TrainConfig, card: dict | None) -> dict:
+    """What must match for a resume: the schedule, the card's scalars and its nested sha256s (the adversary's)."""
+    return {"train": asdict(config),
+            "card": {(f"{k}.sha256" if isinstance(v, dict) else k): (v.get("sha256") if isinstance(v, dict) else v)
+                     for k, v in (card or {}).items()}}
+
+
+def _resume(out: Path, run_config: dict, model, opt, sched, config: TrainConfig, *, world: World, writes: bool,
+            arch: str) -> tuple[int, float, dict | None]:
+    """Load ``out``'s resume state (if any) into the model, optimizer and schedule; return its
+    epoch, seconds and last record (``0, 0.0, None`` without one). Rank 0 reads the run directory
+    and hands the state to the other ranks (no shared disk needed)."""
+    state = distributed.share(ckpt.load_state(out) if world.main else None, world)
+    if state is None:
+        return 0, 0.0, None
+    _check_same_run(state["config"], run_config, out)
+    _load_resume(state, model, opt, sched, config, out / ckpt.STATE, arch=arch)
+    if writes:
+        _truncate_metrics(out / ckpt.METRICS, int(state["epoch"]))
+    return int(state["epoch"]), float(state["seconds"]), state.get("last")
+
+
+def _record(metrics: dict, *, epoch: int, seconds: float, config: TrainConfig) -> dict:
+    """The card's record of the epoch just evaluated (``last``)."""
+    last = {"accuracy": round(metrics["accuracy"], 4), "epoch": epoch + 1, "seconds": round(seconds, 2),
+            "status": "complete" if epoch + 1 == config.epochs else "running"}
+    if "kl" in metrics:
+        last["kl_to_adversary"] = round(metrics["kl"], 6)
+    return last
 
 
 def _train_epoch(step_model, model: nn.Module, data: TensorData, opt, objective: Callable, *, reference, config,
