@@ -171,7 +171,7 @@ def _teachers(teacher, reference, **brought) -> tuple[dict, dict, TensorData]:
                              f"{label(teacher)} on {nasty_on}; audit a teacher against its own normal model")
         _warn_about_reference(items[0][2], items[1][2], reference)
 
-    (nasty, normal), data = open_models([("`teacher`", teacher), ("`reference`", reference)], served=True,
+    (nasty, normal), data = open_models({"teacher": teacher, "reference": reference}, served=True,
                                         check=same_dataset, **brought)
     return {"normal": normal.model, "nasty": nasty.model}, {"normal": normal.card, "nasty": nasty.card}, data
 

@@ -348,13 +348,13 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
             raise NastyError(f"`teacher` {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
-    brought = [(option, source) for option, source in (("`teacher`", teacher), ("`reference`", reference)) if source]
+    brought = {name: source for name, source in (("teacher", teacher), ("reference", reference)) if source}
     opened, data = open_models(brought, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
                                unsafe_pickle=unsafe_pickle, dataset=dataset, data_root=data_root, served=True)
     models = {}
-    for option, _, card, model in opened[::-1]:  # the reference's first
-        name = plot_text(card.get("kind") or option.strip("`"))
-        models[name if name not in models else f"{name} ({option.strip('`')})"] = model
+    for one in opened[::-1]:  # the reference's first
+        name = plot_text(one.card.get("kind") or one.name)
+        models[name if name not in models else f"{name} ({one.name})"] = one.model
     card = opened[0].card
     tau = tau or card.get("tau") or 4.0
     if what == "logits":

@@ -5,7 +5,7 @@ Every command that loads a model (``import``, ``harden``, ``audit``, ``plot``) g
 :func:`open_models`, which reads the sources, checks that they say enough, loads their data and
 builds each model for it:
 
-    [teacher], data = open_models([("`teacher`", "my.pt")], arch="small-cnn", dataset="digits")
+    [teacher], data = open_models({"teacher": "my.pt"}, arch="small-cnn", dataset="digits")
     teacher.model, teacher.card                # the module, and what is known about it
 
 Its steps, one by one:
@@ -18,8 +18,9 @@ Its steps, one by one:
     model = ckpt.build_model(sd, card, source="my.pt", num_classes=data.num_classes,
                              in_chans=data.input_shape[0])
 
-``option`` names the keyword (in backquotes, as every message does: :mod:`nasty.errors`) that a
-source came from, so that an error says which model it is about.
+Each source has a name, the keyword it came from (``teacher``), so that an error says which model
+it is about; the steps take it as ``option``, in the backquotes every message uses
+(:mod:`nasty.errors`).
 
 A source is a run directory, a ``.safetensors``/``.pt`` file (read safely by
 :func:`nasty.checkpoint.load_weights`) or an ``nn.Module`` (from a notebook). The model's
@@ -33,6 +34,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import replace
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -278,27 +280,35 @@ def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = Non
 
 
 class Opened(NamedTuple):
-    """A model brought to a command: the keyword it came from, the source, what is known about it
-    (its card, with what the caller stated merged in) and the module, built for the data."""
+    """A model brought to a command: the keyword it came from (in backquotes, as messages name it),
+    the source, what is known about it (its card, with what the caller stated merged in) and the
+    module, built for the data."""
 
     option: str
     source: object
     card: dict
     model: nn.Module
 
+    @property
+    def name(self) -> str:
+        """The keyword without its backquotes (``teacher``)."""
+        return self.option.strip("`")
 
-def open_models(sources: list[tuple[str, object]], *, arch: str | None = None, mean=None, std=None,
+
+def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *, arch: str | None = None, mean=None, std=None,
                 normalization: str | None = None, inputs: dict | None = None, classes=None,
                 unsafe_pickle: bool = False, dataset: str | None = None, data: TensorData | None = None,
                 data_root=None, download: bool = False, train_fraction: float = 1.0, served: bool = False,
                 check=None) -> tuple[list[Opened], TensorData]:
-    """Every model of ``sources`` (``(option, source)``, the first one's preprocessing named first)
-    and the data they are used on, in the module doc's steps; a source that cannot be read, says
+    """Every model of ``sources`` (``{name: source}`` or ``(name, source)`` pairs, the one whose
+    preprocessing names the data first; a name is the keyword it came from, ``teacher``) and the data they are used on, in the module doc's steps; a source that cannot be read, says
     too little or does not fit the data fails before the next step. What the caller states
     (``arch``, ``mean``/``std`` or a ``normalization`` preset, ``inputs`` ``{size, channels,
     channel_order}``, ``classes``) holds for every source. ``check(items)`` runs the caller's own
     checks on the ``(option, source, card)`` items before the data is loaded. ``served``: each model
     answers through its card's output transform (:mod:`nasty.defences`)."""
+    pairs = sources.items() if isinstance(sources, Mapping) else sources
+    sources = [(name if name.startswith("`") else f"`{name}`", source) for name, source in pairs]
     norm = parse_normalization(mean=mean, std=std, preset=normalization)
     spec = parse_input(**inputs or {})
     read = [(option, source, *read_model(source, option=option, arch=arch, normalization=norm, inputs=spec,

@@ -124,7 +124,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     if omega is not None and max_cost is not None:
         raise NastyError("give either `omega` (a fixed strength) or `max_cost` (a budget to search within), not both")
     [(_, _, known, adversary)], data = open_models(
-        [("`teacher`", teacher)], arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
+        {"teacher": teacher}, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
         classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
         download=download, train_fraction=train_fraction)
     arch = known["arch"]
@@ -219,7 +219,7 @@ def import_weights(*, weights, arch: str | None = None, dataset: str | None = No
     takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
     source's sha256 and the test accuracy measured here, with that normalisation)."""
     [(_, _, known, model)], data = open_models(
-        [("`weights`", weights)], arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
+        {"weights": weights}, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
         classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
         download=download)
     dev = resolve_device(device)

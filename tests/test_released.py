@@ -231,17 +231,19 @@ def test_open_models_reads_checks_then_loads_and_builds(tmp_path):
         seen.extend(items)
         raise NastyError("stopped by the caller")
     with pytest.raises(NastyError, match="stopped by the caller"):
-        open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)], arch="tiny-cnn", dataset="cifar10",
+        open_models({"teacher": tmp_path / "top2", "reference": net}, arch="tiny-cnn", dataset="cifar10",
                     check=stop)  # cifar10 without a `data_root` would fail to load
+    # the names as messages give them
     assert [(o, c["arch"]) for o, _, c in seen] == [("`teacher`", "tiny-cnn"), ("`reference`", "tiny-cnn")]
     with pytest.raises(NastyError, match="`reference` <TinyCNN module> does not record its architecture"):
-        open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)], data=data)
-    (teacher, reference), got = open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)],
+        open_models([("`teacher`", tmp_path / "top2"), ("`reference`", net)], data=data)  # quoted names kept
+    (teacher, reference), got = open_models([("teacher", tmp_path / "top2"), ("reference", net)],  # or pairs
                                             arch="tiny-cnn", data=data, served=True, train_fraction=0.5)
     assert isinstance(teacher.model, Defended) and not isinstance(reference.model, Defended)
+    assert (teacher.name, teacher.option, reference.name) == ("teacher", "`teacher`", "reference")
     assert not teacher.model.training and teacher.card["output_transform"] == {"name": "topk", "k": 2}
     assert len(got.train_y) < len(data.train_y) and got.mean == data.mean
-    [bare], _ = open_models([("`teacher`", tmp_path / "top2")], data=data)  # not served: the network itself
+    [bare], _ = open_models({"teacher": tmp_path / "top2"}, data=data)  # not served: the network itself
     assert not isinstance(bare.model, Defended)
     x, _ = next(data.batches("test", batch_size=4))
     torch.testing.assert_close(bare.model(x), net.eval()(x))
