@@ -13,6 +13,7 @@ audit's cell of that attack and seed (``audit(reference_from=...)``). Every audi
 
 ``compare.json`` has one row per teacher: its defence, test accuracy, cost against the
 reference, and per student the stolen accuracy of the strongest attack (the worst case);
+``compare.md`` is the same as one table (:func:`format_compare`: what ``nasty compare`` prints);
 ``compare.png`` plots teacher accuracy against the best stolen accuracy with the Pareto front.
 """
 
@@ -24,10 +25,11 @@ from pathlib import Path
 
 from nasty import checkpoint as ckpt
 from nasty.errors import NastyError
+from nasty.safety import md_text as md
 
 from .audit import BASELINES, audit
 
-__all__ = ["compare", "pareto_front", "plot_compare"]
+__all__ = ["compare", "format_compare", "pareto_front", "plot_compare"]
 
 
 def _slug(path: Path, taken: set[str]) -> str:
@@ -97,11 +99,41 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                                                                     "attacks")}}
     result["settings"]["seeds"] = list(seeds)
     ckpt.write_json(out / "compare.json", result)
+    ckpt.atomic_write(out / "compare.md", lambda p: Path(p).write_text(format_compare(result) + "\n"))
     if plots:
         from nasty.diagnostics import save_figure
 
         save_figure(plot_compare(result), out / "compare.png")
     return result
+
+
+def format_compare(result: dict) -> str:
+    """compare.json as one markdown table: per defence its accuracy and cost, the stolen accuracy
+    (mean over seeds) of every attack and student, and the worst case; the baselines under it.
+    Every name is escaped, since defences and paths come from files."""
+    rows = result["rows"]
+    if not rows:
+        return "no teachers compared"
+    students = list(rows[0]["worst_case"])
+    attacks = list(dict.fromkeys(s["attack"] for r in rows for s in r["summary"]))
+    stolen = lambda r, a, st: next((f"{s['acc_from_nasty']['mean']:.2f}" for s in r["summary"]  # noqa: E731
+                                    if (s["attack"], s["student"]) == (a, st)), "-")
+    header = ["defence", "teacher accuracy", "cost", *(f"{a} {' / '.join(students)}" for a in attacks),
+              f"worst case {' / '.join(students)}"]
+    lines = ["| " + " | ".join(md(c) for c in header) + " |", "|" + "---|" * len(header)]
+    for r in rows:  # cells escaped piece by piece: the parentheses are ours
+        worst = " / ".join(f"{w['acc_from_teacher']:.2f} ({md(w['attack'])})" for w in (r["worst_case"][s] for s in students))
+        cells = [md(r["defence"] or "none"), f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
+                 *(md(" / ".join(stolen(r, a, st) for st in students)) for a in attacks), worst]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = rows[0]["summary"]
+    base = lambda key: " / ".join(next((f"{s[key]['mean']:.2f}" for s in first  # noqa: E731
+                                        if s["student"] == st and isinstance(s.get(key), dict)), "-") for st in students)
+    seeds = result.get("settings", {}).get("seeds") or []
+    return "\n".join([
+        f"Stolen accuracy (%, the student's final-epoch test accuracy, mean over {len(seeds)} seed{'s' * (len(seeds) != 1)}), reference "
+        f"{md(result['reference'])}; without a teacher: scratch {md(base('acc_scratch'))}, label smoothing "
+        f"{md(base('acc_label_smoothing'))} (students {md(' / '.join(students))}).", "", *lines])
 
 
 def plot_compare(result: dict):

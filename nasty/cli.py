@@ -429,11 +429,14 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 @_unsafe_pickle_option
 @_fail_cleanly
 def compare(reference, teachers, attacks, out, **kw):
-    """Audit several defended teachers against one reference: compare.json and compare.png (Pareto front)."""
+    """Audit several defended teachers against one reference: compare.json, compare.md (the table) and compare.png (Pareto front)."""
     from attacks.compare import compare as run_compare
+    from attacks.compare import format_compare
 
     result = run_compare(reference=reference, teachers=teachers, attacks=attacks, out=out, echo=click.echo, **kw)
-    click.echo(f"compared {len(result['rows'])} teachers -> {out}/compare.json" + (", compare.png" if kw["plots"] else ""))
+    click.echo(format_compare(result))
+    click.echo(f"compared {len(result['rows'])} teachers -> {out}/compare.json, compare.md"
+               + (", compare.png" if kw["plots"] else ""))
 
 
 @main.command()
