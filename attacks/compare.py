@@ -26,6 +26,7 @@ from pathlib import Path
 from nasty import checkpoint as ckpt
 from nasty.errors import NastyError
 from nasty.safety import md_text as md
+from nasty.safety import plot_text
 
 from .audit import BASELINES, audit
 
@@ -147,11 +148,17 @@ def plot_compare(result: dict):
         ax = fig.add_subplot(1, len(students), k + 1)
         pts = [(r["accuracy"], r["worst_case"][student]["acc_from_teacher"]) for r in rows]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3)
+        named: dict[tuple[float, float], list[str]] = {}  # teachers on one point share one label
         for p, r in zip(pts, rows):
-            ax.annotate(r["defence"], p, textcoords="offset points", xytext=(4, 4), fontsize=7)
+            named.setdefault(p, []).append(plot_text(r.get("name") or r["defence"]))
+        right = max(p[0] for p in pts) if pts else 0.0
+        for p, names in named.items():  # the most accurate teachers labelled on their right, the others on their left
+            ax.annotate("\n".join(names), p, textcoords="offset points", xytext=(5 if p[0] >= right else -5, -3),
+                        ha="left" if p[0] >= right else "right", va="top", fontsize=7)
         front = pareto_front(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", linestyle="--",
-                label="Pareto front (more accurate, less stolen)")
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", linestyle="--", marker="o",
+                markersize=11, markerfacecolor="none", label="Pareto front (more accurate, less stolen)")
+        ax.margins(x=0.35, y=0.12)  # room for the labels inside the panel
         ax.set(xlabel="teacher test accuracy (%)", ylabel=f"best stolen accuracy of {student} (%)",
                title=f"{student}: worst case over the attacks")
         ax.grid(alpha=0.3)
