@@ -132,8 +132,9 @@ def test_console_script_and_module_entry_points(tmp_path):
     done = subprocess.run([exe, "train", "--epochs", "2", "--out", str(tmp_path / "n"), "-q"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "", done.stderr
     done = subprocess.run([sys.executable, "-m", "nasty", "harden", "--teacher", str(tmp_path / "n"), "--epochs", "2",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+                           "--max-trials", "1", "--max-cost", "5", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 0 and "nasty teacher small-cnn on digits" in done.stdout, done.stderr
+    assert "chose omega 0.05 (tau 4) for a budget of 5 points" in done.stdout  # the search's one line
     assert done.stderr == ""  # no progress bar noise when not on a terminal
 
 
