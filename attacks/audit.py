@@ -113,7 +113,9 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     cells_dir = _cells_dir(out)
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
-              "teachers": {src: cards[src].get("sha256") for src in SOURCES}}
+              "teachers": {src: cards[src].get("sha256") for src in SOURCES},
+              # what each teacher answers through: a served top-1 has its source's weights (and sha256)
+              "served": {src: cards[src].get("output_transform") or None for src in SOURCES}}
     todo = _plan(attacks, seeds, opts, common=common, cells_dir=cells_dir, force=force,
                  reference_cells=reference_cells)
     cells, trained, report = [], False, None
@@ -214,7 +216,7 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
         attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
         if name in BASELINES:  # no teacher in them: the same cells serve any audit of these students (compare)
-            del key["teachers"]
+            del key["teachers"], key["served"]
         path = cells_dir / f"{name}-seed{seed}.json"
         partials = [path.with_name(f"{name}-seed{seed}.{kind}pt") for kind in ("partial.", "audited.partial.")]
         cell = _load_cell(path, key, force=force)
@@ -254,7 +256,10 @@ def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path
         return None
     saved = cell["key"]
     theirs = saved.get("teachers") if isinstance(saved, dict) else None
-    if not isinstance(theirs, dict) or saved != {**key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")}}:
+    served = saved.get("served") if isinstance(saved, dict) else None
+    if not isinstance(theirs, dict) or not isinstance(served, dict) or saved != {
+            **key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")},
+            "served": {**key["served"], "nasty": served.get("nasty")}}:
         return None
     runs = [r for r in cell["runs"] if r["source"] == "normal"]
     if sorted(r["student"] for r in runs) != sorted(students) or any(
@@ -505,10 +510,15 @@ def _read_cell(path: Path) -> dict:
 
 def _rename_settings(key: dict | None) -> None:
     """An older cell's key, in place, with the attack's settings under their current names, a
-    setting added since at the value the cell ran with (``Attack.added``), and without the
-    teachers for a baseline cell (older audits recorded them there too)."""
+    setting added since at the value the cell ran with (``Attack.added``), without the teachers
+    for a baseline cell (older audits recorded them there too), and with bare teachers where it
+    does not say what they were served through (audits before ``served`` did not; their cells are
+    taken as cells of bare teachers, which most were: one of a defended teacher is then refused
+    for it, and redone with ``force``)."""
     if isinstance(key, dict) and key.get("attack") in BASELINES:
         key.pop("teachers", None)
+    elif isinstance(key, dict) and isinstance(key.get("teachers"), dict):
+        key.setdefault("served", dict.fromkeys(SOURCES))
     attack = ATTACKS.get((key or {}).get("attack"))
     settings = (key or {}).get("settings")
     if attack is not None and isinstance(settings, dict):

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from attacks.compare import pareto_front
 from nasty.cli import main
+from nasty.errors import NastyError
 
 SETTINGS = ["--attacks", "kd,hard-label", "--students", "mlp", "--seeds", "1,", "--epochs", "2", "--device", "cpu",
             "--quiet", "--no-plots"]
@@ -145,3 +146,28 @@ def test_an_audit_takes_the_reference_side_from_another_audits_cells(defended, t
     sides.clear()
     audit(teacher=defended / "k1", out=tmp_path / "not-forged", reference_from=tmp_path / "forged", **kw)
     assert sides[-1] == ("kd", ["nasty", "normal"])
+
+
+def test_a_served_teacher_is_not_taken_for_its_bare_network(defended, tmp_path):
+    """top-1 keeps the weights (and their sha256) of the model it serves: the cells say what each
+    teacher answered through, so one folder's results are never read as the other's."""
+    from attacks.audit import audit
+
+    kw = {"reference": defended / "n", "attacks": ["kd"], "students": ["mlp"], "seeds": (0,), "epochs": 1,
+          "device": "cpu", "quiet": True, "plots": False, "out": tmp_path}
+    audit(teacher=defended / "k1", **kw)
+    cell = tmp_path / "cells" / "kd-seed0.json"
+    assert json.loads(cell.read_text())["key"]["served"] == {"normal": None, "nasty": {"name": "topk", "k": 1}}
+    with pytest.raises(NastyError, match=r"served\.nasty differs: \{'name': 'topk', 'k': 1\} there, None now"):
+        audit(teacher=defended / "n", **kw)
+    bare = audit(teacher=defended / "n", **{**kw, "force": True})
+    [row] = bare["summary"]
+    assert row["acc_from_nasty"] == row["acc_from_normal"]  # the reference against itself, trained alike
+    # a cell from before `served` was recorded reads as one of bare teachers: taken, not trained again
+    old = json.loads(cell.read_text())
+    del old["key"]["served"]
+    cell.write_text(json.dumps(old))
+    stamp = cell.stat().st_mtime_ns
+    assert audit(teacher=defended / "n", **kw)["runs"] == bare["runs"] and cell.stat().st_mtime_ns == stamp
+    with pytest.raises(NastyError, match=r"served\.nasty differs"):
+        audit(teacher=defended / "k1", **kw)
