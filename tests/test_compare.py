@@ -42,6 +42,7 @@ def _compare(root, out, background=False):
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # three comparisons, one killed (31 s); the reference-side reuse is also checked below, in-process
 def test_compare_trains_the_baselines_once_and_resumes_after_a_kill(defended, tmp_path):
     done = _compare(defended, tmp_path / "ref")
     assert done.returncode == 0, done.stderr
