@@ -56,10 +56,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
-            alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False, force: bool = False,
+            alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
+            download: bool = False, out="runs/compare", device="auto", quiet: bool = False, force: bool = False,
             unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
             ensemble: bool | None = None) -> dict:
-    """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict."""
+    """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict.
+    ``train_fraction``, ``data_root`` and ``download`` are :func:`attacks.audit.audit`'s: the thief's
+    share of the training set, and where the teachers' dataset is."""
     teachers = [Path(t).expanduser() for t in teachers]
     if not teachers:
         raise NastyError("`teachers`: give at least one teacher to compare")
@@ -67,7 +70,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
     taken: set[str] = set()
     names = [_slug(t, taken) for t in teachers]
     kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs, "alpha": alpha,
-              "tau": tau, "device": device,
+              "tau": tau, "train_fraction": train_fraction, "data_root": data_root, "download": download,
+              "device": device,
               "quiet": quiet, "force": force, "unsafe_pickle": unsafe_pickle, "attack_options": attack_options,
               "plots": False, "ensemble": ensemble}
     if attacks is not None:
@@ -97,7 +101,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                 f"{s} {w['acc_from_teacher']:.2f}% ({w['attack']})" for s, w in rows[-1]["worst_case"].items()))
     result = {"reference": str(reference), "rows": rows,
               "settings": {k: v for k, v in kwargs.items() if k in ("students", "seeds", "epochs", "alpha", "tau",
-                                                                    "attacks")}}
+                                                                    "attacks", "train_fraction")}}
     result["settings"]["seeds"] = list(seeds)
     ckpt.write_json(out / "compare.json", result)
     ckpt.atomic_write(out / "compare.md", lambda p: Path(p).write_text(format_compare(result) + "\n"))
@@ -123,16 +127,19 @@ def format_compare(result: dict) -> str:
               f"worst case {' / '.join(students)}"]
     lines = ["| " + " | ".join(md(c) for c in header) + " |", "|" + "---|" * len(header)]
     for r in rows:  # cells escaped piece by piece: the parentheses are ours
-        worst = " / ".join(f"{w['acc_from_teacher']:.2f} ({md(w['attack'])})" for w in (r["worst_case"][s] for s in students))
+        worst = " / ".join(f"{w['acc_from_teacher']:.2f} ({md(w['attack'])})"
+                           for w in (r["worst_case"][s] for s in students))
         cells = [md(r["defence"] or "none"), f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
                  *(md(" / ".join(stolen(r, a, st) for st in students)) for a in attacks), worst]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]["summary"]
     base = lambda key: " / ".join(next((f"{s[key]['mean']:.2f}" for s in first  # noqa: E731
                                         if s["student"] == st and isinstance(s.get(key), dict)), "-") for st in students)
-    seeds = result.get("settings", {}).get("seeds") or []
+    n = len(result.get("settings", {}).get("seeds") or [])
+    share = result.get("settings", {}).get("train_fraction", 1.0)
+    thief = "" if share == 1.0 else f", the thief holding {md(share)} of the training set"
     return "\n".join([
-        f"Stolen accuracy (%, the student's final-epoch test accuracy, mean over {len(seeds)} seed{'s' * (len(seeds) != 1)}), reference "
+        f"Stolen accuracy (%, the student's final-epoch test accuracy, mean over {n} seed{'s' * (n != 1)}{thief}), reference "
         f"{md(result['reference'])}; without a teacher: scratch {md(base('acc_scratch'))}, label smoothing "
         f"{md(base('acc_label_smoothing'))} (students {md(' / '.join(students))}).", "", *lines])
 

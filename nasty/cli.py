@@ -72,6 +72,8 @@ _data_root_option = click.option("--data-root", type=click.Path(file_okay=False)
                                  help="Folder holding the dataset's files (torchvision layout).")
 _download_option = click.option("--download", is_flag=True,
                                 help="Download the dataset into --data-root if it is missing.")
+_thief_fraction_option = click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+                                      show_default=True, help="The attacker's share of the training set (stratified).")
 _unsafe_pickle_option = click.option(
     "--unsafe-pickle", is_flag=True,
     help="Allow full unpickling of .pt/.pth weights. Runs code from the file: only for files you trust.")
@@ -336,8 +338,7 @@ def _attack_options(ctx, param, values):
 @_audit_options
 @_data_root_option
 @_download_option
-@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="The attacker's share of the training set (stratified).")
+@_thief_fraction_option
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
 @click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
@@ -423,6 +424,9 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 @click.option("--reference", required=True, type=click.Path(), help="The normal model every defence is compared with.")
 @click.option("--teachers", required=True, callback=_names, help="Comma-separated run directories of defended teachers.")
 @_audit_options
+@_data_root_option
+@_download_option
+@_thief_fraction_option
 @click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True)
 @click.option("--force", is_flag=True, help="Redo cells of another comparison in --out.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write compare.png.")

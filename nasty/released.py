@@ -33,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from dataclasses import replace
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -295,18 +295,20 @@ class Opened(NamedTuple):
         return self.option.strip("`")
 
 
-def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *, arch: str | None = None, mean=None, std=None,
-                normalization: str | None = None, inputs: dict | None = None, classes=None,
+def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *, arch: str | None = None,
+                mean=None, std=None, normalization: str | None = None, inputs: dict | None = None, classes=None,
                 unsafe_pickle: bool = False, dataset: str | None = None, data: TensorData | None = None,
                 data_root=None, download: bool = False, train_fraction: float = 1.0, served: bool = False,
                 check=None) -> tuple[list[Opened], TensorData]:
-    """Every model of ``sources`` (``{name: source}`` or ``(name, source)`` pairs, the one whose
-    preprocessing names the data first; a name is the keyword it came from, ``teacher``) and the data they are used on, in the module doc's steps; a source that cannot be read, says
-    too little or does not fit the data fails before the next step. What the caller states
-    (``arch``, ``mean``/``std`` or a ``normalization`` preset, ``inputs`` ``{size, channels,
-    channel_order}``, ``classes``) holds for every source. ``check(items)`` runs the caller's own
-    checks on the ``(option, source, card)`` items before the data is loaded. ``served``: each model
-    answers through its card's output transform (:mod:`nasty.defences`)."""
+    """Every model of ``sources`` and the data they are used on, in the module doc's steps.
+    ``sources``: ``{name: source}`` or ``(name, source)`` pairs, a name being the keyword the
+    source came from (``teacher``); their preprocessing must agree (a mismatch names the first).
+    A source that cannot be read, says too little or does not fit the data fails before the next
+    step. What the caller states (``arch``, ``mean``/``std`` or a ``normalization`` preset,
+    ``inputs`` ``{size, channels, channel_order}``, ``classes``) holds for every source.
+    ``check(items)`` runs the caller's own checks on the ``(option, source, card)`` items before
+    the data is loaded. ``served``: each model answers through its card's output transform
+    (:mod:`nasty.defences`)."""
     pairs = sources.items() if isinstance(sources, Mapping) else sources
     sources = [(name if name.startswith("`") else f"`{name}`", source) for name, source in pairs]
     norm = parse_normalization(mean=mean, std=std, preset=normalization)

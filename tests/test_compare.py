@@ -172,3 +172,13 @@ def test_a_served_teacher_is_not_taken_for_its_bare_network(defended, tmp_path):
     assert audit(teacher=defended / "n", **kw)["runs"] == bare["runs"] and cell.stat().st_mtime_ns == stamp
     with pytest.raises(NastyError, match=r"served\.nasty differs"):
         audit(teacher=defended / "k1", **kw)
+
+
+def test_a_thief_with_part_of_the_data_in_every_audit(defended, tmp_path):
+    from attacks.compare import compare
+
+    result = compare(reference=defended / "n", teachers=[defended / "k1"], attacks=["kd"], students=["mlp"],
+                     seeds=(0,), epochs=1, train_fraction=0.5, out=tmp_path, device="cpu", quiet=True, plots=False)
+    report = json.loads((tmp_path / "audits" / "k1" / "report.json").read_text())
+    assert report["train_fraction"] == 0.5 and result["settings"]["train_fraction"] == 0.5
+    assert "the thief holding 0.5 of the training set" in (tmp_path / "compare.md").read_text()
