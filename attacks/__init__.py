@@ -14,7 +14,7 @@ from .dafl import DAFL
 from .deepinversion import DeepInversion
 from .hard_label import HardLabel
 from .kd import KD
-from .kd_sweep import KDSweep
+from .kd_sweep import HardLabelSweep, KDSweep
 from .kd_topk import KDTopK
 from .skeptical import Skeptical
 
@@ -68,4 +68,4 @@ def synthesized_grids(models: dict, data, *, tau: float, count: int, seed: int =
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "attack_names",
            "attack_settings", "create_attack", "register", "run_students", "synthesized_grids", "IMAGE_TITLES",
-           "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "KDTopK"]
+           "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "HardLabelSweep", "KDTopK"]

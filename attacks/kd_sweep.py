@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
@@ -23,22 +24,29 @@ from nasty.objectives import kd_loss
 from .base import Attack, register
 
 
+def top1_answers(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The teacher's top-1 answer as logits: the answered class 1000 above every other, so its
+    softened output is one-hot at any temperature a sweep tries (e^-62 at tau 16)."""
+    return F.one_hot(teacher_logits.argmax(dim=-1), teacher_logits.shape[-1]).to(teacher_logits.dtype) * 1000.0
+
+
 @register
 class KDSweep(Attack):
     name = "kd-sweep"
     added = {"search_steps": 0}  # a cell from before the setting searched for search_epochs alone
+    top1 = False  # hard-label-sweep: distil the teacher's top-1 answers instead of its outputs
 
     def __init__(self, *, taus=(1.0, 2.0, 4.0, 8.0, 16.0), alphas=(0.5, 0.9), val_fraction: float = 0.2,
                  search_epochs: int = 5, search_steps: int = 80):
         self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
         if not self.taus or not self.alphas or min(self.taus) <= 0 or not all(0 <= a <= 1 for a in self.alphas):
-            raise NastyError(f"kd-sweep needs taus > 0 and alphas in [0, 1], got {self.taus} and {self.alphas}")
+            raise NastyError(f"{self.name} needs taus > 0 and alphas in [0, 1], got {self.taus} and {self.alphas}")
         if not 0.0 < val_fraction < 1.0:
-            raise NastyError(f"kd-sweep.val_fraction must be in (0, 1), got {val_fraction}")
+            raise NastyError(f"{self.name}.val_fraction must be in (0, 1), got {val_fraction}")
         if int(search_epochs) != search_epochs or search_epochs < 1:
-            raise NastyError(f"kd-sweep.search_epochs must be a whole number >= 1, got {search_epochs}")
+            raise NastyError(f"{self.name}.search_epochs must be a whole number >= 1, got {search_epochs}")
         if int(search_steps) != search_steps or search_steps < 0:
-            raise NastyError(f"kd-sweep.search_steps must be a whole number >= 0, got {search_steps}")
+            raise NastyError(f"{self.name}.search_steps must be a whole number >= 0, got {search_steps}")
         self.val_fraction, self.search_epochs, self.search_steps = val_fraction, int(search_epochs), int(search_steps)
 
     def search_schedule(self, train_size: int, config) -> int:
@@ -49,7 +57,7 @@ class KDSweep(Attack):
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         if config is None:
-            raise NastyError("kd-sweep runs inside run_students (it needs the training config)")
+            raise NastyError(f"{self.name} runs inside run_students (it needs the training config)")
         return {"teacher": teacher, "data": data, "config": config, "device": device, "picks": None}
 
     def start_epoch(self, ctx, epoch, students):
@@ -67,7 +75,7 @@ class KDSweep(Attack):
         pairs = {f"candidate{i}": pair for i, pair in enumerate((t, a) for t in self.taus for a in self.alphas)}
         devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
-            acc = run_cells(_Candidates(pairs), dict.fromkeys(pairs, teacher), list(archs), split,
+            acc = run_cells(_Candidates(pairs, top1=self.top1), dict.fromkeys(pairs, teacher), list(archs), split,
                             config=replace(config, epochs=self.search_schedule(len(split.train_y), config)),
                             seeds=[config.seed],
                             device=device)[config.seed]
@@ -86,7 +94,23 @@ class KDSweep(Attack):
 
     def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         pick = ctx["picks"][arch]
-        return {"loss": kd_loss(student_logits, teacher_logits, y, alpha=pick["alpha"], tau=pick["tau"])[0]}
+        answers = top1_answers(teacher_logits) if self.top1 else teacher_logits
+        return {"loss": kd_loss(student_logits, answers, y, alpha=pick["alpha"], tau=pick["tau"])[0]}
+
+
+@register
+class HardLabelSweep(KDSweep):
+    """kd-sweep on the teacher's top-1 answers alone (a label-only API, or a thief who distrusts
+    the soft outputs): the same search over tau and alpha, each candidate distilling a one-hot
+    answer. KD at a high temperature on one-hot targets is cross-entropy on the logits / tau,
+    scaled by tau^2: a training recipe, not dark knowledge, and one that can beat the plain
+    cross-entropy of ``hard-label`` and ``scratch`` by points where steps are few. Its students
+    are the same from any two teachers with the same top-1 answers, so its immunity is 0 by
+    construction: its row says what labels alone, well used, give a thief."""
+
+    name = "hard-label-sweep"
+    added = {}
+    top1 = True
 
 
 class _Candidates(Attack):
@@ -95,12 +119,13 @@ class _Candidates(Attack):
 
     name = "kd-sweep search"
 
-    def __init__(self, pairs: dict[str, tuple[float, float]]):
-        self.pairs = pairs
+    def __init__(self, pairs: dict[str, tuple[float, float]], *, top1: bool = False):
+        self.pairs, self.top1 = pairs, top1
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         return self.pairs[source]
 
     def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         tau, alpha = ctx
-        return {"loss": kd_loss(student_logits, teacher_logits, y, alpha=alpha, tau=tau)[0]}
+        answers = top1_answers(teacher_logits) if self.top1 else teacher_logits
+        return {"loss": kd_loss(student_logits, answers, y, alpha=alpha, tau=tau)[0]}

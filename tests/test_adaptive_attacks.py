@@ -1,6 +1,7 @@
-"""The adaptive attacks (skeptical, kd-sweep, kd-topk) and the label-smoothing baseline: their
-losses against hand-computed values, where the skeptical student's KD gradient goes, and that
-kd-sweep chooses without reading the test set."""
+"""The adaptive attacks (skeptical, kd-sweep, hard-label-sweep, kd-topk) and the label-smoothing
+baseline: their losses against hand-computed values, where the skeptical student's KD gradient
+goes, that kd-sweep chooses without reading the test set, and that hard-label-sweep reads only
+the top-1 answers."""
 
 import math
 from dataclasses import replace
@@ -133,7 +134,9 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
     with pytest.raises(NastyError, match="unknown attack 'nope'"):
         attack_names(["kd", "nope"])
     assert attack_names(["kd", "all"]) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep",
-                                           "kd-topk"]
+                                           "hard-label-sweep", "kd-topk"]
+    with pytest.raises(NastyError, match="hard-label-sweep.search_steps must be"):  # each names itself
+        create_attack("hard-label-sweep", search_steps=-1)
 
 
 def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeypatch):
@@ -248,5 +251,34 @@ def test_a_default_audit_meets_the_thief_who_picks_its_own_temperature():
     from nasty.cli import main
 
     assert "kd-sweep" in DEFAULT_ATTACKS
-    out = CliRunner().invoke(main, ["audit", "--help"], terminal_width=200).output
-    assert f"[default: {','.join(DEFAULT_ATTACKS)}]" in out
+    out = "".join(CliRunner().invoke(main, ["audit", "--help"], terminal_width=200).output.split())  # unwrapped
+    assert f"[default:{','.join(DEFAULT_ATTACKS)}]" in out
+
+
+def test_hard_label_sweep_learns_from_the_top1_answers_alone(teachers, digits):
+    """Its students are the same from a teacher and from that teacher served top-1 (immunity 0 by
+    construction), where kd-sweep's differ; a top-1 answer is one-hot at every temperature it tries."""
+    from attacks.kd_sweep import top1_answers
+    from nasty.defences import Defended, create_transform
+
+    normal, _ = load_model(teachers["root"] / "normal")
+    normal.eval().requires_grad_(False)
+    top1 = Defended(normal, transform=create_transform({"name": "topk", "k": 1})).eval()
+    z = normal(next(digits.batches("test", batch_size=64))[0])
+    for tau in (1.0, 16.0):
+        p = torch.softmax(top1_answers(z) / tau, dim=-1)
+        assert torch.equal(p.argmax(-1), z.argmax(-1)) and p.topk(2, dim=-1).values[:, 1].max() < 1e-20
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=0)
+    settings = {"taus": (1.0, 16.0), "alphas": (0.9,), "search_epochs": 1, "search_steps": 0}
+    teachers_ = {"normal": normal, "nasty": top1}
+    labels = base.run_cells(create_attack("hard-label-sweep", **settings), teachers_, ["mlp"], digits, config=cfg,
+                            seeds=[0], device="cpu")[0]
+    assert labels[("normal", "mlp")] == labels[("nasty", "mlp")]
+    soft = base.run_cells(create_attack("kd-sweep", **settings), teachers_, ["mlp"], digits, config=cfg,
+                          seeds=[0], device="cpu")[0]
+    assert soft[("nasty", "mlp")] == labels[("nasty", "mlp")]  # top-1 outputs are top-1 answers
+    # the soft outputs are not: at the same pick the two losses differ (kd-sweep's on the top-1 outputs does not)
+    ctx, y, s = {"picks": {"mlp": {"tau": 4.0, "alpha": 0.9}}}, z.argmax(-1), torch.randn_like(z)
+    loss = lambda name, t: create_attack(name).losses(ctx, s, t, y, epoch=0, arch="mlp")["loss"]  # noqa: E731
+    assert loss("hard-label-sweep", z) == loss("kd-sweep", top1(next(digits.batches("test", batch_size=64))[0]))
+    assert not torch.allclose(loss("hard-label-sweep", z), loss("kd-sweep", z))

@@ -136,7 +136,8 @@ def test_deepinversion_refuses_a_teacher_without_batchnorm(digits):
 def test_unknown_attack_is_a_clear_error():
     with pytest.raises(NastyError, match="unknown attack 'kdd'.*kd, hard-label, dafl, deepinversion"):
         create_attack("kdd")
-    assert list(ATTACKS) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep", "kd-topk"]
+    assert list(ATTACKS) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep", "hard-label-sweep",
+                             "kd-topk"]
 
 
 def test_a_student_learns_the_same_alone_and_in_a_bank(digits):
