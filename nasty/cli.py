@@ -383,7 +383,7 @@ def _print_summary(report: dict, out) -> None:
 @_fail_cleanly
 def demo(out, quick, device, quiet):
     """Digits end to end: train a normal teacher, harden it within 1 point, audit it against kd, hard-label and
-    the adaptive kd-sweep thief (the data-free attacks are `nasty audit`'s, left out here for time)."""
+    the adaptive kd-sweep and hard-label-sweep thieves (the data-free attacks are `nasty audit`'s, left out here for time)."""
     from .demo import run_demo
 
     report = run_demo(out=out, quick=quick, device=device, quiet=quiet, echo=click.echo)

@@ -2,11 +2,12 @@
 
     normal teacher -> nasty teacher (the strongest hardening within 1 point of validation accuracy,
     found by `nasty harden`'s budgeted search) -> audit (:data:`ATTACKS`: standard KD at the
-    defender's temperature, a label-only thief, and the thief who picks its own temperature and
-    weight, kd-sweep; the scratch and label-smoothing baselines; 2 students, 3 seeds)
+    defender's temperature, a label-only thief, and the thieves who pick their own temperature and
+    weight, on the soft outputs (kd-sweep) and on the top-1 answers (hard-label-sweep); the scratch
+    and label-smoothing baselines; 2 students, 3 seeds)
 
 The data-free attacks (dafl, deepinversion: ``nasty audit``'s default) are left out of the demo:
-on 2 CPU cores they take about 6 of its minutes, and the adaptive thief decides its worst case.
+on 2 CPU cores they take about 6 of its minutes, and the adaptive thieves decide its worst case.
 
 Every step writes to its own folder under ``out`` and is resumed or skipped when the demo runs
 again; audit cells left with other settings (by an older version, or by the other of quick and
@@ -21,10 +22,12 @@ from pathlib import Path
 from .errors import BudgetNotMet
 from .runs import harden, train
 
-ATTACKS = ("kd", "hard-label", "kd-sweep")
+ATTACKS = ("kd", "hard-label", "kd-sweep", "hard-label-sweep")
 # --quick checks that every step runs, the data-free attacks (and their images in the report) included
+_QUICK_SEARCH = {"search_epochs": 1, "search_steps": 0}
 QUICK = {"teacher_epochs": 3, "seeds": (0,), "student_epochs": 2, "attacks": ATTACKS + ("dafl", "deepinversion"),
-         "attack_options": {"kd-sweep": {"search_epochs": 1, "search_steps": 0}, "deepinversion": {"pool_size": 64, "iterations": 5}}}
+         "attack_options": {"kd-sweep": _QUICK_SEARCH, "hard-label-sweep": _QUICK_SEARCH,
+                            "deepinversion": {"pool_size": 64, "iterations": 5}}}
 
 
 def run_demo(*, out="runs/demo", quick: bool = False, device: str = "auto", quiet: bool = False, echo=print) -> dict:
