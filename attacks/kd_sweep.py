@@ -16,18 +16,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
+from nasty.defences import TopK
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
 
 from .base import Attack, register
 
 
-def top1_answers(teacher_logits: torch.Tensor) -> torch.Tensor:
-    """The teacher's top-1 answer as logits: the answered class 1000 above every other, so its
-    softened output is one-hot at any temperature a sweep tries (e^-62 at tau 16)."""
-    return F.one_hot(teacher_logits.argmax(dim=-1), teacher_logits.shape[-1]).to(teacher_logits.dtype) * 1000.0
+# the teacher's top-1 answer as logits, as a top-1 server releases it: every other class 1000 below
+# the answered one, so the softened output is one-hot at any temperature a sweep tries (e^-62 at tau 16)
+top1_answers = TopK(k=1)
 
 
 @register
@@ -75,7 +74,7 @@ class KDSweep(Attack):
         pairs = {f"candidate{i}": pair for i, pair in enumerate((t, a) for t in self.taus for a in self.alphas)}
         devices = [device] if torch.device(device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
-            acc = run_cells(_Candidates(pairs, top1=self.top1), dict.fromkeys(pairs, teacher), list(archs), split,
+            acc = run_cells(_Candidates(pairs, answers=self.answers), dict.fromkeys(pairs, teacher), list(archs), split,
                             config=replace(config, epochs=self.search_schedule(len(split.train_y), config)),
                             seeds=[config.seed],
                             device=device)[config.seed]
@@ -94,8 +93,12 @@ class KDSweep(Attack):
 
     def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         pick = ctx["picks"][arch]
-        answers = top1_answers(teacher_logits) if self.top1 else teacher_logits
-        return {"loss": kd_loss(student_logits, answers, y, alpha=pick["alpha"], tau=pick["tau"])[0]}
+        return {"loss": kd_loss(student_logits, self.answers(teacher_logits), y, alpha=pick["alpha"],
+                                tau=pick["tau"])[0]}
+
+    def answers(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """What the thief distils: the teacher's outputs, or with ``top1`` its top-1 answers alone."""
+        return top1_answers(teacher_logits) if self.top1 else teacher_logits
 
 
 @register
@@ -119,13 +122,12 @@ class _Candidates(Attack):
 
     name = "kd-sweep search"
 
-    def __init__(self, pairs: dict[str, tuple[float, float]], *, top1: bool = False):
-        self.pairs, self.top1 = pairs, top1
+    def __init__(self, pairs: dict[str, tuple[float, float]], *, answers):
+        self.pairs, self.answers = pairs, answers  # answers: the sweep's (outputs or top-1 answers)
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         return self.pairs[source]
 
     def losses(self, ctx, student_logits, teacher_logits, y, *, epoch, arch):
         tau, alpha = ctx
-        answers = top1_answers(teacher_logits) if self.top1 else teacher_logits
-        return {"loss": kd_loss(student_logits, answers, y, alpha=alpha, tau=tau)[0]}
+        return {"loss": kd_loss(student_logits, self.answers(teacher_logits), y, alpha=alpha, tau=tau)[0]}
