@@ -37,7 +37,11 @@ class KDSweep(Attack):
 
     def __init__(self, *, taus=(1.0, 2.0, 4.0, 8.0, 16.0), alphas=(0.5, 0.9), val_fraction: float = 0.2,
                  search_epochs: int = 5, search_steps: int = 80):
-        self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
+        try:
+            self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
+        except (TypeError, ValueError):  # e.g. one number from --attack-option kd-sweep.taus=4
+            raise NastyError(f"{self.name}.taus and .alphas must be lists of numbers, "
+                             f"got {taus!r} and {alphas!r}") from None
         if not self.taus or not self.alphas or min(self.taus) <= 0 or not all(0 <= a <= 1 for a in self.alphas):
             raise NastyError(f"{self.name} needs taus > 0 and alphas in [0, 1], got {self.taus} and {self.alphas}")
         if not 0.0 < val_fraction < 1.0:
