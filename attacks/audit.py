@@ -22,7 +22,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from nasty import __version__, accel
 from nasty import checkpoint as ckpt
@@ -35,11 +35,14 @@ from nasty.safety import read_json
 from nasty.schema import AuditCell, PartialCell, validate
 from nasty.models import create_model
 from nasty.recipes import RECIPES
-from nasty.released import is_adversary, label, open_models
+from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
 from .base import LabelSmoothing, Scratch, batchable, run_cells
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
 
@@ -53,17 +56,15 @@ def default_tau(num_classes: int) -> float:
 
 
 def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
-          alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
-          download: bool = False, device="auto", out="runs/audit", force: bool = False, quiet: bool = False,
-          unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True,
-          checkpoint_seconds: float = 60.0, arch: str | None = None, dataset: str | None = None, data=None,
-          mean=None, std=None, normalization: str | None = None, inputs: dict | None = None,
-          ensemble: bool | None = None, reference_from=None) -> dict:
+          alpha: float = 0.9, tau: float | None = None, device="auto", out="runs/audit", force: bool = False,
+          quiet: bool = False, attack_options: dict | None = None, plots: bool = True,
+          checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None,
+          **brought: Unpack[Brought]) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
-    against. ``train_fraction`` is the attacker's share of the training set. ``attack_options``
+    against. ``attack_options``
     maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
     the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
     self-contained file) and the PNGs beside it show logit peaks, t-SNE and synthesised images.
@@ -73,10 +74,10 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     from there.
 
     ``teacher`` and ``reference`` may be run directories, weights files or ``nn.Module`` objects;
-    ``arch``, ``dataset`` (or ``data``, a :class:`~nasty.data.TensorData`) and the normalisation
-    (``mean``/``std`` or a ``normalization`` preset; ``inputs`` ``{size, channels, channel_order}``)
-    describe those that do not record them (:mod:`nasty.released`). A warning (not an error) says when the reference is not the adversary
-    the teacher's card records, or is itself hardened.
+    ``brought`` says what they do not record and where the data is (:class:`nasty.released.Brought`:
+    ``arch``, ``dataset`` or ``data``, ``mean``/``std`` or ``normalization``, ``inputs``, ...); its
+    ``train_fraction`` is the thief's share of the training set. A warning (not an error) says when
+    the reference is not the adversary the teacher's card records, or is itself hardened.
 
     ``ensemble=True`` trains an attack's students of one architecture, every seed and both
     teachers, as one batched ensemble (:func:`attacks.base.run_cells`). ``None`` (the default):
@@ -94,9 +95,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
                                      checkpoint_seconds=checkpoint_seconds)
     reference_cells = _reference_cells(reference_from)
-    models, cards, data = _teachers(teacher, reference, arch=arch, dataset=dataset, data=data, data_root=data_root,
-                                    download=download, train_fraction=train_fraction, unsafe_pickle=unsafe_pickle,
-                                    mean=mean, std=std, normalization=normalization, inputs=inputs)
+    models, cards, data = _teachers(teacher, reference, **brought)
+    train_fraction = brought.get("train_fraction", 1.0)
     recipe = RECIPES[data.name]
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     tau = default_tau(data.num_classes) if tau is None else tau
@@ -163,7 +163,7 @@ def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_se
     return attacks, seeds
 
 
-def _teachers(teacher, reference, **brought) -> tuple[dict, dict, TensorData]:
+def _teachers(teacher, reference, **brought: Unpack[Brought]) -> tuple[dict, dict, TensorData]:
     """The two teachers (``normal``: the reference, ``nasty``: the audited one) as models and
     cards, and the data they were trained on; whatever does not fit fails here, named."""
     def same_dataset(items):

@@ -22,13 +22,18 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasty import checkpoint as ckpt
 from nasty.errors import NastyError
+from nasty.released import Brought
 from nasty.safety import md_text as md
 from nasty.safety import plot_text
 
 from .audit import BASELINES, audit
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["compare", "format_compare", "pareto_front", "plot_compare"]
 
@@ -56,13 +61,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
-            alpha: float = 0.9, tau: float | None = None, train_fraction: float = 1.0, data_root=None,
-            download: bool = False, out="runs/compare", device="auto", quiet: bool = False, force: bool = False,
-            unsafe_pickle: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
-            ensemble: bool | None = None) -> dict:
+            alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False,
+            force: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
+            ensemble: bool | None = None, **brought: Unpack[Brought]) -> dict:
     """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict.
-    ``train_fraction``, ``data_root`` and ``download`` are :func:`attacks.audit.audit`'s: the thief's
-    share of the training set, and where the teachers' dataset is."""
+    ``brought`` goes to every audit as it is (:class:`nasty.released.Brought`: ``train_fraction``, the
+    thief's share of the training set; ``data_root`` and ``download``, where the teachers' dataset is; ...)."""
     teachers = [Path(t).expanduser() for t in teachers]
     if not teachers:
         raise NastyError("`teachers`: give at least one teacher to compare")
@@ -70,10 +74,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
     taken: set[str] = set()
     names = [_slug(t, taken) for t in teachers]
     kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs, "alpha": alpha,
-              "tau": tau, "train_fraction": train_fraction, "data_root": data_root, "download": download,
-              "device": device,
-              "quiet": quiet, "force": force, "unsafe_pickle": unsafe_pickle, "attack_options": attack_options,
-              "plots": False, "ensemble": ensemble}
+              "tau": tau, "device": device, "quiet": quiet, "force": force, "attack_options": attack_options,
+              "plots": False, "ensemble": ensemble, **brought}
     if attacks is not None:
         kwargs["attacks"] = attacks
     rows, first = [], None
@@ -101,7 +103,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                 f"{s} {w['acc_from_teacher']:.2f}% ({w['attack']})" for s, w in rows[-1]["worst_case"].items()))
     result = {"reference": str(reference), "rows": rows,
               "settings": {k: v for k, v in kwargs.items() if k in ("students", "seeds", "epochs", "alpha", "tau",
-                                                                    "attacks", "train_fraction")}}
+                                                                    "attacks")}}
+    result["settings"]["train_fraction"] = brought.get("train_fraction", 1.0)
     result["settings"]["seeds"] = list(seeds)
     ckpt.write_json(out / "compare.json", result)
     ckpt.atomic_write(out / "compare.md", lambda p: Path(p).write_text(format_compare(result) + "\n"))

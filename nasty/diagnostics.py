@@ -18,6 +18,7 @@ Jupyter shows them inline.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,11 @@ from . import accel
 from .data import TensorData
 from .errors import one_line
 from .safety import plot_text
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .released import Brought
 
 __all__ = ["softened", "count_peaks", "peak_summary", "plot_logits", "plot_tsne", "plot_images", "plot_omega_curve",
            "plot_frontier", "plot_search", "save_figure"]
@@ -313,13 +319,10 @@ def check_figure_path(out: Path, *, numbers: bool) -> None:
             raise NastyError(f"{one_line(target)} is a run's or an audit's own file; write the figure elsewhere")
 
 
-def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, data_root=None,
-           unsafe_pickle: bool = False, per_class: int = 2, seed: int = 0, arch: str | None = None,
-           dataset: str | None = None, mean=None, std=None, normalization: str | None = None,
-           inputs: dict | None = None, synthesize=None) -> Path:
+def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: float | None = None, per_class: int = 2,
+           seed: int = 0, synthesize=None, **brought: Unpack[Brought]) -> Path:
     """What ``nasty plot`` does: build one figure and write it (with its numbers as JSON for ``logits``).
-    ``arch``, ``dataset``, the normalisation and ``inputs`` describe weights that do not record them
-    (:mod:`nasty.released`).
+    ``brought`` describes weights that do not record what they are (:class:`nasty.released.Brought`).
     The teachers answer through their cards' output transforms (what is served).
 
     ``images`` needs ``synthesize(models, data, tau=, count=, seed=)`` -> ``{title: (images, labels)}``
@@ -348,9 +351,8 @@ def render(what: str, *, out, teacher=None, reference=None, sweep=None, tau: flo
             return save_figure(plot_search(card), out)
         except (KeyError, TypeError, ValueError) as e:
             raise NastyError(f"`teacher` {teacher}: the card's search trace is malformed ({type(e).__name__}: {e})") from None
-    brought = {name: source for name, source in (("teacher", teacher), ("reference", reference)) if source}
-    opened, data = open_models(brought, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
-                               unsafe_pickle=unsafe_pickle, dataset=dataset, data_root=data_root, served=True)
+    sources = {name: source for name, source in (("teacher", teacher), ("reference", reference)) if source}
+    opened, data = open_models(sources, served=True, **brought)
     models = {}
     for one in opened[::-1]:  # the reference's first
         name = plot_text(one.card.get("kind") or one.name)

@@ -35,7 +35,7 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ from .data import TensorData, load_dataset
 from .errors import DataError, ModelError, NastyError, NastyWarning
 
 __all__ = ["PRESETS", "MODEL_CARD_KEYS", "read_model_card", "parse_normalization", "parse_input", "read_model", "require_options", "data_for", "check_accuracy",
-           "open_models", "Opened",
+           "open_models", "Opened", "Brought",
            "is_adversary", "identities", "label", "fmt_normalization", "TOLERANCE"]
 
 PRESETS = {
@@ -293,6 +293,38 @@ class Opened(NamedTuple):
     def name(self) -> str:
         """The keyword without its backquotes (``teacher``)."""
         return self.option.strip("`")
+
+
+class Brought(TypedDict, total=False):
+    """What models you bring are and where their data is: the keywords that ``harden``,
+    ``import_weights``, ``audit``, ``compare`` and ``render`` take (``**brought``) and pass on, as they
+    are, to :func:`open_models`. Each may be left out; a run directory records the model's own.
+
+    - ``arch``: a zoo name, ``tv:<name>`` or ``timm:<name>``, for weights that do not record it.
+    - ``mean``, ``std`` (per channel on the 0..1 scale; one value for all) or ``normalization``
+      (a preset of :data:`PRESETS`): the preprocessing the model was trained with.
+    - ``inputs``: ``{size, channels, channel_order}`` where the model's input is not the dataset's
+      images as they are.
+    - ``classes``: class names in the model's output order.
+    - ``unsafe_pickle``: allow full unpickling of ``.pt`` files (runs code from the file).
+    - ``dataset`` (a name of :data:`nasty.data.DATASETS`) or ``data`` (a
+      :class:`~nasty.data.TensorData`), ``data_root``, ``download``: the data; by default the
+      dataset the model's card records.
+    - ``train_fraction``: the share of the training set used (stratified).
+    """
+
+    arch: str
+    mean: object
+    std: object
+    normalization: str
+    inputs: dict
+    classes: list
+    unsafe_pickle: bool
+    dataset: str
+    data: TensorData
+    data_root: object
+    download: bool
+    train_fraction: float
 
 
 def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *, arch: str | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,10 +23,13 @@ from .data import TensorData, load_dataset
 from .errors import BudgetNotMet, NastyError, TrainingStopped
 from .models import create_model
 from .recipes import RECIPES
-from .released import check_accuracy, label, open_models
+from .released import Brought, check_accuracy, label, open_models
 from .safety import temp_beside
 from .search import Budget, search_strength
 from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS, "search")  # search/: the budgeted search's trials
 
@@ -95,14 +99,11 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
     return final
 
 
-def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
-           data_root=None, download: bool = False, train_fraction: float = 1.0, mean=None, std=None,
-           normalization: str | None = None, inputs: dict | None = None, classes=None,
-           expect_accuracy: float | None = None, epochs: int | None = None, batch_size: int | None = None,
+def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
            max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
-           out="runs/nasty", resume: bool = False, force: bool = False, unsafe_pickle: bool = False,
-           collapse_margin: float | None = 20.0, quiet: bool = False, compile: bool = False, echo=None) -> dict:
+           out="runs/nasty", resume: bool = False, force: bool = False, collapse_margin: float | None = 20.0,
+           quiet: bool = False, compile: bool = False, echo=None, **brought: Unpack[Brought]) -> dict:
     """Train a nasty teacher against the frozen ``teacher`` (the adversary) and write its run.
 
     Without ``omega``, the strength is searched for (:mod:`nasty.search`): the strongest
@@ -112,10 +113,10 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
     ``init='scratch'`` (the paper) starts from random weights of the same architecture;
     ``init='teacher'`` fine-tunes a copy of the released weights.
 
-    ``teacher`` is a run directory, a weights file or an ``nn.Module`` (give ``arch``, a name that
-    builds it); ``data`` a :class:`~nasty.data.TensorData` in place of ``dataset``. The released
-    model's preprocessing (``mean``/``std`` or a ``normalization`` preset, else its card's; ``inputs``
-    ``{size, channels, channel_order}`` when its images differ from the dataset's) is what the nasty teacher is trained and recorded with (:mod:`nasty.released`). Before any
+    ``teacher`` is a run directory, a weights file or an ``nn.Module``; ``brought`` says what it
+    does not record and where the data is (:class:`nasty.released.Brought`: ``arch``, ``dataset``
+    or ``data``, ``mean``/``std`` or ``normalization``, ``inputs``, ...). The released model's
+    preprocessing is what the nasty teacher is trained and recorded with. Before any
     training, the adversary must score near ``expect_accuracy`` (else its card's accuracy; with
     neither, above chance level): a model that does not is almost always fed the wrong preprocessing.
     """
@@ -123,10 +124,7 @@ def harden(*, teacher, arch: str | None = None, dataset: str | None = None, data
         raise NastyError(f"`init` must be 'scratch' or 'teacher', got {init!r}")
     if omega is not None and max_cost is not None:
         raise NastyError("give either `omega` (a fixed strength) or `max_cost` (a budget to search within), not both")
-    [(_, _, known, adversary)], data = open_models(
-        {"teacher": teacher}, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
-        classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
-        download=download, train_fraction=train_fraction)
+    [(_, _, known, adversary)], data = open_models({"teacher": teacher}, **brought)
     arch = known["arch"]
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
@@ -211,17 +209,13 @@ def _adversary_card(teacher, known: dict, *, accuracy: float) -> dict:
             **{k: v for k, v in (("kind", known.get("kind")), ("source_sha256", imported_from)) if v}}
 
 
-def import_weights(*, weights, arch: str | None = None, dataset: str | None = None, data: TensorData | None = None,
-                   data_root=None, download: bool = False, mean=None, std=None, normalization: str | None = None,
-                   inputs: dict | None = None, classes=None, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
-                   force: bool = False, unsafe_pickle: bool = False) -> dict:
+def import_weights(*, weights, expect_accuracy: float | None = None, device: str = "auto", out="runs/imported",
+                   force: bool = False, **brought: Unpack[Brought]) -> dict:
     """Turn a released model (a weights file or an ``nn.Module``) into a run directory that every command
     takes: ``model.safetensors`` + a card of kind ``imported`` (arch, dataset, normalisation, the
-    source's sha256 and the test accuracy measured here, with that normalisation)."""
-    [(_, _, known, model)], data = open_models(
-        {"weights": weights}, arch=arch, mean=mean, std=std, normalization=normalization, inputs=inputs,
-        classes=classes, unsafe_pickle=unsafe_pickle, dataset=dataset, data=data, data_root=data_root,
-        download=download)
+    source's sha256 and the test accuracy measured here, with that normalisation). ``brought`` says
+    what the weights do not record (:class:`nasty.released.Brought`)."""
+    [(_, _, known, model)], data = open_models({"weights": weights}, **brought)
     dev = resolve_device(device)
     model = model.to(dev)
     acc = evaluate(model, data, device=dev)["accuracy"]

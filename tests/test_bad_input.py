@@ -406,7 +406,6 @@ def _peak(args, timeout=120, code=None):
     MB). The peak is the child's VmHWM read at exit: ru_maxrss of a child forked from pytest
     starts at pytest's own size."""
     import tempfile
-    import time
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TQDM_DISABLE": "1"}
     code = code or "import runpy; sys.argv[0] = 'nasty'; runpy.run_module('nasty', run_name='__main__')"

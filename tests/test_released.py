@@ -247,3 +247,24 @@ def test_open_models_reads_checks_then_loads_and_builds(tmp_path):
     assert not isinstance(bare.model, Defended)
     x, _ = next(data.batches("test", batch_size=4))
     torch.testing.assert_close(bare.model(x), net.eval()(x))
+
+
+def test_every_command_takes_what_open_models_takes_about_the_models_brought(tmp_path):
+    """``Brought`` is the one list of the keywords that describe a model you bring and its data: it
+    names open_models' own, and each command that loads a model passes them on as they are."""
+    import inspect
+
+    from attacks.audit import audit
+    from attacks.compare import compare
+    from nasty.diagnostics import render
+    from nasty.released import Brought, open_models
+    from nasty.runs import harden, import_weights
+
+    opened = {n for n, p in inspect.signature(open_models).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(Brought.__annotations__) == opened - {"served", "check"}
+    for command in (harden, import_weights, audit, compare, render):
+        params = inspect.signature(command).parameters
+        assert params["brought"].kind is inspect.Parameter.VAR_KEYWORD, command.__name__
+        assert not set(params) & set(Brought.__annotations__), command.__name__  # each said in one place
+    with pytest.raises(TypeError, match="normalisation"):  # a misspelt keyword is not dropped
+        import_weights(weights=tmp_path / "none.pt", normalisation="imagenet", out=tmp_path / "x")
