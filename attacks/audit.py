@@ -91,6 +91,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     :func:`attacks.compare.compare` passes its first audit's). Where it holds a finished cell of an
     attack and seed with this audit's settings and reference, only the audited teacher's students
     are trained; the reference's students are that cell's (the cell records ``reference_from``).
+    An audit of a model against itself (the same sha256, answering the same way: the row of no
+    defence in a comparison) trains one side and records it as both (the cell records ``mirrored``).
     """
     attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
                                      checkpoint_seconds=checkpoint_seconds)
@@ -212,6 +214,8 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
     ``reference_cells`` holds of its reference side). Every finished cell is read (and a foreign
     one refused) before anything is written."""
     todo = []
+    teachers, served = common["teachers"], common["served"]
+    itself = teachers["nasty"] is not None and teachers["nasty"] == teachers["normal"] and served["nasty"] == served["normal"]
     for name, seed in [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]:
         attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
@@ -229,9 +233,11 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
         reference = None
         if resume is None and name not in BASELINES and reference_cells is not None:
             reference = _reference_cell(reference_cells / path.name, key, students=common["students"])
-        if reference is not None:  # the audited side alone, saved apart from a state of both sides
+        mirror = resume is None and name not in BASELINES and reference is None and itself
+        if reference is not None or mirror:  # the audited side alone, saved apart from a state of both sides
             resume = _load_partial(partials[1], key, force=force)
-        todo.append(_Cell(name, seed, attack, key, path, None, partials[1 if reference else 0], resume, reference))
+        todo.append(_Cell(name, seed, attack, key, path, None, partials[1 if reference or mirror else 0], resume,
+                          reference, mirror))
     return todo
 
 
@@ -292,10 +298,16 @@ class _Cell(NamedTuple):
     partial: Path
     resume: dict | None
     reference: tuple[Path, dict] | None = None  # another audit's cell whose reference side this one takes
+    mirror: bool = False  # the reference is the audited teacher (same weights, same answers): one side is trained
 
     @property
     def resume_epoch(self) -> int:
         return int(self.resume["epoch"]) if self.resume else 0
+
+    @property
+    def one_side(self) -> bool:
+        """Only the audited teacher's students are trained; the reference side comes from elsewhere."""
+        return self.reference is not None or self.mirror
 
 
 def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> list[_Cell]:
@@ -304,7 +316,7 @@ def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> list[
     by default on a GPU, where the seeds' batches share each teacher forward); else ``todo[i]``."""
     first = todo[i]
     same = [c for c in todo[i:] if c.name == first.name and c.done is None and c.resume_epoch == first.resume_epoch
-            and (c.reference is None) == (first.reference is None)]
+            and (c.reference is None, c.mirror) == (first.reference is None, first.mirror)]
     together = batchable(first.attack) and (ensemble if ensemble is not None else accel.enabled(device))
     return same if together else [first]
 
@@ -317,8 +329,8 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
     seeds = [c.seed for c in group]
     resumes = {c.seed: c.resume for c in group if c.resume}
     t0 = time.perf_counter() - sum(r["seconds"] for r in resumes.values())
-    reused = group[0].reference is not None  # the reference's students come from another audit's cells
-    teachers = {name: None} if name in BASELINES else {"nasty": models["nasty"]} if reused else models
+    one_side = group[0].one_side  # the reference's students come from another audit's cells, or are the audited's
+    teachers = {name: None} if name in BASELINES else {"nasty": models["nasty"]} if one_side else models
     cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seeds[0])
     notes, made = {}, {}  # made: what a data-free attack synthesised, kept for report.html
     acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=quiet,
@@ -331,15 +343,19 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
     for c in group:
         runs = [{"attack": name, "student": s, "source": src, "seed": c.seed, "accuracy": round(a, 4)}
                 for (src, s), a in acc[c.seed].items()]
-        if reused:
+        if c.reference is not None:
             _take_reference_side(c, runs=runs, notes=notes.setdefault(c.seed, {}), made=made.setdefault(c.seed, {}))
+        elif c.mirror:
+            _mirror_side(runs=runs, notes=notes.setdefault(c.seed, {}), made=made.setdefault(c.seed, {}))
         if made.get(c.seed):  # before the cell: a finished cell always has its images
             _save_images(_images_path(c.path), made[c.seed])
         cell = {"key": c.key, "seconds": round(seconds, 2), "runs": runs}
         if notes.get(c.seed):
             cell["notes"] = notes[c.seed]
-        if reused:
+        if c.reference is not None:
             cell["reference_from"] = str(c.reference[0])
+        elif c.mirror:
+            cell["mirrored"] = True  # the reference side is the audited side, trained once
         if c.resume:
             cell["resumed_from_epoch"] = c.resume_epoch
         if len(seeds) > 1:
@@ -365,6 +381,16 @@ def _take_reference_side(c: _Cell, *, runs: list, notes: dict, made: dict) -> No
     saved = _load_images(_images_path(path))
     if "normal" in saved:
         made["normal"] = saved["normal"]
+
+
+def _mirror_side(*, runs: list, notes: dict, made: dict) -> None:
+    """The reference side of an audit of a model against itself: the audited side's students, notes
+    and images. Trained against the same weights answering the same way, they would be the same."""
+    runs[:0] = [{**r, "source": "normal"} for r in runs]
+    if "nasty" in notes:
+        notes["normal"] = notes["nasty"]
+    if "nasty" in made:  # copies: a safetensors file holds no two names of one tensor
+        made["normal"] = tuple(t.clone() for t in made["nasty"])
 
 
 IMAGES_PER_CLASS = 4  # what a data-free cell keeps of its synthesised images (report.html shows 2 a class)

@@ -8,7 +8,8 @@ and attacks. What does not depend on the audited teacher is trained once, in the
 its baseline cells (students from scratch, and with label smoothing) are copied into the others
 before they run, and each audit checks them against its own settings; the other audits train
 only their teacher's students for each attack and take the reference's students from the first
-audit's cell of that attack and seed (``audit(reference_from=...)``). Every audit resumes like
+audit's cell of that attack and seed (``audit(reference_from=...)``); the reference among the
+teachers, audited against itself, trains one side (``mirrored``). Every audit resumes like
 ``nasty audit`` does, so a killed comparison goes on where it stopped.
 
 ``compare.json`` has one row per teacher: its defence, test accuracy, cost against the

@@ -182,3 +182,37 @@ def test_a_thief_with_part_of_the_data_in_every_audit(defended, tmp_path):
     report = json.loads((tmp_path / "audits" / "k1" / "report.json").read_text())
     assert report["train_fraction"] == 0.5 and result["settings"]["train_fraction"] == 0.5
     assert "the thief holding 0.5 of the training set" in (tmp_path / "compare.md").read_text()
+
+
+def test_an_audit_of_a_model_against_itself_trains_one_side(defended, tmp_path, monkeypatch):
+    """The row of no defence in a comparison is the reference against itself: the same weights
+    answering the same way teach the same students, so one side is trained and recorded as both."""
+    import attacks.audit as audit_mod
+    from attacks.audit import _images_path, _load_images, audit
+
+    sides, real = [], audit_mod.run_cells
+
+    def record(attack, teachers, *a, **k):
+        sides.append((attack.name, sorted(teachers)))
+        return real(attack, teachers, *a, **k)
+
+    monkeypatch.setattr(audit_mod, "run_cells", record)
+    kw = {"attacks": ["kd", "dafl"], "students": ["mlp"], "seeds": (0,), "epochs": 1, "device": "cpu", "quiet": True}
+    same = audit(teacher=defended / "n", reference=defended / "n", out=tmp_path / "same", **kw)
+    assert [s for s in sides if s[0] in kw["attacks"]] == [("kd", ["nasty"]), ("dafl", ["nasty"])]
+    assert {row["attack"]: row["immunity"] for row in same["summary"]} == {"kd": 0.0, "dafl": 0.0}
+    for name in kw["attacks"]:
+        cell = json.loads((tmp_path / "same" / "cells" / f"{name}-seed0.json").read_text())
+        assert cell["mirrored"] is True
+        by_side = {src: {r["student"]: r["accuracy"] for r in cell["runs"] if r["source"] == src}
+                   for src in ("normal", "nasty")}
+        assert by_side["normal"] == by_side["nasty"] and len(by_side["normal"]) == 1
+    images = _load_images(_images_path(tmp_path / "same" / "cells" / "dafl-seed0.json"))
+    assert sorted(images) == ["nasty", "normal"] and all(
+        a.equal(b) for a, b in zip(images["normal"], images["nasty"]))
+    assert (tmp_path / "same" / "report.html").is_file()  # its image grid shows both sides' images
+    # the same weights answering only their top-1 are another teacher: both sides train
+    sides.clear()
+    audit(teacher=defended / "k1", reference=defended / "n", out=tmp_path / "k1", **{**kw, "attacks": ["kd"],
+                                                                                         "plots": False})
+    assert sides[-1] == ("kd", ["nasty", "normal"])
