@@ -421,8 +421,11 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 
 
 @main.command()
-@click.option("--reference", required=True, type=click.Path(), help="The normal model every defence is compared with.")
-@click.option("--teachers", required=True, callback=_names, help="Comma-separated run directories of defended teachers.")
+@click.option("--reference", required=True, type=click.Path(),
+              help="The normal model every defence is compared with: a run directory or weights (with --arch/--dataset).")
+@click.option("--teachers", required=True, callback=_names,
+              help="Comma-separated defended teachers: run directories (of `nasty harden` or `nasty defend`) or weights.")
+@_bring_options
 @_audit_options
 @_data_root_option
 @_download_option

@@ -216,3 +216,23 @@ def test_an_audit_of_a_model_against_itself_trains_one_side(defended, tmp_path, 
     audit(teacher=defended / "k1", reference=defended / "n", out=tmp_path / "k1", **{**kw, "attacks": ["kd"],
                                                                                          "plots": False})
     assert sides[-1] == ("kd", ["nasty", "normal"])
+
+
+def test_compare_takes_weights_with_what_they_do_not_record(defended, tmp_path):
+    """A reference trained elsewhere (a plain state dict) goes through `nasty compare` as through
+    `nasty audit`: --arch and --dataset say what the file does not, and without them the one
+    line names this command's flags."""
+    import torch
+
+    from nasty.checkpoint import load_model
+
+    net, _ = load_model(defended / "n")
+    torch.save(net.state_dict(), tmp_path / "n.pt")
+    run = lambda *a: CliRunner().invoke(main, ["compare", "--reference", str(tmp_path / "n.pt"), "--teachers",  # noqa: E731
+                                               str(defended / "k1"), *SETTINGS, *a])
+    bare = run("--out", tmp_path / "bare")
+    assert bare.exit_code == 1 and "does not record its architecture; pass --arch (see" in bare.output
+    done = run("--arch", "tiny-cnn", "--dataset", "digits", "--out", tmp_path / "c")
+    assert done.exit_code == 0, done.output
+    row = json.loads((tmp_path / "c" / "compare.json").read_text())["rows"][0]
+    assert row["defence"] == "topk k=1" and row["cost"] == 0  # the same weights: the file is the run's network
