@@ -34,7 +34,7 @@ PICKLE_EXTS = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 __all__ = ["atomic_write", "remove_stale_temps", "save_release", "save_state", "load_state",
            "save_resume_file", "load_resume_file", "read_card", "load_weights",
-           "load_model", "build_model", "sha256_file", "WEIGHTS", "CARD", "STATE", "METRICS"]
+           "load_model", "build_model", "sha256_file", "require_run", "WEIGHTS", "CARD", "STATE", "METRICS"]
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -201,6 +201,16 @@ def read_card(path) -> dict:
     if not os.path.lexists(path):
         raise CheckpointError(f"no {CARD} in {one_line(path.parent)}; is it a run directory of `nasty train`/`harden`?")
     return validate(Card, read_json(path), path)
+
+
+def require_run(path, *, command: str, option: str = "`teacher`") -> Path:
+    """``path`` as a run directory (``model.safetensors`` + ``card.json``), for a command that
+    takes nothing else; weights alone fail in one line that says how to make them one."""
+    run = Path(path).expanduser()
+    if not (run.is_dir() and (run / CARD).is_file() and (run / WEIGHTS).is_file()):
+        raise CheckpointError(f"{option} {one_line(path)}: {command} takes a run directory ({WEIGHTS} + {CARD}); "
+                         f"make one from weights with `nasty import --weights FILE --arch A --dataset D`")
+    return run
 
 
 # --------------------------------------------------------------------------- loading

@@ -25,7 +25,7 @@ def export(*, teacher, out, unsafe_pickle: bool = False, batch: int = 2) -> Path
     out = Path(out)
     if out.suffix not in (".pt2", ".onnx"):
         raise NastyError(f"`out` {out}: the exported file must end in .pt2 (torch.export) or .onnx")
-    model, card = ckpt.load_model(teacher, unsafe_pickle=unsafe_pickle)
+    model, card = ckpt.load_model(ckpt.require_run(teacher, command="export"), unsafe_pickle=unsafe_pickle)
     shape = card.get("input_shape")
     if not shape:
         raise NastyError(f"`teacher` {teacher} does not record its input shape; export run directories")

@@ -250,9 +250,7 @@ def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False
     from .defences import create_transform, describe
 
     create_transform(transform)  # malformed settings fail before anything is written
-    src = Path(teacher).expanduser()
-    if not (src.is_dir() and (src / ckpt.CARD).exists() and (src / ckpt.WEIGHTS).exists()):
-        raise NastyError(f"`teacher` {teacher}: defend takes a run directory (model.safetensors + card.json)")
+    src = ckpt.require_run(teacher, command="defend")
     card = ckpt.read_card(src)
     ckpt.load_model(src, unsafe_pickle=unsafe_pickle)  # the weights load and fit their card
     out = Path(out).expanduser()

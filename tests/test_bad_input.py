@@ -126,6 +126,11 @@ def cases(t, f):
         (["audit", "--teacher", str(f / "other.pt"), "--reference", str(f / "other.pt"), "--out", str(f / "a4")], 1,
          "do not record their architecture and dataset; pass --arch"),
         (["plot", "logits", "--teacher", str(f / "normal.pt"), "--out", str(f / "p.png")], 1, "pass --arch"),
+        # the commands that take run directories only say how to make one from weights
+        (["defend", "--teacher", str(f / "normal.pt"), "--topk", "2", "--out", str(f / "k2")], 1,
+         "defend takes a run directory (model.safetensors + card.json); make one from weights with `nasty import"),
+        (["export", "--teacher", str(f / "normal.pt"), "--out", str(f / "n.pt2")], 1,
+         "export takes a run directory (model.safetensors + card.json); make one from weights with `nasty import"),
         (bring + ["--mean", "0", "--out", str(f / "i2")], 1, "--mean and --std together"),
         (bring + ["--mean", "0,0", "--std", "1", "--out", str(f / "i3")], 1, "2 mean values but the data has 1 channels"),
         (bring + ["--normalization", "unit", "--mean", "0", "--std", "1", "--out", str(f / "i4")], 1, "not both"),
