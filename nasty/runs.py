@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 RUN_FILES = (ckpt.WEIGHTS, ckpt.CARD, ckpt.STATE, ckpt.METRICS, "search")  # search/: the budgeted search's trials
 
 
-def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | None = None) -> Path:
-    """Refuse to mix two runs in one folder: an existing run needs --resume or --force.
+def prepare_out(out, *, resume: bool | None, force: bool, world: distributed.World | None = None) -> Path:
+    """Refuse to mix two runs in one folder: an existing run needs ``resume`` or ``force``
+    (``resume=None``: a command that cannot resume, whose message names ``force`` alone).
     (Every rank checks; rank 0 alone clears and creates, then the others go on.)"""
     out = Path(out).expanduser()
     w = world or distributed.World()
@@ -44,7 +45,8 @@ def prepare_out(out, *, resume: bool, force: bool, world: distributed.World | No
     present = [f for f in RUN_FILES if (out / f).exists()]
     if present and not resume and not force:
         raise NastyError(f"`out` {out} already holds a run ({', '.join(present)}); "
-                         f"pass `resume` to continue it or `force` to start over")
+                         + ("pass `force` to replace it" if resume is None else
+                            "pass `resume` to continue it or `force` to start over"))
     if w.main:
         _clear_out(out, [f for f in present if not resume])
     distributed.barrier(w)
@@ -220,7 +222,7 @@ def import_weights(*, weights, expect_accuracy: float | None = None, device: str
     model = model.to(dev)
     acc = evaluate(model, data, device=dev)["accuracy"]
     check_accuracy(acc, data=data, expected=expect_accuracy, what=f"`weights` {label(weights)}")
-    out = prepare_out(out, resume=False, force=force)
+    out = prepare_out(out, resume=None, force=force)
     card = {"nasty_version": __version__, "kind": "imported", "arch": known["arch"], **data.describe(),
             "accuracy": round(acc, 4), "source": {"path": label(weights), "sha256": known.get("sha256")}}
     for key in ("train_fraction", "train_size"):  # nothing was trained here
@@ -256,7 +258,7 @@ def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False
     out = Path(out).expanduser()
     if out.resolve() == src.resolve():
         raise NastyError("`out` must be a new folder, not the teacher's own run directory")
-    out = prepare_out(out, resume=False, force=force)
+    out = prepare_out(out, resume=None, force=force)
     ckpt.atomic_write(out / ckpt.WEIGHTS, lambda p: shutil.copyfile(src / ckpt.WEIGHTS, p))
     card = {**card, "output_transform": dict(transform), "defence": describe(transform), "defended_from": str(src),
             "sha256": ckpt.sha256_file(out / ckpt.WEIGHTS)}

@@ -6,6 +6,7 @@ its number there; memory cases run in a subprocess whose peak memory is measured
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -128,9 +129,9 @@ def cases(t, f):
         (["plot", "logits", "--teacher", str(f / "normal.pt"), "--out", str(f / "p.png")], 1, "pass --arch"),
         # the commands that take run directories only say how to make one from weights
         (["defend", "--teacher", str(f / "normal.pt"), "--topk", "2", "--out", str(f / "k2")], 1,
-         "defend takes a run directory (model.safetensors + card.json); make one from weights with `nasty import"),
+         "defend takes a run directory (model.safetensors + card.json); make one from the weights with `nasty import`"),
         (["export", "--teacher", str(f / "normal.pt"), "--out", str(f / "n.pt2")], 1,
-         "export takes a run directory (model.safetensors + card.json); make one from weights with `nasty import"),
+         "export takes a run directory (model.safetensors + card.json); make one from the weights with `nasty import`"),
         (bring + ["--mean", "0", "--out", str(f / "i2")], 1, "--mean and --std together"),
         (bring + ["--mean", "0,0", "--std", "1", "--out", str(f / "i3")], 1, "2 mean values but the data has 1 channels"),
         (bring + ["--normalization", "unit", "--mean", "0", "--std", "1", "--out", str(f / "i4")], 1, "not both"),
@@ -388,6 +389,8 @@ def test_every_bad_input_gets_a_one_line_error(teachers, files, hostile):
         where = f"nasty {' '.join(args)}:\n{res.output}"
         assert res.exit_code == code, where
         assert words in res.output, where
+        # every option a message names is one of this command's flags (a keyword left in backquotes is not)
+        assert not re.findall(r"`[a-z][a-z0-9_]*`", res.output), where
         assert "Traceback" not in res.output and isinstance(res.exception, (SystemExit, type(None))), where
         assert "Warning" not in res.output and "weights_only` set to `False`" not in res.output, where
         lines = [line for line in res.output.strip().splitlines() if line.startswith("Error")]
