@@ -44,7 +44,7 @@ from .base import LabelSmoothing, Scratch, batchable, run_cells
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["audit", "summarize", "worst_case", "format_table", "default_tau"]
+__all__ = ["audit", "summarize", "worst_case", "beyond_labels", "format_table", "default_tau"]
 
 SOURCES = ("normal", "nasty")
 BASELINES = {"scratch": Scratch, "label-smoothing": LabelSmoothing}  # trained once per seed, no teacher
@@ -463,6 +463,9 @@ def format_html(report: dict, images: dict[str, str]) -> str:
     """One self-contained page: ``images`` maps a section to a base64 PNG."""
     t, s = report["teachers"], report["settings"]
     worst = _html_rows(WORST_HEADER, _worst_cells(report), signed_from=3)
+    beyond = _beyond_cells(report)
+    beyond = (f"<section id='beyond-labels'><h2>Beyond the labels</h2><p>{h(BEYOND_TITLE)}</p>"
+              f"<table>{_html_rows(BEYOND_HEADER, beyond, signed_from=7)}</table></section>\n") if beyond else ""
     rows = _html_rows(TABLE_HEADER, _table_cells(report), signed_from=6)
     sections = {
         "logits": ("Softened outputs (logit peaks)",
@@ -494,7 +497,7 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 <p>The attack that gets most from the audited teacher (highest mean final-epoch test accuracy of its students):
 the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
 <table>{worst}</table></section>
-<section id="teachers"><h2>Teachers</h2><table>
+{beyond}<section id="teachers"><h2>Teachers</h2><table>
 <tr><th>teacher</th><th>arch</th><th>test accuracy (%)</th><th>defence</th><th>omega</th><th>tau</th></tr>
 <tr><td>reference</td><td>{h(str(t['normal']['arch']))}</td><td>{t['normal']['accuracy']:.2f}</td>
 <td>{h(t['normal'].get('defence', 'none'))}</td><td></td><td></td></tr>
@@ -649,6 +652,34 @@ def worst_case(summary: list[dict]) -> list[dict]:
     return rows
 
 
+def beyond_labels(summary: list[dict], labels_only) -> list[dict]:
+    """Per student and teacher, what its outputs add to its labels: the strongest thief that reads
+    the outputs (an attack not in ``labels_only``) against the best student made from labels alone
+    (scratch, label smoothing, or a thief of the top-1 answers). A served model must give its
+    labels; a defence of its outputs can act on this difference only (CMIM's test, undistillable
+    when no KD student beats a label-smoothing student, with the strongest labels-only student).
+    Students without a thief of the outputs are left out."""
+    rows = []
+    for student in dict.fromkeys(r["student"] for r in summary):
+        mine = [r for r in summary if r["student"] == student]
+        soft = [r for r in mine if r["attack"] not in labels_only]
+        if not soft:
+            continue
+        row = {"student": student}
+        base = [("scratch", mine[0]["acc_scratch"]["mean"])]
+        if mine[0].get("acc_label_smoothing"):
+            base.append(("label-smoothing", mine[0]["acc_label_smoothing"]["mean"]))
+        for side, field in (("teacher", "acc_from_nasty"), ("reference", "acc_from_normal")):
+            labels = max(base + [(r["attack"], r[field]["mean"]) for r in mine if r["attack"] in labels_only],
+                         key=lambda t: t[1])  # the first on a tie: a baseline before a thief
+            best = max(soft, key=lambda r: r[field]["mean"])
+            row[side] = {"outputs": {"attack": best["attack"], "accuracy": best[field]["mean"]},
+                         "labels": {"attack": labels[0], "accuracy": labels[1]},
+                         "adds": round(best[field]["mean"] - labels[1], 4)}
+        rows.append(row)
+    return rows
+
+
 def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
             shas: dict) -> dict:
     key = cells[0]["key"]
@@ -683,6 +714,7 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
         "runs": runs,
         "summary": summary,
         "worst_case": worst_case(summary),
+        "beyond_labels": beyond_labels(summary, {a for a in attacks if ATTACKS[a].labels_only}),
         **({"notes": notes} if notes else {}),
     }
 
@@ -707,6 +739,22 @@ def _worst_cells(report: dict) -> list[list[str]]:
 WORST_HEADER = ["student", "worst attack", "from teacher", "immunity", "below scratch", "below label smoothing"]
 TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from reference", "from teacher", "immunity",
                 "below scratch", "below label smoothing"]
+
+
+BEYOND_HEADER = ["student", "teacher: best on outputs", "on labels alone", "adds", "reference: best on outputs",
+                 "on labels alone", "adds"]
+BEYOND_TITLE = ("What the outputs add to the labels (the strongest thief that reads a teacher's outputs, minus the "
+                "best student from labels alone: scratch, label smoothing or a thief of the top-1 answers; a "
+                "defence of the outputs can act on this only):")
+
+
+def _beyond_cells(report: dict) -> list[list[str]]:
+    """The beyond-labels rows as table cells (none in a report from before them)."""
+    def at(x):
+        return f"{x['attack']} {x['accuracy']:.2f}"
+    return [[r["student"], *(c for side in ("teacher", "reference")
+                             for c in (at(r[side]["outputs"]), at(r[side]["labels"]), _signed(r[side]["adds"])))]
+            for r in report.get("beyond_labels") or []]
 
 
 def _table_cells(report: dict) -> list[list[str]]:
@@ -774,9 +822,11 @@ def format_table(report: dict) -> str:
     """The worst case per student, then the whole summary, as markdown tables (what ``nasty
     audit`` prints), then what the attacks that tune themselves chose. Reads older reports too
     (no label-smoothing baseline, no worst case)."""
+    beyond = _beyond_cells(report)
     return "\n".join(["Worst case per student (the attack that gets most from the audited teacher):", "",
-                      *_markdown(WORST_HEADER, _worst_cells(report)), "", "Every attack:", "",
-                      *_markdown(TABLE_HEADER, _table_cells(report)), *_chosen_lines(report)])
+                      *_markdown(WORST_HEADER, _worst_cells(report)), "",
+                      *([BEYOND_TITLE, "", *_markdown(BEYOND_HEADER, beyond), ""] if beyond else []),
+                      "Every attack:", "", *_markdown(TABLE_HEADER, _table_cells(report)), *_chosen_lines(report)])
 
 
 def format_markdown(report: dict) -> str:

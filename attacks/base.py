@@ -73,6 +73,7 @@ class Attack:
 
     name = ""
     data_free = False
+    labels_only = False  # reads nothing of the teacher but its top-1 answers: no defence of the outputs can act on it
     sample_mean = False  # loss() is a mean over samples, each sample's term its own: an ensemble scores all in one call
 
     def check(self, teacher: nn.Module) -> None:

@@ -16,6 +16,7 @@ from .base import Attack, register
 class HardLabel(Attack):
     name = "hard-label"
     sample_mean = True
+    labels_only = True
 
     def loss(self, student_logits, teacher_logits, y):
         return cross_entropy(student_logits, teacher_logits.argmax(dim=1))

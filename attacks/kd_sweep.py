@@ -118,6 +118,7 @@ class HardLabelSweep(KDSweep):
     name = "hard-label-sweep"
     added = {}
     top1 = True
+    labels_only = True
 
 
 class _Candidates(Attack):

@@ -75,8 +75,18 @@ def test_report_json_has_the_schema(tiny_audit, teachers):
         assert set(w) >= {"student", "attack", "acc_from_nasty", "immunity", "below_scratch", "below_label_smoothing"}
         assert (w["attack"], w["acc_from_nasty"], w["immunity"], w["below_scratch"], w["below_label_smoothing"]) == (
             top["attack"], top["acc_from_nasty"], top["immunity"], top["below_scratch"], top["below_label_smoothing"])
+    # what the outputs add to the labels: kd, dafl and deepinversion read outputs, hard-label only labels
+    assert [b["student"] for b in on_disk["beyond_labels"]] == ["tiny-cnn", "mlp"]
+    for b in on_disk["beyond_labels"]:
+        rows = [s for s in on_disk["summary"] if s["student"] == b["student"]]
+        hard = next(s for s in rows if s["attack"] == "hard-label")
+        best = max((s for s in rows if s["attack"] != "hard-label"), key=lambda s: s["acc_from_nasty"]["mean"])
+        labels = max(hard["acc_scratch"]["mean"], hard["acc_label_smoothing"]["mean"], hard["acc_from_nasty"]["mean"])
+        assert b["teacher"]["outputs"] == {"attack": best["attack"], "accuracy": best["acc_from_nasty"]["mean"]}
+        assert b["teacher"]["labels"]["accuracy"] == labels
+        assert b["teacher"]["adds"] == pytest.approx(best["acc_from_nasty"]["mean"] - labels, abs=1e-3)
     md = (out / "report.md").read_text()
-    assert md.index("worst attack") < md.index("| kd | tiny-cnn |")  # the worst case comes first
+    assert md.index("worst attack") < md.index("What the outputs add") < md.index("| kd | tiny-cnn |")
     assert "| kd | tiny-cnn |" in md and "| deepinversion | mlp |" in md
 
 
@@ -98,7 +108,7 @@ def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_
 
     _, report = tiny_audit
     old = json.loads(json.dumps(report))
-    del old["worst_case"]
+    del old["worst_case"], old["beyond_labels"]  # newer than the baseline
     old["runs"] = [r for r in old["runs"] if r["source"] != "label-smoothing"]
     for row in old["summary"]:
         for k in ("acc_label_smoothing", "below_label_smoothing", "immunity_std"):
@@ -423,3 +433,34 @@ def test_the_demo_redoes_audit_cells_that_an_older_version_left_with_other_setti
     monkeypatch.setattr(audit_mod, "audit", lambda **k: calls.append(k) or {})
     demo.run_demo(out=tmp_path, quiet=True)
     assert calls[0]["force"] is True and calls[0]["out"] == tmp_path / "audit"
+
+
+def test_what_the_outputs_add_to_the_labels():
+    """Per student and teacher: the strongest thief of the outputs against the best student from
+    labels alone (the baselines and the thieves of the top-1 answers), in the report and its tables."""
+    from attacks.audit import beyond_labels, format_html, format_table
+
+    def row(attack, student, normal, nasty, scratch=90.0, smooth=91.0):
+        m = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
+        return {"attack": attack, "student": student, "seeds": 1, "acc_scratch": m(scratch),
+                "acc_label_smoothing": m(smooth), "acc_from_normal": m(normal), "acc_from_nasty": m(nasty),
+                "immunity": normal - nasty, "immunity_std": 0.0, "below_scratch": scratch - nasty,
+                "below_label_smoothing": smooth - nasty}
+    summary = [row("kd", "a", 95.0, 80.0), row("kd-sweep", "a", 94.0, 92.5), row("hard-label-sweep", "a", 93.0, 93.0),
+               row("kd", "b", 92.0, 90.0, smooth=92.5), row("hard-label", "c", 90.0, 90.0)]
+    got = beyond_labels(summary, {"hard-label", "hard-label-sweep"})
+    assert [r["student"] for r in got] == ["a", "b"]  # c has no thief of the outputs
+    a, b = got
+    assert a["teacher"] == {"outputs": {"attack": "kd-sweep", "accuracy": 92.5},
+                            "labels": {"attack": "hard-label-sweep", "accuracy": 93.0}, "adds": -0.5}
+    assert a["reference"]["outputs"] == {"attack": "kd", "accuracy": 95.0} and a["reference"]["adds"] == 2.0
+    assert b["teacher"]["labels"] == {"attack": "label-smoothing", "accuracy": 92.5} and b["teacher"]["adds"] == -2.5
+    report = {"summary": summary, "worst_case": None, "beyond_labels": got, "teachers": {
+        "normal": {"arch": "x", "accuracy": 99.0}, "nasty": {"arch": "x", "accuracy": 98.0, "omega": 1, "tau": 4}},
+        "settings": {"epochs": 1, "alpha": 0.9, "tau": 4}, "runs": [], "train_fraction": 1.0, "teacher_cost": 1.0,
+        "dataset": "digits"}
+    table = format_table(report)
+    assert "| a | kd-sweep 92.50 | hard-label-sweep 93.00 | -0.50 | kd 95.00 | hard-label-sweep 93.00 | +2.00 |" in table
+    assert "beyond-labels" in format_html(report, {})
+    del report["beyond_labels"]  # a report from before: no such table
+    assert "What the outputs add" not in format_table(report)
