@@ -209,7 +209,7 @@ def require_run(path, *, command: str, option: str = "`teacher`") -> Path:
     run = Path(path).expanduser()
     if not (run.is_dir() and (run / CARD).is_file() and (run / WEIGHTS).is_file()):
         raise CheckpointError(f"{option} {one_line(path)}: {command} takes a run directory ({WEIGHTS} + {CARD}); "
-                         f"make one from the weights with `nasty import`")
+                              f"make one from the weights with `nasty import`")
     return run
 
 
