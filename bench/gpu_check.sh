@@ -11,7 +11,8 @@
 # every step, so a run cut off by a time limit still leaves what it measured. Without a GPU it
 # says so, records it and exits 0. PYTHON picks the interpreter (default: python3).
 # Time limits per step (seconds): CUDA_TIER_S (default 120), BENCH_S (default 150), ZOO_S (default 260),
-# VARIANTS_S (default 150).
+# VARIANTS_S (default 150). BENCH_ARGS adds arguments to the quick bench (e.g. with ZOO=1, which times the
+# ensemble figures at a larger size: BENCH_ARGS="--ensemble-students cnn --ensemble-images 1024").
 set -u
 cd "$(dirname "$0")/.."
 DIR="${1:-${OUT:-bench/results/gpu}}"
@@ -93,6 +94,6 @@ if [ "${VARIANTS:-0}" = 1 ]; then
         --teachers resnet18,resnetc20 --json "$DIR/step_variants.json" || ok=1
 fi
 run bench_cuda_quick "${BENCH_S:-150}" "$DIR/bench_cuda_quick.json" -- \
-    "$PY" bench/bench.py --device cuda --quick --json "$DIR/bench_cuda_quick.json" || ok=1
+    "$PY" bench/bench.py --device cuda --quick ${BENCH_ARGS:-} --json "$DIR/bench_cuda_quick.json" || ok=1
 say "done: $([ $ok -eq 0 ] && echo 'all steps passed' || echo 'a step failed or ran out of time'); see $JSON"
 exit $ok

@@ -113,6 +113,19 @@ def test_student_step_variants_time_each_way(tmp_path):
     assert r["teacher_ms"]["cnn"]["batch"] == 4 and r["teacher_ms"]["cnn"]["eager"] > 0  # graphed: GPU only
 
 
+def test_step_graph_diff_agrees_with_itself_on_the_cpu(tmp_path):
+    """bench/step_graph_diff.py (the GPU diagnostic of the captured step) at toy size on the CPU, where
+    nothing is captured: the three ways train the same students bit for bit, loss by loss."""
+    out = tmp_path / "diff.json"
+    bench_script("step_graph_diff").main(["--device", "cpu", "--epochs", "1", "--variants", "fp32", "--seeds", "2",
+                                          "--sources", "2", "--json", str(out)])
+    row = json.loads(out.read_text())["variants"]["fp32"]
+    assert row["steps"] > 4 and row["first_step_parted"] is None and row["max_rel_loss_diff"] == 0.0
+    assert row["max_param_diff"] == 0.0 and row["max_param_diff_plain_vs_eager"] == 0.0
+    assert row["accuracy_eager"] == row["accuracy_captured"] == row["accuracy_plain_loop"]
+    assert len(row["accuracy_eager"]) == 8  # 2 seeds x 2 teachers x 2 students
+
+
 def test_the_table_shows_every_way_a_gpu_run_measures():
     """What bench.py prints at the end of a GPU run (before it writes the final JSON): the CUDA-graph
     and whole-step rows of the ensemble figures and a CIFAR-10 estimate for each way."""

@@ -6,6 +6,7 @@ runs it with ``pytest -m cuda``. Sized to take about a minute on one H100.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
@@ -170,11 +171,12 @@ def test_a_student_captured_as_cuda_graphs_trains_as_its_eager_self(monkeypatch)
         assert torch.allclose(eager.eval()(x), graphed.eval()(x), **close)
 
 
-def test_students_replay_as_cuda_graphs_by_default_within_noise_of_eager_and_ensemble(gpu_teachers, digits,
-                                                                                     monkeypatch):
-    """What the audit does on a GPU by default: every seed's students in one run, each student's
-    forward and backward replayed as CUDA graphs; within noise of the eager loop and of the
-    batched ensemble (--ensemble on, attacks/_ensemble.py)."""
+def test_students_train_as_a_captured_step_by_default_within_noise_of_eager_graphs_and_ensemble(gpu_teachers, digits,
+                                                                                              monkeypatch):
+    """What the audit does on a GPU by default: every seed's students in one run, their whole step
+    replayed as one CUDA graph per epoch; within noise of the eager loop, of each student's forward
+    and backward replayed alone (graphs=True) and of the batched ensemble (--ensemble on)."""
+    import attacks._graphs as graphs
     import attacks.base as base
     from attacks import create_attack
     from attacks.base import graphs_for, run_cells, run_students
@@ -182,23 +184,28 @@ def test_students_replay_as_cuda_graphs_by_default_within_noise_of_eager_and_ens
 
     pair = {k: ckpt.load_model(gpu_teachers["root"] / k)[0] for k in ("normal", "nasty")}
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05)
-    assert graphs_for(create_attack("kd"), "cuda")
+    assert graphs_for(create_attack("kd"), "cuda") == "step"
     captured, real = [], base.capture
     monkeypatch.setattr(base, "capture", lambda *a, **k: captured.append(real(*a, **k)) or captured[-1])
+    replays, real_copy = [], graphs._copy_into
+    monkeypatch.setattr(graphs, "_copy_into", lambda *a: replays.append(1) or real_copy(*a))
+    default = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
+                        device="cuda")
+    assert replays and not captured  # the whole step replayed; no student captured alone
     together = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
-                         device="cuda")
+                         device="cuda", graphs=True)
     assert captured == [True] * 12  # 3 seeds x 2 teachers x 2 students, each captured once
     ensemble = run_cells(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=cfg, seeds=[0, 1, 2],
                          device="cuda", ensemble=True)
     for seed in (0, 1, 2):
         alone = run_students(create_attack("kd"), pair, ["tiny-cnn", "mlp"], digits, config=replace(cfg, seed=seed),
                              device="cuda", graphs=False)
-        for way in (together, ensemble):
-            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (seed, alone, way[seed])
+        for name, way in (("default", default), ("graphs", together), ("ensemble", ensemble)):
+            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (name, seed, alone, way[seed])
 
 
 def test_a_whole_step_replayed_as_one_cuda_graph_trains_within_noise_of_eager(gpu_teachers, digits, monkeypatch):
-    """``run_cells(graphs="step")`` (experimental): every seed's students, their losses and the
+    """``run_cells(graphs="step")`` (the GPU default): every seed's students, their losses and the
     optimizers' steps captured as one graph per epoch, for students in a loop and as an ensemble:
     captured without a warning, replayed, and within noise of the eager loop; a run resumes."""
     import warnings
@@ -217,7 +224,7 @@ def test_a_whole_step_replayed_as_one_cuda_graph_trains_within_noise_of_eager(gp
         warnings.simplefilter("always")
         states = []
         loop = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
-                         graphs="step", save=states.append)
+                         graphs="step", save=lambda state: states.append(copy.deepcopy(state)))  # live tensors
         ensemble = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
                              graphs="step", ensemble=True)
         resumed = run_cells(create_attack("kd"), pair, archs, digits, config=cfg, seeds=[0, 1, 2], device="cuda",
@@ -228,8 +235,8 @@ def test_a_whole_step_replayed_as_one_cuda_graph_trains_within_noise_of_eager(gp
     for seed in (0, 1, 2):
         alone = run_students(create_attack("kd"), pair, archs, digits, config=replace(cfg, seed=seed),
                              device="cuda", graphs=False)
-        for way in (loop, ensemble, resumed):
-            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (seed, alone, way[seed])
+        for name, way in (("loop", loop), ("ensemble", ensemble), ("resumed", resumed)):
+            assert all(abs(alone[k] - way[seed][k]) <= 3.0 for k in alone), (name, seed, alone, way[seed])
 
 
 def test_an_audit_on_cuda_trains_an_attacks_seeds_in_one_run(gpu_teachers, tmp_path, monkeypatch):
