@@ -1,4 +1,4 @@
-"""A student's training forward and backward replayed as CUDA graphs (the audit's GPU default).
+"""Students' training steps replayed as CUDA graphs: the whole step (the audit's GPU default) or each student's forward and backward.
 
 Small students at batch 128 are bound by kernel launches on a GPU, not by FLOPs (issue 16). One
 graph replay launches a whole forward, one more the whole backward:
@@ -15,9 +15,11 @@ BatchNorm statistics are put back afterwards, and the gradients it computes are 
 A module that cannot be captured (data-dependent control flow, host syncs) is trained eagerly,
 with a warning.
 
-:class:`StepGraph` goes further, on request (``run_cells(graphs="step")``): the whole training
-step of every student, loss and optimizer included, as one graph per epoch. It has not run on a
-GPU yet; ``bench/student_step_variants.py``'s ``wholestep`` way measures what it can gain.
+:class:`StepGraph` goes further and is the audit's GPU default (``run_cells(graphs="step")``):
+the whole training step of every student, loss and optimizer included, as one graph per epoch.
+On one H100, KD cells of 3 seeds took 3.1-5.4x less time per student-epoch than the eager loop
+for the four zoo students, and 1.0-2.6x less than ``capture`` (``graphs=True``); the cuda tier
+checks it against the eager loop (docs/speed.md).
 """
 
 from __future__ import annotations

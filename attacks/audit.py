@@ -82,7 +82,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     ``ensemble=True`` trains an attack's students of one architecture, every seed and both
     teachers, as one batched ensemble (:func:`attacks.base.run_cells`). ``None`` (the default):
     on a GPU an attack's seeds train together (one teacher forward per batch for all of them) and
-    each student's forward and backward replay as CUDA graphs (docs/speed.md compares the ways);
+    their whole training step replays as one CUDA graph per epoch (docs/speed.md compares the ways);
     on the CPU each cell trains alone. ``False``: each cell alone everywhere. An attack
     that reads its students' features is trained eagerly, one cell at a time, either way. The
     cells and their partial states have one format every way.

@@ -206,13 +206,15 @@ def make_students(archs: list[str], data: TensorData, *, seed: int, attack: Atta
     return StudentBank(made)
 
 
-def graphs_for(attack: Attack, device) -> bool:
-    """Whether :func:`run_students` replays the students' forward and backward as CUDA graphs by
-    default (:mod:`attacks._graphs`): on a CUDA device, where small students are bound by kernel
-    launches, when the attack does not own the forward (:meth:`Attack.step`). On one H100 a student
-    step took 2.8-4.0x less time than eager for every zoo student, and less than in the batched
-    ensemble for the three ResNets (bench/student_step_variants.py; docs/speed.md has the rest)."""
-    return torch.device(device).type == "cuda" and batchable(attack)
+def graphs_for(attack: Attack, device) -> str | bool:
+    """How :func:`run_cells` trains students by default (not as an ensemble): ``"step"`` on a CUDA
+    device when the attack does not own the forward (:meth:`Attack.step`): each epoch's training
+    step, every student's forward, loss and backward and the optimizers' steps, replayed as one CUDA
+    graph (:class:`attacks._graphs.StepGraph`); ``False`` (eager) elsewhere. Small students are
+    bound by kernel launches on a GPU: on one H100, KD cells of 3 seeds took 3.1-5.4x less time per
+    student-epoch than the eager loop for the four zoo students, 1.0-2.6x less than each student's
+    forward and backward replayed alone (``graphs=True``; docs/speed.md has the figures)."""
+    return "step" if torch.device(device).type == "cuda" and batchable(attack) else False
 
 
 def batchable(attack: Attack) -> bool:
@@ -238,12 +240,12 @@ def run_students(attack: Attack, teachers: dict[str, nn.Module | None], students
     teacher at the end (where not empty).
 
     ``ensemble``: train the students of one architecture (one per teacher) as one batched
-    ensemble (:mod:`attacks._ensemble`). ``graphs``: replay each student's training forward and
-    backward as CUDA graphs (:mod:`attacks._graphs`); ``None`` decides by :func:`graphs_for`
-    (never with an ensemble). ``graphs="step"`` (experimental, not yet run on a GPU) replays the
-    whole step, every student's loss and the optimizers' steps included (the ensemble's too), as
-    one graph per epoch (:class:`attacks._graphs.StepGraph`; on the CPU it walks the same data path
-    without capturing). All ways train the same students from the same state (to float rounding)
+    ensemble (:mod:`attacks._ensemble`). ``graphs="step"`` replays the whole step, every
+    student's loss and the optimizers' steps included (the ensemble's too), as one CUDA graph per
+    epoch (:class:`attacks._graphs.StepGraph`; on the CPU it walks the same data path without
+    capturing); ``graphs=True`` replays each student's training forward and backward alone as
+    CUDA graphs (:mod:`attacks._graphs`); ``None`` decides by :func:`graphs_for` (eager with an
+    ensemble). All ways train the same students from the same state (to float rounding)
     and save the same state format, so a run may resume another way.
     :func:`run_cells` trains several seeds at once.
     """
@@ -286,7 +288,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     if graphs is True and (ensemble or device.type != "cuda"):
         raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
     if graphs is None:
-        graphs = not ensemble and graphs_for(attack, device)
+        graphs = False if ensemble else graphs_for(attack, device)
     if resume is not None and set(resume) != set(seeds):
         raise ValueError(f"resume needs one state per seed of {seeds}, got {sorted(resume)}")
     banks, contexts, opts, groups, trained = _build(attack, teachers, students, data, config=config, seeds=seeds,

@@ -71,7 +71,7 @@ class KDSweep(Attack):
     def select(self, teacher, data, *, archs, config, device) -> dict[str, dict]:
         """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy.
         The candidates train in one run (:func:`attacks.base.run_cells`): one teacher forward per
-        batch for all of them, and on a GPU each student's steps replayed as CUDA graphs."""
+        batch for all of them, and on a GPU their whole training step replayed as one CUDA graph."""
         from .base import run_cells
 
         split = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images

@@ -17,11 +17,10 @@
    then, per zoo student, the KD cells of 3 seeds (6 students of one architecture) trained in an
    eager loop, one cell per seed, vs as one batched ensemble (``torch.func``:
    ``run_cells(ensemble=True)``) and, on a GPU, vs the seeds in one run with each student's steps
-   replayed as CUDA graphs (``run_cells(graphs=True)``, the audit's default there) and vs the
-   whole step as one graph per epoch (``run_cells(graphs="step")``, experimental: its epochs
-   include 3 eager warm-up steps and a capture, a larger share of a short bench epoch than of a
-   390-step CIFAR one); per steady epoch (a two-epoch run less a one-epoch run) and for a
-   one-epoch run whole.
+   replayed as CUDA graphs (``run_cells(graphs=True)``) and vs the whole step as one graph per
+   epoch (``run_cells(graphs="step")``, the audit's default there: its epochs include 3 eager
+   warm-up steps and a capture, a larger share of a short bench epoch than of a 390-step CIFAR
+   one); per steady epoch (a two-epoch run less a one-epoch run) and for a one-epoch run whole.
 5. the paper's CIFAR-10 table, estimated from measured steps: normal + nasty ResNet-18 for 160
    epochs, then students cnn, resnetc20, resnetc32 and resnet18, each from scratch, with label
    smoothing and by KD from the normal and the nasty teacher (one shared teacher forward per
@@ -235,8 +234,9 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
     """Seconds per student-epoch of the KD cells of ``seeds`` (two frozen teachers: two students per
     architecture and seed), trained as the CPU audit trains them (one cell per seed, the students in
     an eager loop: what the audit did on a GPU before issue 16), as one batched ensemble per
-    architecture (``run_cells(ensemble=True)``, ``--ensemble on``) and, on a GPU, as the audit now
-    trains them there: the seeds in one run, each student's steps replayed as CUDA graphs.
+    architecture (``run_cells(ensemble=True)``, ``--ensemble on``) and, on a GPU, the seeds in one
+    run with each student's steps replayed as CUDA graphs (``graphs=True``) and with the whole step
+    replayed as one graph per epoch (``graphs="step"``, how the audit trains them there).
 
     ``*_s_per_student_epoch`` is the steady epoch: a two-epoch run's time less a one-epoch run's,
     so what a run pays once (building the students and stacks, capturing graphs, evaluating) is
@@ -283,7 +283,7 @@ def ensemble_seconds(device, *, images, batch_size, students, teacher_arch, seed
             row[f"{mode}_s_first_epoch"] = spent[1] / members
             row[f"{mode}_s_per_student_epoch"] = max(spent[2] - spent[1], 1e-9) / members
         row["speedup"] = row["loop_s_per_student_epoch"] / row["ensemble_s_per_student_epoch"]
-        for way in GPU_WAYS:  # the audit's way on a GPU, and the experimental whole-step graph
+        for way in GPU_WAYS:  # each student's steps as graphs, and the whole step as one (the audit's GPU default)
             if f"{way}_s_per_student_epoch" in row:
                 row[f"{way}_speedup"] = row["loop_s_per_student_epoch"] / row[f"{way}_s_per_student_epoch"]
         rows.append(row)
@@ -442,7 +442,7 @@ def main(argv=None):
     audit_images = args.audit_images or (1024 if quick else 2048) * (16 if gpu else 1)
     audit = audit_seconds(device, images=audit_images, batch_size=bs, students_grid=grid, teacher_arch="resnetc20")
 
-    by_way = {}  # on a GPU: the audit's way (CUDA graphs) and the experimental whole-step graph, the
+    by_way = {}  # on a GPU: per-student CUDA graphs and the whole-step graph (the audit's default), the
     for way in GPU_WAYS if gpu else ():  # students' steps shortened by the measured ratios
         speedups = {row["student"]: row[f"{way}_speedup"] for row in ensemble["rows"] if f"{way}_speedup" in row}
         by_way[way] = cifar_table_estimate(

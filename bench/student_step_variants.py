@@ -17,8 +17,8 @@ seeds x two teachers) at batch 128 on CIFAR-shaped data with KD from fixed teach
 - ``wholestep``: the loop's whole step (every student's forward, KD loss and backward, then the SGD
   step) captured as one CUDA graph with ``torch.cuda.graph`` after a warm-up on a side stream
   (PyTorch's whole-network capture); a step copies its batch into the graph's inputs and replays
-  it, one launch for all M students. What ``run_cells(graphs="step")`` does (experimental), and
-  what the audit could gain by capturing the loss and the optimizer too;
+  it, one launch for all M students. What ``run_cells(graphs="step")`` does (the audit's GPU
+  default since an H100 run of 2026-11-27);
 - ``ensemble_wholestep``: the ensemble's whole step (one vmapped forward of all students, the
   loss, the backward and the SGD step) captured the same way, in the default layout (NCHW).
 

@@ -207,19 +207,19 @@ def test_a_thief_with_few_images_searches_long_enough_to_see_a_difference(teache
     assert len(forwards) == 4  # 1 step an epoch, 4 epochs (the schedule's), not search_epochs' 1
 
 
-def test_kd_sweep_candidates_take_the_gpu_default_of_cuda_graphs(teachers, digits, monkeypatch):
-    """On a GPU the search's candidates train as every audit run does there: each student captured
-    as CUDA graphs once (simulated: capture is recorded and declines, so the students train eagerly
-    and the picks equal the CPU's)."""
+def test_kd_sweep_candidates_take_the_gpu_default_of_a_captured_step(teachers, digits, monkeypatch):
+    """On a GPU the search's candidates train as every audit run does there: the whole step of all
+    of them replayed as one CUDA graph (simulated on the CPU, where StepGraph walks the same data
+    path without capturing: the picks equal the eager loop's)."""
     normal, _ = load_model(teachers["root"] / "normal")
     sweep = KDSweep(taus=(1.0, 4.0), alphas=(0.9,), search_epochs=1, search_steps=0)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
     loop = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")["mlp"]["tried"]
-    captured = []
-    monkeypatch.setattr(base, "graphs_for", lambda attack, device: True)
-    monkeypatch.setattr(base, "capture", lambda module, x, name="": captured.append(name) and False)
+    made, real = [], base.StepGraph
+    monkeypatch.setattr(base, "graphs_for", lambda attack, device: "step")
+    monkeypatch.setattr(base, "StepGraph", lambda run, **k: made.append(k) or real(run, **k))
     again = sweep.select(normal, digits, archs=["mlp"], config=cfg, device="cpu")["mlp"]["tried"]
-    assert captured == ["mlp", "mlp"]  # one student per candidate, captured once
+    assert len(made) == 1  # every candidate in one run, one step graph
     assert again == loop
 
 

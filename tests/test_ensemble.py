@@ -167,8 +167,8 @@ def test_an_ensemble_resumes_bit_identically_and_from_a_loops_checkpoint(pair, d
 def test_who_trains_how(pair, digits):
     kd, skeptical = create_attack("kd"), create_attack("skeptical")
     assert batchable(kd) and batchable(create_attack("kd-sweep")) and not batchable(skeptical)
-    # CUDA graphs by default on a CUDA device only, for attacks that keep the default step
-    assert graphs_for(kd, "cuda") and not graphs_for(kd, "cpu") and not graphs_for(skeptical, "cuda")
+    # the whole step as one CUDA graph by default on a CUDA device only, for attacks that keep the default step
+    assert graphs_for(kd, "cuda") == "step" and graphs_for(kd, "cpu") is False and graphs_for(skeptical, "cuda") is False
     with pytest.raises(NastyError, match="skeptical reads its students' features.*cannot be trained as an ensemble"):
         run_students(skeptical, pair, ARCHS, digits, config=CFG, device="cpu", ensemble=True)
     with pytest.raises(NastyError, match="CUDA graphs need a CUDA device"):
