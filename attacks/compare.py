@@ -14,7 +14,8 @@ teachers, audited against itself, trains one side (``mirrored``). Every audit re
 
 ``compare.json`` has one row per teacher: its defence, test accuracy, cost against the
 reference, and per student the stolen accuracy of the strongest attack (the worst case);
-``compare.md`` is the same as one table (:func:`format_compare`: what ``nasty compare`` prints);
+``compare.md`` is the same as one table (:func:`format_compare`: what ``nasty compare`` prints),
+with what each teacher's outputs add to its labels (:func:`attacks.audit.beyond_labels`);
 ``compare.png`` plots teacher accuracy against the best stolen accuracy with the Pareto front.
 """
 
@@ -31,7 +32,8 @@ from nasty.released import Brought
 from nasty.safety import md_text as md
 from nasty.safety import plot_text
 
-from .audit import BASELINES, audit
+from .audit import BASELINES, audit, beyond_labels
+from .base import ATTACKS
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -118,8 +120,10 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
 
 def format_compare(result: dict) -> str:
     """compare.json as one markdown table: per defence its accuracy and cost, the stolen accuracy
-    (mean over seeds) of every attack and student, and the worst case; the baselines under it.
-    Every name is escaped, since defences and paths come from files."""
+    (mean over seeds) of every attack and student, the worst case, and what the teacher's outputs
+    add to its labels (the strongest thief of the outputs less the best student from labels alone:
+    :func:`attacks.audit.beyond_labels`, from the row's summary; ``-`` where the row has no thief of
+    the outputs); the baselines under it. Every name is escaped, since defences and paths come from files."""
     rows = result["rows"]
     if not rows:
         return "no teachers compared"
@@ -127,14 +131,19 @@ def format_compare(result: dict) -> str:
     attacks = list(dict.fromkeys(s["attack"] for r in rows for s in r["summary"]))
     stolen = lambda r, a, st: next((f"{s['acc_from_nasty']['mean']:.2f}" for s in r["summary"]  # noqa: E731
                                     if (s["attack"], s["student"]) == (a, st)), "-")
+    labels_only = {a for a in attacks if a in ATTACKS and ATTACKS[a].labels_only}
+
+    def adds(summary):
+        by_student = {b["student"]: f"{b['teacher']['adds']:+.2f}" for b in beyond_labels(summary, labels_only)}
+        return " / ".join(by_student.get(st, "-") for st in students)
     header = ["defence", "teacher accuracy", "cost", *(f"{a} {' / '.join(students)}" for a in attacks),
-              f"worst case {' / '.join(students)}"]
+              f"worst case {' / '.join(students)}", f"outputs add to labels {' / '.join(students)}"]
     lines = ["| " + " | ".join(md(c) for c in header) + " |", "|" + "---|" * len(header)]
     for r in rows:  # cells escaped piece by piece: the parentheses are ours
         worst = " / ".join(f"{w['acc_from_teacher']:.2f} ({md(w['attack'])})"
                            for w in (r["worst_case"][s] for s in students))
         cells = [md(r["defence"] or "none"), f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
-                 *(md(" / ".join(stolen(r, a, st) for st in students)) for a in attacks), worst]
+                 *(md(" / ".join(stolen(r, a, st) for st in students)) for a in attacks), worst, adds(r["summary"])]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]["summary"]
     base = lambda key: " / ".join(next((f"{s[key]['mean']:.2f}" for s in first  # noqa: E731

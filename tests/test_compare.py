@@ -78,24 +78,27 @@ def test_compare_draws_the_front(defended, tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 0 and len(result["rows"]) == 2
     assert set(result["rows"][0]["worst_case"]) == {"mlp"}
     table = (tmp_path / "compare.md").read_text().splitlines()
-    assert table[2] == "| defence | teacher accuracy | cost | kd mlp | worst case mlp |"
+    assert table[2] == "| defence | teacher accuracy | cost | kd mlp | worst case mlp | outputs add to labels mlp |"
     kd = [r["worst_case"]["mlp"]["acc_from_teacher"] for r in result["rows"]]
-    assert table[4:] == [f"| none | {result['rows'][0]['accuracy']:.2f} | +0.00 | {kd[0]:.2f} | {kd[0]:.2f} (kd) |",
-                         f"| topk k=1 | {result['rows'][1]['accuracy']:.2f} | +0.00 | {kd[1]:.2f} | {kd[1]:.2f} (kd) |"]
+    # what the outputs add: kd (the only thief of the outputs) less the better of scratch and label smoothing
+    labels = max(result["rows"][0]["summary"][0][k]["mean"] for k in ("acc_scratch", "acc_label_smoothing"))
+    assert table[4:] == [
+        f"| none | {result['rows'][0]['accuracy']:.2f} | +0.00 | {kd[0]:.2f} | {kd[0]:.2f} (kd) | {kd[0] - labels:+.2f} |",
+        f"| topk k=1 | {result['rows'][1]['accuracy']:.2f} | +0.00 | {kd[1]:.2f} | {kd[1]:.2f} (kd) | {kd[1] - labels:+.2f} |"]
 
 
 def test_the_compare_table_escapes_what_came_from_files():
     from attacks.compare import format_compare
 
     acc = {"mean": 90.0, "std": 0.0}
-    summary = [{"attack": "kd|<b>", "student": "mlp", "acc_from_nasty": acc, "acc_scratch": acc}]
+    summary = [{"attack": "kd|<b>", "student": "mlp", "acc_from_nasty": acc, "acc_from_normal": acc, "acc_scratch": acc}]
     result = {"reference": "runs/<img src=x>", "settings": {"seeds": [0]}, "rows": [
         {"defence": "x | <script>", "accuracy": 99.0, "cost": 0.5, "summary": summary,
          "worst_case": {"mlp": {"attack": "kd|<b>", "acc_from_teacher": 90.0}}}]}
     text = format_compare(result)
     assert "<script>" not in text and "<b>" not in text and r"runs/\<img src=x\>" in text
     row = text.splitlines()[-1]
-    assert row.count(" | ") == 4 and row.startswith(r"| x \| \<script\> | 99.00 | +0.50 | 90.00 | 90.00 (kd\|\<b\>) |")
+    assert row.count(" | ") == 5 and row.startswith(r"| x \| \<script\> | 99.00 | +0.50 | 90.00 | 90.00 (kd\|\<b\>) | +0.00 |")
     assert "label smoothing -" in text  # a baseline the rows do not have is a dash
 
 
