@@ -16,7 +16,8 @@ A module that cannot be captured (data-dependent control flow, host syncs) is tr
 with a warning.
 
 :class:`StepGraph` goes further and is the audit's GPU default (``run_cells(graphs="step")``):
-the whole training step of every student, loss and optimizer included, as one graph per epoch.
+the whole training step (the teachers' forward, every student's forward, loss and backward, the
+optimizers' steps) as one graph per epoch.
 On one H100, KD cells of 3 seeds took 3.1-5.4x less time per student-epoch than the eager loop
 for the four zoo students, and 1.0-2.6x less than ``capture`` (``graphs=True``); the cuda tier
 checks it against the eager loop (docs/speed.md).

@@ -297,7 +297,8 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                                               trained=trained, groups=groups)
     captured = set() if graphs is True else None  # id() of each student capture was tried on (replays, or eager)
 
-    def train_step(batches, labels):  # every student's step, then the optimizers'; the summed loss
+    def train_step(batches, labels):  # the teachers' logits, every student's step, then the optimizers'; the summed loss
+        batches = _teacher_logits(teachers, batches, device)
         for opt, _ in trained.values():
             opt.zero_grad(set_to_none=True)
         if groups:
@@ -326,12 +327,11 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     for seed in seeds}
             for step in range(steps):
                 labelled_batches = {seed: (None, None) if attack.data_free else next(real[seed]) for seed in seeds}
-                batches = _teacher_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch,
-                                           device=device)
+                batches = _student_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch)
                 labels = {seed: y for seed, (_, y) in labelled_batches.items()}
                 if whole is None:
                     total = train_step(batches, labels)
-                else:
+                else:  # the teachers' forwards too are in the graph
                     total = whole(batches, labels, epoch=epoch, step=step)
                 if step == 0 and not torch.isfinite(total.detach()):
                     raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
@@ -457,21 +457,27 @@ def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, co
     return total
 
 
-def _teacher_batches(attack: Attack, teachers: dict, contexts: dict, labelled_batches: dict, *, step: int,
-                     epoch: int, device) -> dict:
-    """Per ``(seed, source)``: what its students see and the teacher's logits. Each teacher runs one
-    forward per step for all the seeds whose logits the attack did not bring (their batches joined)."""
-    batches, pending = {}, {}
-    for seed, (x_real, y_real) in labelled_batches.items():
-        for src, teacher in teachers.items():
-            x, t = attack.inputs(contexts[(seed, src)], x_real, y_real, step=step, epoch=epoch)
-            batches[(seed, src)] = (x, t)
-            if t is None and teacher is not None:  # one forward per teacher module, if several sources share it
-                pending.setdefault(id(teacher), (teacher, {}))[1].setdefault(id(x), []).append((seed, src))
+def _student_batches(attack: Attack, teachers: dict, contexts: dict, labelled_batches: dict, *, step: int,
+                     epoch: int) -> dict:
+    """Per ``(seed, source)``: what its students see and, where the attack brings them, the
+    teacher's logits (``None`` where :func:`_teacher_logits` must run the teacher)."""
+    return {(seed, src): attack.inputs(contexts[(seed, src)], x_real, y_real, step=step, epoch=epoch)
+            for seed, (x_real, y_real) in labelled_batches.items() for src in teachers}
+
+
+def _teacher_logits(teachers: dict, batches: dict, device) -> dict:
+    """``batches`` with the teacher's logits where they are ``None``. Each teacher runs one forward
+    for all the seeds' batches (joined); a batch that several sources see runs once. No host sync:
+    it runs inside the whole step's CUDA graph (:class:`attacks._graphs.StepGraph`)."""
+    out, pending = dict(batches), {}
+    for (seed, src), (x, t) in batches.items():
+        teacher = teachers[src]
+        if t is None and teacher is not None:  # one forward per teacher module, if several sources share it
+            pending.setdefault(id(teacher), (teacher, {}))[1].setdefault(id(x), []).append((seed, src))
     for teacher, by_batch in pending.values():
         xs = [batches[waiting[0]][0] for waiting in by_batch.values()]  # a batch that several sources see, once
         logits = frozen_logits(teacher, xs[0] if len(xs) == 1 else torch.cat(xs), device)
         for waiting, t in zip(by_batch.values(), logits.split([len(x) for x in xs])):
             for key in waiting:
-                batches[key] = (batches[key][0], t)
-    return batches
+                out[key] = (batches[key][0], t)
+    return out
