@@ -28,7 +28,8 @@ def export(*, teacher, out, unsafe_pickle: bool = False, batch: int = 2) -> Path
     model, card = ckpt.load_model(ckpt.require_run(teacher, command="export"), unsafe_pickle=unsafe_pickle)
     shape = card.get("input_shape")
     if not shape:
-        raise NastyError(f"`teacher` {teacher} does not record its input shape; export run directories")
+        raise NastyError(f"`teacher` {teacher}: its card records no input_shape, and an export traces the model on "
+                         f"an example input of that shape; `nasty import` makes a run that records it")
     example = (torch.zeros(batch, *shape),)
     dims = {"x": {0: torch.export.Dim("batch", min=1)}}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ def files(tmp_path_factory, teachers):
                       {"arch": "small-cnn", "num_classes": 100, "input_shape": [1, 8, 8]})
     ckpt.save_release(d / "rgb", create_model("small-cnn", num_classes=10, in_chans=3),
                       {"arch": "small-cnn", "num_classes": 10, "input_shape": [3, 32, 32]})
+    ckpt.save_release(d / "shapeless", create_model("small-cnn", num_classes=10, in_chans=3),
+                      {"arch": "small-cnn", "num_classes": 10})  # a card that says nothing of its input
     (d / "empty-data").mkdir()
     torch.manual_seed(0)  # an untrained model: at chance level on any data
     torch.save(create_model("small-cnn", num_classes=10, in_chans=1).state_dict(), d / "untrained.pt")
@@ -132,6 +134,8 @@ def cases(t, f):
          "defend takes a run directory (model.safetensors + card.json); make one from the weights with `nasty import`"),
         (["export", "--teacher", str(f / "normal.pt"), "--out", str(f / "n.pt2")], 1,
          "export takes a run directory (model.safetensors + card.json); make one from the weights with `nasty import`"),
+        (["export", "--teacher", str(f / "shapeless"), "--out", str(f / "s.pt2")], 1,
+         "its card records no input_shape, and an export traces the model on an example input of that shape"),
         (bring + ["--mean", "0", "--out", str(f / "i2")], 1, "--mean and --std together"),
         (bring + ["--mean", "0,0", "--std", "1", "--out", str(f / "i3")], 1, "2 mean values but the data has 1 channels"),
         (bring + ["--normalization", "unit", "--mean", "0", "--std", "1", "--out", str(f / "i4")], 1, "not both"),
