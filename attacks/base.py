@@ -30,7 +30,7 @@ difference between the sides is the teacher.
 from __future__ import annotations
 
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -279,38 +279,16 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     config.check()
     seeds = list(dict.fromkeys(seeds))
     device = torch.device(device)
-    members = [(seed, src) for seed in seeds for src in teachers]
-    if graphs not in (None, True, False, "step"):
-        raise ValueError(f"graphs must be None, True, False or 'step', got {graphs!r}")
-    if (ensemble or graphs) and not batchable(attack):
-        raise NastyError(f"{attack.name} reads its students' features (it owns their forward); its students "
-                         f"cannot be trained as {'an ensemble' if ensemble else 'CUDA graphs'}")
-    if graphs is True and (ensemble or device.type != "cuda"):
-        raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
-    if graphs is None:
-        graphs = False if ensemble else graphs_for(attack, device)
+    graphs = _way(attack, device, ensemble=ensemble, graphs=graphs)
     if resume is not None and set(resume) != set(seeds):
         raise ValueError(f"resume needs one state per seed of {seeds}, got {sorted(resume)}")
-    banks, contexts, opts, groups, trained = _build(attack, teachers, students, data, config=config, seeds=seeds,
-                                                    device=device, quiet=quiet, ensemble=ensemble)
-    start = 0 if resume is None else _restore(resume, attack, banks=banks, opts=opts, contexts=contexts,
-                                              trained=trained, groups=groups)
+    cells = _Cells.build(attack, teachers, students, data, config=config, seeds=seeds, device=device, quiet=quiet,
+                         ensemble=ensemble)
+    start = 0 if resume is None else cells.restore(resume)
     captured = set() if graphs is True else None  # id() of each student capture was tried on (replays, or eager)
 
     def train_step(batches, labels):  # the teachers' logits, every student's step, then the optimizers'; the summed loss
-        batches = _teacher_logits(teachers, batches, device)
-        for opt, _ in trained.values():
-            opt.zero_grad(set_to_none=True)
-        if groups:
-            total = _ensemble_loss(attack, groups, batches, labels, contexts, epoch=epoch, device=device,
-                                   cache=whole is None)
-            total.backward()
-        else:
-            total = _backward_each(attack, batches, labels, banks, students, contexts, epoch=epoch, device=device,
-                                   captured=captured, cache=whole is None)
-        for opt, _ in trained.values():
-            opt.step()
-        return total
+        return cells.step(batches, labels, epoch=epoch, captured=captured, cache=whole is None)
 
     whole = StepGraph(train_step, device=device) if graphs == "step" else None
     steps = max(1, len(data.train_y) // config.batch_size)
@@ -319,15 +297,13 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     try:
         for epoch in range(start, config.epochs):
             torch.manual_seed(mix_seed(seeds[0], epoch, 2))
-            for seed, src in members:
-                banks[seed].train()
-                attack.start_epoch(contexts[(seed, src)], epoch, banks[seed][src])
+            cells.start_epoch(epoch)
             real = {seed: iter(()) if attack.data_free else
                     data.batches("train", batch_size=config.batch_size, device=device, seed=seed, epoch=epoch)
                     for seed in seeds}
             for step in range(steps):
                 labelled_batches = {seed: (None, None) if attack.data_free else next(real[seed]) for seed in seeds}
-                batches = _student_batches(attack, teachers, contexts, labelled_batches, step=step, epoch=epoch)
+                batches = _student_batches(attack, teachers, cells.contexts, labelled_batches, step=step, epoch=epoch)
                 labels = {seed: y for seed, (_, y) in labelled_batches.items()}
                 if whole is None:
                     total = train_step(batches, labels)
@@ -337,50 +313,139 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                     raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
                                      f"try a smaller `lr` or `tau`")
                 bar.update(1)
-            for _, sched in trained.values():
-                sched.step()
-            for e in groups.values():  # the members are the record: attacks, checkpoints and evaluation read them
-                e.write_back()
+            cells.end_epoch()
             if save is not None and epoch + 1 < config.epochs:
-                save(_states(attack, epoch + 1, banks=banks, opts=opts, contexts=contexts, trained=trained,
-                             groups=groups))
+                save(cells.states(epoch + 1))
     finally:
         bar.close()
-    for seed, src in members:
-        ctx = contexts[(seed, src)]
-        if notes is not None and (n := attack.notes(ctx)):
-            notes.setdefault(seed, {})[src] = n
-        if images is not None and (made := attack.synthesized(ctx, image_count)) is not None:
-            images.setdefault(seed, {})[src] = made
-    return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
-                   for src in teachers for name, student in zip(students, banks[seed][src].students)}
-            for seed in seeds}
+    cells.report(notes=notes, images=images, image_count=image_count)
+    return cells.accuracies(data, device=device)
 
 
-def _build(attack: Attack, teachers: dict, students: list[str], data: TensorData, *, config: TrainConfig,
-           seeds: list[int], device, quiet: bool, ensemble: bool):
+def _way(attack: Attack, device: torch.device, *, ensemble: bool, graphs: bool | str | None) -> bool | str:
+    """How :func:`run_cells` trains (``graphs`` checked, ``None`` decided by :func:`graphs_for`)."""
+    if graphs not in (None, True, False, "step"):
+        raise ValueError(f"graphs must be None, True, False or 'step', got {graphs!r}")
+    if (ensemble or graphs) and not batchable(attack):
+        raise NastyError(f"{attack.name} reads its students' features (it owns their forward); its students "
+                         f"cannot be trained as {'an ensemble' if ensemble else 'CUDA graphs'}")
+    if graphs is True and (ensemble or device.type != "cuda"):
+        raise NastyError("CUDA graphs need a CUDA device, and students trained one by one (not as an ensemble)")
+    if graphs is None:
+        graphs = False if ensemble else graphs_for(attack, device)
+    return graphs
+
+
+@dataclass
+class _Cells:
     """What :func:`run_cells` trains, on ``device``: per seed a bank of students per teacher
     (``banks[seed][source]``), the attack's context per ``(seed, source)``, per seed an optimizer
-    and schedule (``opts``: each seed's checkpoint format); with ``ensemble``, per architecture one
+    and schedule (``opts``: each seed's checkpoint format); with an ensemble, per architecture one
     :class:`~attacks._ensemble.Ensemble` of every seed's and teacher's student (``groups``) and the
     one optimizer that trains their stacks. ``trained`` holds the optimizers that take the steps
     (``opts``, or ``{None: the ensembles'}``)."""
-    for t in teachers.values():
-        if t is not None:
-            prepare(t, device).eval().requires_grad_(False)
-    banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
-                                          for src in teachers}), device) for seed in seeds}
-    contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
-                                          device=device, quiet=quiet, config=replace(config, seed=seed), source=src)
-                for seed in seeds for src, t in teachers.items()}
-    opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}
-    groups, trained = {}, opts
-    if ensemble:
-        members = [(seed, src) for seed in seeds for src in teachers]
-        groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
-                  for i, arch in enumerate(students)}
-        trained = {None: make_optimizer([p for e in groups.values() for p in e.parameters()], config)}
-    return banks, contexts, opts, groups, trained
+
+    attack: Attack
+    teachers: dict
+    students: list[str]
+    device: torch.device
+    banks: dict
+    contexts: dict
+    opts: dict
+    groups: dict
+    trained: dict
+
+    @classmethod
+    def build(cls, attack: Attack, teachers: dict, students: list[str], data: TensorData, *, config: TrainConfig,
+              seeds: list[int], device, quiet: bool, ensemble: bool) -> "_Cells":
+        for t in teachers.values():
+            if t is not None:
+                prepare(t, device).eval().requires_grad_(False)
+        banks = {seed: prepare(nn.ModuleDict({src: make_students(students, data, seed=seed, attack=attack)
+                                              for src in teachers}), device) for seed in seeds}
+        contexts = {(seed, src): attack.setup(t, data, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
+                                              device=device, quiet=quiet, config=replace(config, seed=seed), source=src)
+                    for seed in seeds for src, t in teachers.items()}
+        opts = {seed: make_optimizer(banks[seed].parameters(), config) for seed in seeds}
+        groups, trained = {}, opts
+        if ensemble:
+            members = [(seed, src) for seed in seeds for src in teachers]
+            groups = {arch: Ensemble([banks[seed][src].students[i] for seed, src in members])
+                      for i, arch in enumerate(students)}
+            trained = {None: make_optimizer([p for e in groups.values() for p in e.parameters()], config)}
+        return cls(attack, teachers, list(students), device, banks, contexts, opts, groups, trained)
+
+    def start_epoch(self, epoch: int) -> None:
+        for (seed, src), ctx in self.contexts.items():
+            self.banks[seed].train()
+            self.attack.start_epoch(ctx, epoch, self.banks[seed][src])
+
+    def step(self, batches: dict, labels: dict, *, epoch: int, captured: set | None, cache: bool) -> torch.Tensor:
+        """The teachers' logits, every student's forward, loss and backward, then the optimizers'
+        steps; the summed loss. No host sync (it may be captured whole as a CUDA graph)."""
+        batches = _teacher_logits(self.teachers, batches, self.device)
+        for opt, _ in self.trained.values():
+            opt.zero_grad(set_to_none=True)
+        if self.groups:
+            total = _ensemble_loss(self.attack, self.groups, batches, labels, self.contexts, epoch=epoch,
+                                   device=self.device, cache=cache)
+            total.backward()
+        else:
+            total = _backward_each(self.attack, batches, labels, self.banks, self.students, self.contexts,
+                                   epoch=epoch, device=self.device, captured=captured, cache=cache)
+        for opt, _ in self.trained.values():
+            opt.step()
+        return total
+
+    def end_epoch(self) -> None:
+        for _, sched in self.trained.values():
+            sched.step()
+        for e in self.groups.values():  # the members are the record: attacks, checkpoints and evaluation read them
+            e.write_back()
+
+    def states(self, epoch: int) -> dict[int, dict]:
+        """Each seed's state after ``epoch`` epochs, in :func:`run_students`' format (the live tensors)."""
+        if self.groups:  # the ensembles' momentum, back into each seed's optimizer (the checkpoint's format)
+            momentum_to_members(list(self.groups.values()), self.trained[None][0],
+                                [opt for opt, _ in self.opts.values()])
+        return {seed: {"epoch": epoch, "students": self.banks[seed].state_dict(),
+                       "optimizer": self.opts[seed][0].state_dict(),
+                       "scheduler": self.trained[None if self.groups else seed][1].state_dict(),
+                       "attack": {src: self.attack.state(self.contexts[(seed, src)]) for src in self.banks[seed]}}
+                for seed in self.banks}
+
+    def restore(self, resume: dict) -> int:
+        """Load each seed's saved state (one epoch for all) into the students, optimizers and attack
+        contexts, and into the ensembles' stacks where there are ensembles; return that epoch."""
+        epochs = {int(state["epoch"]) for state in resume.values()}
+        if len(epochs) != 1:
+            raise ValueError(f"seeds trained together resume from one epoch, not {sorted(epochs)}")
+        for seed, state in resume.items():
+            self.banks[seed].load_state_dict(state["students"])
+            self.opts[seed][0].load_state_dict(state["optimizer"])
+            for src, ctx_state in state["attack"].items():
+                self.attack.restore(self.contexts[(seed, src)], ctx_state)
+        for key, (_, sched) in self.trained.items():
+            sched.load_state_dict(resume[next(iter(resume)) if key is None else key]["scheduler"])
+        for e in self.groups.values():
+            e.read()
+        if self.groups:
+            momentum_from_members(list(self.groups.values()), [opt for opt, _ in self.opts.values()],
+                                  self.trained[None][0])
+        return epochs.pop()
+
+    def report(self, *, notes: dict | None, images: dict | None, image_count: int) -> None:
+        """Per seed and source, what the attack learned (``notes``) and images it synthesised."""
+        for (seed, src), ctx in self.contexts.items():
+            if notes is not None and (n := self.attack.notes(ctx)):
+                notes.setdefault(seed, {})[src] = n
+            if images is not None and (made := self.attack.synthesized(ctx, image_count)) is not None:
+                images.setdefault(seed, {})[src] = made
+
+    def accuracies(self, data: TensorData, *, device) -> dict[int, dict[tuple[str, str], float]]:
+        return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
+                       for src in self.teachers for name, student in zip(self.students, bank[src].students)}
+                for seed, bank in self.banks.items()}
 
 
 def _backward_each(attack: Attack, batches: dict, labels: dict, banks: dict, students: list[str], contexts: dict, *,
@@ -400,36 +465,6 @@ def _backward_each(attack: Attack, batches: dict, labels: dict, banks: dict, stu
             loss.backward()
             total = total + loss.detach()
     return total
-
-
-def _states(attack: Attack, epoch: int, *, banks, opts, contexts, trained, groups) -> dict[int, dict]:
-    """Each seed's state after ``epoch`` epochs, in :func:`run_students`' format (the live tensors)."""
-    if groups:  # the ensembles' momentum, back into each seed's optimizer (the checkpoint's format)
-        momentum_to_members(list(groups.values()), trained[None][0], [opt for opt, _ in opts.values()])
-    return {seed: {"epoch": epoch, "students": banks[seed].state_dict(), "optimizer": opts[seed][0].state_dict(),
-                   "scheduler": trained[None if groups else seed][1].state_dict(),
-                   "attack": {src: attack.state(contexts[(seed, src)]) for src in banks[seed]}}
-            for seed in banks}
-
-
-def _restore(resume: dict, attack: Attack, *, banks, opts, contexts, trained, groups) -> int:
-    """Load each seed's saved state (one epoch for all) into the students, optimizers and attack
-    contexts, and into the ensembles' stacks where there are ensembles; return that epoch."""
-    epochs = {int(state["epoch"]) for state in resume.values()}
-    if len(epochs) != 1:
-        raise ValueError(f"seeds trained together resume from one epoch, not {sorted(epochs)}")
-    for seed, state in resume.items():
-        banks[seed].load_state_dict(state["students"])
-        opts[seed][0].load_state_dict(state["optimizer"])
-        for src, ctx_state in state["attack"].items():
-            attack.restore(contexts[(seed, src)], ctx_state)
-    for key, (_, sched) in trained.items():
-        sched.load_state_dict(resume[next(iter(resume)) if key is None else key]["scheduler"])
-    for e in groups.values():
-        e.read()
-    if groups:
-        momentum_from_members(list(groups.values()), [opt for opt, _ in opts.values()], trained[None][0])
-    return epochs.pop()
 
 
 def _ensemble_loss(attack: Attack, groups: dict, batches: dict, labels: dict, contexts: dict, *, epoch: int, device,
