@@ -4,8 +4,13 @@ accurate on a stratified validation split of *its own* training data (``val_frac
 seeded; the test set is never read for the choice). Each candidate trains for
 ``search_epochs`` on the rest, or longer where those epochs hold fewer than ``search_steps``
 optimizer steps (a thief with few images: 5 epochs of 107 digits are 5 steps, after which every
-candidate is still at chance and the search sees nothing), up to the full schedule's epochs;
-all candidates train in one run, sharing the teacher's forwards. The chosen pair then
+candidate is still at chance and the search sees nothing), up to as many steps as the final run
+takes (``match_steps``: with 10% of digits, 40 steps, where capping at the schedule's epochs gave
+20 and scored the candidates far from where the final run ends);
+all candidates train in one run, sharing the teacher's forwards. A thief with few images scores
+on several random splits (up to 5, until their validation parts hold ``val_images`` in all) and
+keeps the pair with the best mean: one split of 27 images (10% of digits) picks by noise. The
+chosen pair then
 trains the student on all of the thief's data for the full schedule. Chosen per
 teacher and per student architecture; ties go to the first pair in order. A low tau ignores most
 of the misleading mass a nasty teacher puts on wrong classes.
@@ -17,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from nasty.data import mix_seed
 from nasty.defences import TopK
 from nasty.errors import NastyError
 from nasty.objectives import kd_loss
@@ -32,11 +38,13 @@ top1_answers = TopK(k=1)
 @register
 class KDSweep(Attack):
     name = "kd-sweep"
-    added = {"search_steps": 0}  # a cell from before the setting searched for search_epochs alone
+    # cells from before a setting: the search ran search_epochs alone, on one split
+    added = {"search_steps": 0, "val_images": 0, "match_steps": False}
+    max_splits = 5
     top1 = False  # hard-label-sweep: distil the teacher's top-1 answers instead of its outputs
 
     def __init__(self, *, taus=(1.0, 2.0, 4.0, 8.0, 16.0), alphas=(0.5, 0.9), val_fraction: float = 0.2,
-                 search_epochs: int = 5, search_steps: int = 80):
+                 search_epochs: int = 5, search_steps: int = 80, val_images: int = 200, match_steps: bool = True):
         try:
             self.taus, self.alphas = [float(t) for t in taus], [float(a) for a in alphas]
         except (TypeError, ValueError):  # e.g. one number from --attack-option kd-sweep.taus=4
@@ -50,13 +58,29 @@ class KDSweep(Attack):
             raise NastyError(f"{self.name}.search_epochs must be a whole number >= 1, got {search_epochs}")
         if int(search_steps) != search_steps or search_steps < 0:
             raise NastyError(f"{self.name}.search_steps must be a whole number >= 0, got {search_steps}")
+        if int(val_images) != val_images or val_images < 0:
+            raise NastyError(f"{self.name}.val_images must be a whole number >= 0, got {val_images}")
         self.val_fraction, self.search_epochs, self.search_steps = val_fraction, int(search_epochs), int(search_steps)
+        if match_steps not in (0, 1):  # True, False, or 1 and 0 from --attack-option
+            raise NastyError(f"{self.name}.match_steps must be 1 or 0 (true or false), got {match_steps!r}")
+        self.val_images, self.match_steps = int(val_images), bool(match_steps)
 
-    def search_schedule(self, train_size: int, config) -> int:
+    def splits(self, val_size: int) -> int:
+        """How many random splits the search scores on: enough for ``val_images`` validation images
+        in all, at most ``max_splits``; one where a split holds that many (or ``val_images`` is 0)."""
+        return max(1, min(self.max_splits, -(-self.val_images // max(1, val_size))))
+
+    def search_schedule(self, train_size: int, config, full_size: int | None = None) -> int:
         """The epochs each candidate trains: ``search_epochs``, more if those hold fewer than
-        ``search_steps`` steps of ``train_size`` images (but not more than the full schedule's)."""
+        ``search_steps`` steps of ``train_size`` images, up to as many steps as the full schedule
+        takes on ``full_size`` images (the thief's whole share; default ``train_size``), so that
+        candidates are scored where the final run ends; with ``match_steps`` off, up to the full
+        schedule's epochs (fewer steps, on the smaller split)."""
         steps = max(1, train_size // config.batch_size)  # an epoch's steps, as run_cells counts them
-        return max(self.search_epochs, min(config.epochs, -(-self.search_steps // steps)))
+        cap = config.epochs
+        if self.match_steps:
+            cap = -(-config.epochs * max(1, (full_size or train_size) // config.batch_size) // steps)
+        return max(self.search_epochs, min(cap, -(-self.search_steps // steps)))
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
         if config is None:
@@ -69,22 +93,31 @@ class KDSweep(Attack):
                                        device=ctx["device"])
 
     def select(self, teacher, data, *, archs, config, device) -> dict[str, dict]:
-        """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy.
-        The candidates train in one run (:func:`attacks.base.run_cells`): one teacher forward per
-        batch for all of them, and on a GPU their whole training step replayed as one CUDA graph."""
+        """Per architecture: the chosen ``tau`` and ``alpha`` and every candidate's validation accuracy
+        (the mean over :meth:`splits` random splits of the thief's own images; ``splits`` says how many).
+        The candidates of a split train in one run (:func:`attacks.base.run_cells`): one teacher forward
+        per batch for all of them, and on a GPU their whole training step replayed as one CUDA graph."""
         from .base import run_cells
 
-        split = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
         pairs = {f"candidate{i}": pair for i, pair in enumerate((t, a) for t in self.taus for a in self.alphas)}
         devices = [device] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
-            acc = run_cells(_Candidates(pairs, answers=self.answers), dict.fromkeys(pairs, teacher), list(archs), split,
-                            config=replace(config, epochs=self.search_schedule(len(split.train_y), config)),
-                            seeds=[config.seed],
-                            device=device)[config.seed]
-        tried = {arch: [{"tau": tau, "alpha": alpha, "val_accuracy": round(acc[(name, arch)], 4)}
+        first = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
+        count = self.splits(len(first.test_y))
+        scores = []
+        for k in range(count):
+            split = first if k == 0 else data.split_validation(self.val_fraction,
+                                                               seed=mix_seed(config.seed, 37, k) % 2**32)[1]
+            with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
+                scores.append(run_cells(_Candidates(pairs, answers=self.answers), dict.fromkeys(pairs, teacher),
+                                        list(archs), split, seeds=[config.seed], device=device,
+                                        config=replace(config, epochs=self.search_schedule(len(split.train_y), config,
+                                                                                       len(data.train_y))),
+                                        )[config.seed])
+        tried = {arch: [{"tau": tau, "alpha": alpha,
+                         "val_accuracy": round(sum(acc[(name, arch)] for acc in scores) / count, 4)}
                         for name, (tau, alpha) in pairs.items()] for arch in archs}
-        return {arch: {**max(rows, key=lambda r: r["val_accuracy"]), "tried": rows} for arch, rows in tried.items()}
+        return {arch: {**max(rows, key=lambda r: r["val_accuracy"]), "splits": count, "tried": rows}
+                for arch, rows in tried.items()}
 
     def state(self, ctx):
         return {"picks": ctx["picks"]}
@@ -116,7 +149,7 @@ class HardLabelSweep(KDSweep):
     construction: its row says what labels alone, well used, give a thief."""
 
     name = "hard-label-sweep"
-    added = {}
+    added = {"val_images": 0, "match_steps": False}  # cells from before the settings
     top1 = True
     labels_only = True
 

@@ -163,6 +163,29 @@ def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeyp
         k: picks["mlp"][k] for k in ("tau", "alpha", "val_accuracy")}
 
 
+def test_kd_sweep_with_few_images_scores_on_several_splits_and_keeps_the_best_mean(teachers, digits, monkeypatch):
+    """A thief with 10% of digits has 27 validation images per split: the search repeats on random
+    splits until they hold ``val_images`` in all (at most 5) and picks by the mean. Its first split
+    is the one a single-split search uses (``val_images=0``, what cells from before ran)."""
+    assert [KDSweep().splits(n) for n in (27, 86, 200, 287)] == [5, 3, 1, 1]
+    assert KDSweep(val_images=0).splits(27) == 1 and KDSweep(val_images=60).splits(27) == 3
+    normal, _ = load_model(teachers["root"] / "normal")
+    few = digits.subset(0.1, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, seed=0)
+    grid = {"taus": (1.0, 8.0), "alphas": (0.9,), "search_epochs": 1, "search_steps": 0}
+    one = KDSweep(val_images=0, **grid).select(normal, few, archs=["mlp"], config=cfg, device="cpu")["mlp"]
+    runs, real = [], base.run_cells
+    monkeypatch.setattr(base, "run_cells", lambda *a, **k: runs.append((a[3], real(*a, **k))) or runs[-1][1])
+    three = KDSweep(val_images=60, **grid).select(normal, few, archs=["mlp"], config=cfg, device="cpu")["mlp"]
+    assert one["splits"] == 1 and three["splits"] == 3 and len(runs) == 3
+    held = [set(map(tuple, split.test_x.flatten(1).tolist())) for split, _ in runs]  # each split's validation images
+    assert len(held[0]) > 20 and held[0] != held[1] and held[1] != held[2]
+    per_split = [[acc[0][(f"candidate{i}", "mlp")] for i in range(2)] for _, acc in runs]
+    assert [r["val_accuracy"] for r in one["tried"]] == [round(a, 4) for a in per_split[0]]  # split 0: the old one
+    assert [r["val_accuracy"] for r in three["tried"]] == [round(sum(s[i] for s in per_split) / 3, 4) for i in range(2)]
+    assert three["val_accuracy"] == max(r["val_accuracy"] for r in three["tried"])
+
+
 def test_kd_sweep_trains_its_candidates_in_one_run_as_each_would_train_alone(teachers, digits):
     from attacks.kd import KD
 
@@ -196,15 +219,19 @@ def test_a_thief_with_few_images_searches_long_enough_to_see_a_difference(teache
     assert KDSweep(search_steps=0).search_schedule(107, cfg) == 5 == KDSweep(search_steps=200).search_schedule(
         50_000, replace(cfg, batch_size=128))
     assert KDSweep(search_epochs=30).search_schedule(107, cfg) == 30  # asked for: not cut to the schedule
+    # the thief's whole 10% share (143 images) makes 2 steps an epoch, 40 in the final run: the search trains 40
+    assert sweep.search_schedule(107, cfg, 143) == 40 and KDSweep(match_steps=False).search_schedule(107, cfg, 143) == 20
+    assert sweep.search_schedule(1077, cfg, 1437) == 5 and sweep.search_schedule(323, cfg, 431) == 16  # as before
     normal, _ = load_model(teachers["root"] / "normal")
     forwards = []
     hook = normal.eval().requires_grad_(False).register_forward_hook(lambda *a: forwards.append(1))
     try:
-        KDSweep(taus=(1.0,), alphas=(0.9,), search_epochs=1).select(
+        KDSweep(taus=(1.0,), alphas=(0.9,), search_epochs=1, val_images=0).select(
             normal, digits.subset(0.1), archs=["mlp"], config=replace(cfg, epochs=4), device="cpu")
     finally:
         hook.remove()
-    assert len(forwards) == 4  # 1 step an epoch, 4 epochs (the schedule's), not search_epochs' 1
+    # 1 step an epoch on the split, 8 epochs: the 8 steps that the final run's 4 epochs of 2 take, not search_epochs' 1
+    assert len(forwards) == 8
 
 
 def test_kd_sweep_candidates_take_the_gpu_default_of_a_captured_step(teachers, digits, monkeypatch):

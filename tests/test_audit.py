@@ -400,11 +400,18 @@ def test_a_kd_sweep_cell_from_before_search_steps_is_read_as_the_search_it_ran(t
 
     key = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5}}
     _rename_settings(key)
-    assert key["settings"] == {"taus": [1.0], "search_epochs": 5, "search_steps": 0}  # no floor back then
+    # no floor back then, one split, the search capped at the schedule's epochs
+    assert key["settings"] == {"taus": [1.0], "search_epochs": 5, "search_steps": 0, "val_images": 0,
+                               "match_steps": False}
     assert _same_key(key, json.loads(json.dumps(key)), tmp_path / "cells" / "kd-sweep-seed0.json", force=False)
-    now = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5, "search_steps": 80}}
+    now = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5, "search_steps": 80, "val_images": 0,
+                                              "match_steps": False}}
     with pytest.raises(NastyError, match="settings.search_steps differs: 0 there, 80 now"):
         _same_key(key, now, tmp_path / "cells" / "kd-sweep-seed0.json", force=False)
+    # hard-label-sweep came with search_steps; its cells from before the two later settings read the same way
+    hls = {"attack": "hard-label-sweep", "settings": {"taus": [1.0], "search_steps": 80}}
+    _rename_settings(hls)
+    assert hls["settings"] == {"taus": [1.0], "search_steps": 80, "val_images": 0, "match_steps": False}
 
 
 def test_force_redoes_a_partial_cell_of_other_settings_and_goes_on_with_one_of_these(tiny_audit, tmp_path):
