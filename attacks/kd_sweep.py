@@ -10,8 +10,7 @@ takes (``match_steps``: with 10% of digits, 40 steps, where capping at the sched
 all candidates train in one run, sharing the teacher's forwards. A thief with few images scores
 on several random splits (up to 5, until their validation parts hold ``val_images`` in all) and
 keeps the pair with the best mean: one split of 27 images (10% of digits) picks by noise. The
-chosen pair then
-trains the student on all of the thief's data for the full schedule. Chosen per
+chosen pair then trains the student on all of the thief's data for the full schedule. Chosen per
 teacher and per student architecture; ties go to the first pair in order. A low tau ignores most
 of the misleading mass a nasty teacher puts on wrong classes.
 """

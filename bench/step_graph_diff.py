@@ -68,13 +68,13 @@ def _run(teachers, data, cfg, device, *, seeds, capture, bf16=False, current_str
         if current_stream:
             stack.enter_context(mock.patch.object(graphs.StepGraph, "_eager", lambda self, b, y: self.run(b, y)))
         banks = {}
-        real_build = base._build
+        real_build = base._Cells.build
 
         def build(*a, **kw):
-            out = real_build(*a, **kw)
-            banks.update(out[0])
-            return out
-        stack.enter_context(mock.patch.object(base, "_build", build))
+            cells = real_build(*a, **kw)
+            banks.update(cells.banks)
+            return cells
+        stack.enter_context(mock.patch.object(base._Cells, "build", build))
         acc = base.run_cells(create_attack("kd"), teachers, ["tiny-cnn", "mlp"], data, config=cfg,
                              seeds=seeds, device=device, graphs="step" if capture is not None else False)
     params = torch.cat([p.detach().float().flatten() for s in seeds for p in banks[s].parameters()])
