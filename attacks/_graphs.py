@@ -19,8 +19,8 @@ with a warning.
 the whole training step (the teachers' forward, every student's forward, loss and backward, the
 optimizers' steps) as one graph per epoch.
 On one H100, KD cells of 3 seeds took 3.1-5.4x less time per student-epoch than the eager loop
-for the four zoo students, and 1.0-2.6x less than ``capture`` (``graphs=True``); the cuda tier
-checks it against the eager loop (docs/speed.md).
+for the four zoo students; against ``capture`` (``graphs=True``) 1.4-2.6x less for three of them
+and 5% more for resnetc20; the cuda tier checks it against the eager loop (docs/speed.md).
 """
 
 from __future__ import annotations

@@ -212,8 +212,9 @@ def graphs_for(attack: Attack, device) -> str | bool:
     step, every student's forward, loss and backward and the optimizers' steps, replayed as one CUDA
     graph (:class:`attacks._graphs.StepGraph`); ``False`` (eager) elsewhere. Small students are
     bound by kernel launches on a GPU: on one H100, KD cells of 3 seeds took 3.1-5.4x less time per
-    student-epoch than the eager loop for the four zoo students, 1.0-2.6x less than each student's
-    forward and backward replayed alone (``graphs=True``; docs/speed.md has the figures)."""
+    student-epoch than the eager loop for the four zoo students. Against each student's forward
+    and backward replayed alone (``graphs=True``) it was 1.4-2.6x faster for cnn, resnetc32 and
+    resnet18 and 5% slower for resnetc20 (docs/speed.md has the figures)."""
     return "step" if torch.device(device).type == "cuda" and batchable(attack) else False
 
 
