@@ -652,13 +652,16 @@ def worst_case(summary: list[dict]) -> list[dict]:
     return rows
 
 
-def beyond_labels(summary: list[dict], labels_only) -> list[dict]:
+def beyond_labels(summary: list[dict], labels_only=None) -> list[dict]:
     """Per student and teacher, what its outputs add to its labels: the strongest thief that reads
     the outputs (an attack not in ``labels_only``) against the best student made from labels alone
     (scratch, label smoothing, or a thief of the top-1 answers). A served model must give its
     labels; a defence of its outputs can act on this difference only (CMIM's test, undistillable
     when no KD student beats a label-smoothing student, with the strongest labels-only student).
-    Students without a thief of the outputs are left out."""
+    Students without a thief of the outputs are left out. ``labels_only``: the attacks that read
+    labels alone (default: those of the summary whose class says ``labels_only``)."""
+    if labels_only is None:
+        labels_only = {r["attack"] for r in summary if getattr(ATTACKS.get(r["attack"]), "labels_only", False)}
     rows = []
     for student in dict.fromkeys(r["student"] for r in summary):
         mine = [r for r in summary if r["student"] == student]
@@ -714,7 +717,7 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
         "runs": runs,
         "summary": summary,
         "worst_case": worst_case(summary),
-        "beyond_labels": beyond_labels(summary, {a for a in attacks if ATTACKS[a].labels_only}),
+        "beyond_labels": beyond_labels(summary),
         **({"notes": notes} if notes else {}),
     }
 

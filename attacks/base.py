@@ -320,7 +320,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
     finally:
         bar.close()
     cells.report(notes=notes, images=images, image_count=image_count)
-    return cells.accuracies(data, device=device)
+    return cells.accuracies(data)
 
 
 def _way(attack: Attack, device: torch.device, *, ensemble: bool, graphs: bool | str | None) -> bool | str:
@@ -443,8 +443,8 @@ class _Cells:
             if images is not None and (made := self.attack.synthesized(ctx, image_count)) is not None:
                 images.setdefault(seed, {})[src] = made
 
-    def accuracies(self, data: TensorData, *, device) -> dict[int, dict[tuple[str, str], float]]:
-        return {seed: {(src, name): evaluate(student, data, device=device)["accuracy"]
+    def accuracies(self, data: TensorData) -> dict[int, dict[tuple[str, str], float]]:
+        return {seed: {(src, name): evaluate(student, data, device=self.device)["accuracy"]
                        for src in self.teachers for name, student in zip(self.students, bank[src].students)}
                 for seed, bank in self.banks.items()}
 

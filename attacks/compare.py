@@ -33,7 +33,6 @@ from nasty.safety import md_text as md
 from nasty.safety import plot_text
 
 from .audit import BASELINES, audit, beyond_labels
-from .base import ATTACKS
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -131,10 +130,8 @@ def format_compare(result: dict) -> str:
     attacks = list(dict.fromkeys(s["attack"] for r in rows for s in r["summary"]))
     stolen = lambda r, a, st: next((f"{s['acc_from_nasty']['mean']:.2f}" for s in r["summary"]  # noqa: E731
                                     if (s["attack"], s["student"]) == (a, st)), "-")
-    labels_only = {a for a in attacks if a in ATTACKS and ATTACKS[a].labels_only}
-
     def adds(summary):
-        by_student = {b["student"]: f"{b['teacher']['adds']:+.2f}" for b in beyond_labels(summary, labels_only)}
+        by_student = {b["student"]: f"{b['teacher']['adds']:+.2f}" for b in beyond_labels(summary)}
         return " / ".join(by_student.get(st, "-") for st in students)
     header = ["defence", "teacher accuracy", "cost", *(f"{a} {' / '.join(students)}" for a in attacks),
               f"worst case {' / '.join(students)}", f"outputs add to labels {' / '.join(students)}"]
