@@ -21,6 +21,7 @@ import os
 import statistics
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -56,13 +57,17 @@ def default_tau(num_classes: int) -> float:
 
 
 def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
-          alpha: float = 0.9, tau: float | None = None, device="auto", out="runs/audit", force: bool = False,
+          student_steps: int | None = None, alpha: float = 0.9, tau: float | None = None, device="auto", out="runs/audit", force: bool = False,
           quiet: bool = False, attack_options: dict | None = None, plots: bool = True,
           checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None,
           **brought: Unpack[Brought]) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
     ``attacks`` are names of :data:`attacks.ATTACKS` (``"all"``: every one).
+    Every student (the baselines and every thief) trains ``student_steps`` optimizer steps, whatever
+    the thief's share of the data: by default the steps of ``epochs`` (the recipe's) over the whole
+    training set, so a thief with a tenth of the images trains ten times the epochs and the share
+    measures data, not under-training (:func:`student_schedule`).
     ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
     against. ``attack_options``
     maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
@@ -103,11 +108,12 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     tau = default_tau(data.num_classes) if tau is None else tau
     epochs = epochs or recipe.epochs
+    schedule = student_schedule(data, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, steps=student_steps)
     # one precedence, lowest first: the attack's defaults, the dataset recipe, the audit-level --alpha/--tau,
     # the user's --attack-option for that attack (``create_attack`` drops what an attack does not take)
     opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
             for a in attacks}
-    _preflight(attacks, opts, data=data, models=models, students=students, epochs=epochs)
+    _preflight(attacks, opts, data=data, models=models, students=students, epochs=schedule.epochs)
     dev = resolve_device(device)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
 
@@ -115,6 +121,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     cells_dir = _cells_dir(out)
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
+              # a step budget other than the share's own epochs (cells from before it trained epochs * an epoch's steps)
+              **({"steps": schedule.steps} if schedule.steps != epochs * schedule.epoch_steps(len(data.train_y)) else {}),
               "teachers": {src: cards[src].get("sha256") for src in SOURCES},
               # what each teacher answers through: a served top-1 has its source's weights (and sha256)
               "served": {src: cards[src].get("output_transform") or None for src in SOURCES}}
@@ -122,7 +130,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
                  reference_cells=reference_cells)
     cells, trained, report = [], False, None
     finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
-    train = dict(models=models, students=students, data=data, epochs=epochs, recipe=recipe, device=dev, quiet=quiet,
+    train = dict(models=models, students=students, data=data, schedule=schedule, device=dev, quiet=quiet,
                  checkpoint_seconds=checkpoint_seconds)
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
@@ -130,8 +138,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
             trained = True
         cells.append(c.done or finished[c.path])
-        report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, epochs,
-                         train_fraction, common["teachers"])
+        report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, schedule,
+                         train_fraction, common["teachers"], epochs=epochs)
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
@@ -142,6 +150,24 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
                 grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
         _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
     return report
+
+
+MAX_STUDENT_STEPS = 10_000_000
+
+
+def student_schedule(data: TensorData, *, epochs: int, batch_size: int, lr: float,
+                     steps: int | None = None) -> TrainConfig:
+    """The schedule of every student of an audit: ``steps`` optimizer steps on the thief's images
+    (``data``, its share of the training set); ``None``: the steps of ``epochs`` over the whole
+    training set. The epochs are as many as those steps take on the thief's images, the last one
+    cut short; the LR drops at the same fractions of them (:meth:`TrainConfig.for_steps`)."""
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    if steps is None:
+        full = data.full_size or round(len(data.train_y) / data.train_fraction)  # the set the share was drawn from
+        steps = epochs * config.epoch_steps(full)
+    if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= MAX_STUDENT_STEPS:
+        raise NastyError(f"`student_steps` must be a whole number from 1 to {MAX_STUDENT_STEPS:,}, got {steps}")
+    return config.for_steps(int(steps), len(data.train_y))
 
 
 def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds) -> tuple[list[str], list[int]]:
@@ -321,8 +347,8 @@ def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> list[
     return same if together else [first]
 
 
-def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, device, quiet, checkpoint_seconds,
-                 ensemble: bool) -> dict:
+def _train_cells(group: list[_Cell], *, models, students, data, schedule: TrainConfig, device, quiet,
+                 checkpoint_seconds, ensemble: bool) -> dict:
     """Train the cells of ``group`` (one attack, one or more seeds) in one :func:`run_cells`; write
     each cell (and a data-free cell's images) as it is finished; return them by path."""
     name, attack = group[0].name, group[0].attack
@@ -331,7 +357,7 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
     t0 = time.perf_counter() - sum(r["seconds"] for r in resumes.values())
     one_side = group[0].one_side  # the reference's students come from another audit's cells, or are the audited's
     teachers = {name: None} if name in BASELINES else {"nasty": models["nasty"]} if one_side else models
-    cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seeds[0])
+    cfg = replace(schedule, seed=seeds[0])
     notes, made = {}, {}  # made: what a data-free attack synthesised, kept for report.html
     acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=quiet,
                     desc=f"{name} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
@@ -349,7 +375,9 @@ def _train_cells(group: list[_Cell], *, models, students, data, epochs, recipe, 
             _mirror_side(runs=runs, notes=notes.setdefault(c.seed, {}), made=made.setdefault(c.seed, {}))
         if made.get(c.seed):  # before the cell: a finished cell always has its images
             _save_images(_images_path(c.path), made[c.seed])
-        cell = {"key": c.key, "seconds": round(seconds, 2), "runs": runs}
+        cell = {"key": c.key, "seconds": round(seconds, 2), "runs": runs,
+                "schedule": {"steps": cfg.total_steps(len(data.train_y)), "epochs": cfg.epochs,
+                             "samples": 0 if attack.data_free else len(data.train_y)}}
         if notes.get(c.seed):
             cell["notes"] = notes[c.seed]
         if c.reference is not None:
@@ -505,7 +533,7 @@ the defence is as good as this row. Immunity ± the spread over seeds of the per
 <td>{h(t['nasty'].get('defence', ''))}</td><td>{h(t['nasty']['omega'])}</td><td>{h(t['nasty']['tau'])}</td></tr></table>
 <p>Teacher cost (reference - audited): <b>{report['teacher_cost']:+.2f}</b> points.</p></section>
 <section id="immunity"><h2>Immunity</h2>
-<p>Final-epoch test accuracy (%) of students, mean ± std over seeds {h(seeds)}; {h(s['epochs'])} epochs, KD alpha
+<p>Final-epoch test accuracy (%) of students, mean ± std over seeds {h(seeds)}; {h(schedule_text(s))}, KD alpha
 {h(s['alpha'])}, tau {h(s['tau'])}; the attacker holds {report['train_fraction']:g} of the training set.
 immunity = from reference - from teacher; below scratch = scratch - from teacher; below label smoothing =
 label smoothing - from teacher.</p>
@@ -683,8 +711,8 @@ def beyond_labels(summary: list[dict], labels_only=None) -> list[dict]:
     return rows
 
 
-def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, epochs, train_fraction,
-            shas: dict) -> dict:
+def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, schedule, train_fraction,
+            shas: dict, *, epochs: int) -> dict:
     key = cells[0]["key"]
     runs, notes = [], {}
     for cell in cells:
@@ -710,7 +738,9 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
                       "sha256": shas["nasty"]},
         },
         "teacher_cost": round(accuracy["normal"] - accuracy["nasty"], 4),
-        "settings": {"students": key["students"], "epochs": epochs, "batch_size": key["batch_size"],
+        "settings": {"students": key["students"], "epochs": epochs, "steps": schedule.total_steps(len(data.train_y)),
+                     "student_epochs": schedule.epochs, "samples": len(data.train_y),
+                     "batch_size": key["batch_size"],
                      "lr": key["lr"], "alpha": alpha, "tau": tau,
                      "attacks": {c["key"]["attack"]: c["key"]["settings"] for c in cells}},
         "seconds": round(sum(c["seconds"] for c in cells), 2),
@@ -720,6 +750,14 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
         "beyond_labels": beyond_labels(summary),
         **({"notes": notes} if notes else {}),
     }
+
+
+def schedule_text(settings: dict) -> str:
+    """How long every student trained, in words: "1860 steps (200 epochs of 134 images)";
+    an audit from before the step budget recorded epochs alone."""
+    if "steps" not in settings:
+        return f"{settings['epochs']} epochs"
+    return f"{settings['steps']} steps ({settings['student_epochs']} epochs of {settings['samples']} images)"
 
 
 def _pm(m: dict | None) -> str:
@@ -842,7 +880,7 @@ def format_markdown(report: dict) -> str:
         f"(defence {md(t['normal'].get('defence', 'none'))})",
         f"- audited teacher: {md(t['nasty']['arch'])}, test accuracy {t['nasty']['accuracy']:.2f}% "
         f"(defence {md(t['nasty'].get('defence', ''))}); teacher cost {report['teacher_cost']:+.2f} points",
-        f"- students: {md(', '.join(s['students']))}; seeds {md(seeds)}; {md(s['epochs'])} epochs, batch "
+        f"- students: {md(', '.join(s['students']))}; seeds {md(seeds)}; {md(schedule_text(s))}, batch "
         f"{md(s['batch_size'])}, lr {md(s['lr'])}; KD alpha {md(s['alpha'])}, tau {md(s['tau'])}; attacker's share of the training set "
         f"{report['train_fraction']:g}",
         "",

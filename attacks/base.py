@@ -292,8 +292,8 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
         return cells.step(batches, labels, epoch=epoch, captured=captured, cache=whole is None)
 
     whole = StepGraph(train_step, device=device) if graphs == "step" else None
-    steps = max(1, len(data.train_y) // config.batch_size)
-    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc or attack.name,
+    steps, budget = config.epoch_steps(len(data.train_y)), config.total_steps(len(data.train_y))
+    bar = tqdm(total=budget, initial=start * steps, desc=desc or attack.name,
                disable=True if quiet else None, unit="step", dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start, config.epochs):
@@ -302,7 +302,7 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
             real = {seed: iter(()) if attack.data_free else
                     data.batches("train", batch_size=config.batch_size, device=device, seed=seed, epoch=epoch)
                     for seed in seeds}
-            for step in range(steps):
+            for step in range(min(steps, budget - epoch * steps)):  # a step budget may end the last epoch early
                 labelled_batches = {seed: (None, None) if attack.data_free else next(real[seed]) for seed in seeds}
                 batches = _student_batches(attack, teachers, cells.contexts, labelled_batches, step=step, epoch=epoch)
                 labels = {seed: y for seed, (_, y) in labelled_batches.items()}

@@ -63,7 +63,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
-            alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False,
+            student_steps: int | None = None, alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False,
             force: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
             ensemble: bool | None = None, **brought: Unpack[Brought]) -> dict:
     """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict.
@@ -75,8 +75,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
     out = Path(out).expanduser()
     taken: set[str] = set()
     names = [_slug(t, taken) for t in teachers]
-    kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs, "alpha": alpha,
-              "tau": tau, "device": device, "quiet": quiet, "force": force, "attack_options": attack_options,
+    kwargs = {"reference": reference, "students": students, "seeds": seeds, "epochs": epochs,
+              "student_steps": student_steps, "alpha": alpha, "tau": tau, "device": device, "quiet": quiet, "force": force, "attack_options": attack_options,
               "plots": False, "ensemble": ensemble, **brought}
     if attacks is not None:
         kwargs["attacks"] = attacks
@@ -104,8 +104,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
             echo(f"{name} ({rows[-1]['defence']}): accuracy {rows[-1]['accuracy']:.2f}%, worst case " + ", ".join(
                 f"{s} {w['acc_from_teacher']:.2f}% ({w['attack']})" for s, w in rows[-1]["worst_case"].items()))
     result = {"reference": str(reference), "rows": rows,
-              "settings": {k: v for k, v in kwargs.items() if k in ("students", "seeds", "epochs", "alpha", "tau",
-                                                                    "attacks")}}
+              "settings": {k: v for k, v in kwargs.items() if k in ("students", "seeds", "epochs", "student_steps",
+                                                                    "alpha", "tau", "attacks")}}
     result["settings"]["train_fraction"] = brought.get("train_fraction", 1.0)
     result["settings"]["seeds"] = list(seeds)
     ckpt.write_json(out / "compare.json", result)

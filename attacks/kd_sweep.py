@@ -75,10 +75,10 @@ class KDSweep(Attack):
         takes on ``full_size`` images (the thief's whole share; default ``train_size``), so that
         candidates are scored where the final run ends; with ``match_steps`` off, up to the full
         schedule's epochs (fewer steps, on the smaller split)."""
-        steps = max(1, train_size // config.batch_size)  # an epoch's steps, as run_cells counts them
+        steps = config.epoch_steps(train_size)  # an epoch's steps, as run_cells counts them
         cap = config.epochs
         if self.match_steps:
-            cap = -(-config.epochs * max(1, (full_size or train_size) // config.batch_size) // steps)
+            cap = -(-config.total_steps(full_size or train_size) // steps)
         return max(self.search_epochs, min(cap, -(-self.search_steps // steps)))
 
     def setup(self, teacher, data, *, seed, batch_size, epochs, device, quiet=True, config=None, source=""):
@@ -109,8 +109,8 @@ class KDSweep(Attack):
             with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
                 scores.append(run_cells(_Candidates(pairs, answers=self.answers), dict.fromkeys(pairs, teacher),
                                         list(archs), split, seeds=[config.seed], device=device,
-                                        config=replace(config, epochs=self.search_schedule(len(split.train_y), config,
-                                                                                       len(data.train_y))),
+                                        config=replace(config, steps=None, epochs=self.search_schedule(
+                                            len(split.train_y), config, len(data.train_y))),
                                         )[config.seed])
         tried = {arch: [{"tau": tau, "alpha": alpha,
                          "val_accuracy": round(sum(acc[(name, arch)] for acc in scores) / count, 4)}

@@ -290,7 +290,11 @@ def _audit_options(fn):
                      help="Comma-separated student architectures [dataset recipe; digits: tiny-cnn,mlp]."),
         click.option("--seeds", default="3", show_default=True, callback=_seeds,
                      help="Number of seeds (3 = 0,1,2) or a comma-separated list."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Student epochs [dataset recipe]."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Student epochs over the whole training set [dataset recipe]; a thief with a smaller "
+                          "--train-fraction trains as many steps (more epochs of its share)."),
+        click.option("--student-steps", type=click.IntRange(min=1), default=None,
+                     help="Optimizer steps of every student, whatever the share [--epochs over the whole training set]."),
         click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
                      help="KD weight of the soft term."),
         click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,

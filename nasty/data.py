@@ -45,6 +45,7 @@ class TensorData:
     train_fraction: float = 1.0
     validation: dict | None = None  # {fraction, seed, size} when a validation split was carved out of train
     input: dict | None = None  # {size, channels, channel_order} when adapted to a model's input (see `adapted`)
+    full_size: int | None = None  # training images before `subset` took its share (None: these are all)
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -160,8 +161,8 @@ class TensorData:
                 f"one of {self.num_classes} classes; use a larger fraction"
             ) from None
         keep = torch.from_numpy(np.sort(keep))
-        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep],
-                       train_fraction=fraction, _device_cache={})
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep], train_fraction=fraction,
+                       full_size=len(y), _device_cache={})
 
     def split_validation(self, fraction: float = 0.2, *, seed: int = 0) -> tuple["TensorData", "TensorData"]:
         """Carve a stratified, seeded validation split out of the training set.
@@ -228,6 +229,29 @@ def _digits(root=None, download=False):
     tr, te = np.sort(tr), np.sort(te)
     y = d.target.astype(np.int64)
     return images[tr], y[tr], images[te], y[te], tuple(str(c) for c in range(10))
+
+
+PAIRS_TRAIN, PAIRS_TEST = 6000, 2000  # digit-pairs: 60 training and 20 test pairs per class
+
+
+def _digit_pairs(root=None, download=False):
+    """Two of the embedded digits side by side, read as a number from 00 to 99: 100 classes, 8x16
+    grey images. Classes that share a tens or a units digit look alike, so a teacher's wrong-class
+    probabilities say something about each half: structure for soft outputs to carry (Müller et
+    al., Subclass Distillation, 2020: transfer works best with many related classes). Training pairs
+    are made of digits' training images only, test pairs of its test images only; every class has
+    the same number of pairs (``PAIRS_TRAIN`` / ``PAIRS_TEST``); the draw is fixed (seeded)."""
+    xtr, ytr, xte, yte, _ = _digits()
+    rng = np.random.default_rng(0)
+
+    def pairs(x, y, n):
+        label = np.arange(n, dtype=np.int64) % 100
+        by_digit = [np.flatnonzero(y == d) for d in range(10)]
+        left = np.array([rng.choice(by_digit[c // 10]) for c in label])
+        right = np.array([rng.choice(by_digit[c % 10]) for c in label])
+        return np.concatenate([x[left], x[right]], axis=3), label
+
+    return (*pairs(xtr, ytr, PAIRS_TRAIN), *pairs(xte, yte, PAIRS_TEST), tuple(f"{c:02d}" for c in range(100)))
 
 
 def _need(root, name, files, hint):
@@ -423,6 +447,7 @@ def _open_image(path: Path, use):
 # name -> (loader, crop padding, horizontal flip)
 DATASETS = {
     "digits": (_digits, 0, False),
+    "digitpairs": (_digit_pairs, 0, False),
     "mnist": (_mnist_like("MNIST", "MNIST", "mnist"), 0, False),
     "fashionmnist": (_mnist_like("FashionMNIST", "FashionMNIST", "fashionmnist"), 2, True),
     "cifar10": (_cifar10, 4, True),

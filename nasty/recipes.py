@@ -3,6 +3,7 @@
 CIFAR-10 / CIFAR-100 / Tiny-ImageNet follow Ma et al. (ICLR 2021) and its public code:
 SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128, steps x0.1 at 50% and 75%.
 The digits values come from the sweep in ``bench/omega_sweep.py`` (see README).
+digit-pairs (two digits side by side, 100 classes) takes the digits values.
 MNIST, Fashion-MNIST and SVHN are not in the paper: short schedules that work, tau 4.
 """
 
@@ -30,6 +31,8 @@ CIFAR_ATTACKS = {"deepinversion": {"pool_size": 10240, "iterations": 2000, "lr":
 
 RECIPES: dict[str, Recipe] = {
     "digits": Recipe(arch="small-cnn", epochs=20, batch_size=64, lr=0.05, tau=4.0, omega=0.05),
+    # the 100-class pairs of digits (nasty.data): the digits recipe; 20 epochs of its 6,000 pairs
+    "digitpairs": Recipe(arch="small-cnn", epochs=20, batch_size=64, lr=0.05, tau=4.0, omega=0.05),
     "mnist": Recipe(arch="small-cnn", epochs=15, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
     "fashionmnist": Recipe(arch="small-cnn", epochs=30, batch_size=128, lr=0.05, tau=4.0, omega=0.04),
     "svhn": Recipe(arch="resnet18", epochs=40, batch_size=128, lr=0.05, tau=4.0, omega=0.04,

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -48,11 +48,31 @@ class TrainConfig:
     seed: int = 0
     milestones: tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
+    steps: int | None = None  # optimizer steps in all (the last epoch stops there); None: every epoch whole
 
     def check(self) -> None:
-        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0)):
+        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+                         ("steps", self.steps is None or self.steps >= 1)):
             if not ok:
                 raise NastyError(f"`{name}` must be positive, got {getattr(self, name)}")
+
+    def epoch_steps(self, train_size: int) -> int:
+        """Optimizer steps in one epoch of ``train_size`` images (the last partial batch is dropped)."""
+        return max(1, train_size // self.batch_size)
+
+    def total_steps(self, train_size: int) -> int:
+        """Optimizer steps the whole schedule takes on ``train_size`` images."""
+        whole = self.epochs * self.epoch_steps(train_size)
+        return whole if self.steps is None else min(self.steps, whole)
+
+    def for_steps(self, steps: int, train_size: int) -> "TrainConfig":
+        """This schedule stretched or shrunk to ``steps`` optimizer steps on ``train_size`` images:
+        as many epochs as they need (the last one cut short), the LR milestones at the same
+        fractions of the epochs. A thief with a tenth of the images trains ten times the epochs."""
+        if int(steps) != steps or steps < 1:
+            raise NastyError(f"`student_steps` must be a whole number >= 1, got {steps}")
+        steps = int(steps)
+        return replace(self, epochs=-(-steps // self.epoch_steps(train_size)), steps=steps)
 
 
 def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9) -> Callable:
