@@ -19,7 +19,7 @@ from .kd_topk import KDTopK
 from .skeptical import Skeptical
 
 # the attacks an audit runs unless told otherwise (and the demo runs); `--attacks all` runs every one
-# the thieves who pick their own temperature decide the worst case on digits (README): a default audit
+# the thieves who pick their own temperature decide the worst case on digits (docs/results-digits.md): a default audit
 # runs both, on the soft outputs (kd-sweep) and on the top-1 answers alone (hard-label-sweep)
 DEFAULT_ATTACKS = ("kd", "hard-label", "kd-sweep", "hard-label-sweep", "dafl", "deepinversion")
 

@@ -525,7 +525,7 @@ def models(as_json):
     for name, doc in names.items():
         click.echo(f"{name:<{width}}  {doc}")
     click.echo(f"{'tv:<name>':<{width}}  any torchvision.models classifier, e.g. tv:resnet50")
-    click.echo(f"{'timm:<name>':<{width}}  any timm model (pip install 'nasty[timm]')")
+    click.echo(f"{'timm:<name>':<{width}}  any timm model (pip install -e '.[timm]' in a checkout)")
 
 
 if __name__ == "__main__":  # pragma: no cover

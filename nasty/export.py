@@ -37,7 +37,8 @@ def export(*, teacher, out, unsafe_pickle: bool = False, batch: int = 2) -> Path
         try:
             import onnx  # noqa: F401
         except ImportError:
-            raise NastyError("ONNX export needs the onnx package: pip install 'nasty[onnx]' (or export to .pt2)") from None
+            raise NastyError("ONNX export needs the onnx packages: pip install -e '.[onnx]' in a checkout of nasty "
+                             "(or export to .pt2)") from None
         ckpt.atomic_write(out, lambda p: torch.onnx.export(model, example, str(p), dynamo=True, input_names=["x"],
                                                            dynamic_shapes=dims))
         return out

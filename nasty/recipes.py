@@ -2,7 +2,7 @@
 
 CIFAR-10 / CIFAR-100 / Tiny-ImageNet follow Ma et al. (ICLR 2021) and its public code:
 SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128, steps x0.1 at 50% and 75%.
-The digits values come from the sweep in ``bench/omega_sweep.py`` (see README).
+The digits values come from the sweep in ``bench/omega_sweep.py`` (see docs/omega_digits.md).
 digit-pairs (two digits side by side, 100 classes) takes the digits values.
 MNIST, Fashion-MNIST and SVHN are not in the paper: short schedules that work, tau 4.
 """

@@ -76,7 +76,10 @@ def read_model_card(path) -> dict:
         channel_order = "rgb"
         expect_accuracy = 93.1
     """
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+        import tomli as tomllib
 
     from .safety import parse_json, read_text
     from .schema import ModelCardFile, validate

@@ -273,7 +273,7 @@ def test_an_audit_refuses_a_skeptical_delay_past_its_epochs_before_training(teac
 
 
 def test_a_default_audit_meets_the_thief_who_picks_its_own_temperature():
-    """It decides the worst case on digits (README); an audit without it would report a rosier verdict."""
+    """It decides the worst case on digits (docs/results-digits.md); an audit without it would report a rosier verdict."""
     from click.testing import CliRunner
 
     from attacks import DEFAULT_ATTACKS

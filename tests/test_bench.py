@@ -1,4 +1,4 @@
-"""bench/bench.py runs end to end (at toy sizes) and writes the JSON the README's table comes from."""
+"""bench/bench.py runs end to end (at toy sizes) and writes the JSON the table of docs/speed.md comes from."""
 
 import json
 from pathlib import Path

@@ -110,7 +110,7 @@ def test_defend_then_export_serves_what_load_model_answers(tmp_path):
     assert r.exit_code == 0, r.output
     with torch.no_grad():
         assert torch.allclose(load_exported(tmp_path / "k2.pt2")(x), served, atol=1e-5)
-    try:  # the ONNX extra (pip install 'nasty[onnx]' onnxruntime): the same answers through onnxruntime
+    try:  # the ONNX extra (pip install -e '.[onnx]'): the same answers through onnxruntime
         import numpy as np
         import onnx  # noqa: F401
         import onnxruntime

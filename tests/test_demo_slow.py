@@ -1,4 +1,4 @@
-"""The full `nasty demo` (about 4 minutes on 2 CPU cores): what the README reports of it holds."""
+"""The full `nasty demo` (about 4 minutes on 2 CPU cores): what docs/results-digits.md reports of it holds."""
 
 import pytest
 

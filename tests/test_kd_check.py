@@ -15,7 +15,7 @@ def test_default_teachers_meet_the_targets(teachers):
     assert normal["accuracy"] >= 95.0
     assert nasty["accuracy"] >= normal["accuracy"] - 1.0
     assert nasty["teacher_cost"] == round(normal["accuracy"] - nasty["accuracy"], 4)
-    # an omega-0 run of the same recipe stays below 0.01 (see the README's sweep)
+    # an omega-0 run of the same recipe stays below 0.01 (see the sweep in docs/omega_digits.md)
     assert nasty["kl_to_adversary"] > 0.1
 
 

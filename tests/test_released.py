@@ -268,3 +268,30 @@ def test_every_command_takes_what_open_models_takes_about_the_models_brought(tmp
         assert not set(params) & set(Brought.__annotations__), command.__name__  # each said in one place
     with pytest.raises(TypeError, match="normalisation"):  # a misspelt keyword is not dropped
         import_weights(weights=tmp_path / "none.pt", normalisation="imagenet", out=tmp_path / "x")
+
+
+def test_model_cards_read_toml_without_tomllib(monkeypatch, tmp_path):
+    """Python 3.10 has no tomllib: the card is read with tomli (a dependency there), errors included."""
+    import sys
+    import types
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # on 3.10 itself: the real tomli stands behind the fake one
+        import tomli as tomllib
+
+    from nasty.released import read_model_card
+
+    calls = []
+    tomli = types.ModuleType("tomli")
+    tomli.loads = lambda text: calls.append(text) or tomllib.loads(text)
+    tomli.TOMLDecodeError = tomllib.TOMLDecodeError
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib raises ModuleNotFoundError, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomli)
+    card = tmp_path / "my.toml"
+    card.write_text('arch = "small-cnn"\ndataset = "digits"\nmean = 0\nstd = 1\n')
+    assert read_model_card(card) == {"arch": "small-cnn", "dataset": "digits", "mean": 0, "std": 1}
+    assert len(calls) == 1
+    card.write_text("input_size = [\n")
+    with pytest.raises(NastyError, match="not valid TOML"):
+        read_model_card(card)

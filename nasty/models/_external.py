@@ -85,7 +85,8 @@ def timm_model(name: str, *, num_classes: int, in_chans: int = 3, **kw) -> Class
     try:
         import timm
     except ImportError:
-        raise ModelError("timm models need timm: pip install 'nasty[timm]'") from None
+        raise ModelError("timm models need timm: pip install -e '.[timm]' in a checkout of nasty "
+                         "(or pip install timm)") from None
     if not timm.list_models(name) and name not in timm.list_models():
         raise ModelError(f"unknown timm model 'timm:{name}'; see timm.list_models()")
     return TimmClassifier(timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kw))
