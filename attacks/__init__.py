@@ -47,9 +47,12 @@ def attack_names(names) -> list[str]:
 
 
 def create_attack(name: str, **kwargs) -> Attack:
-    """An attack by name; ``kwargs`` the attack accepts are passed, others ignored (``alpha`` for DAFL)."""
+    """An attack by name; ``kwargs`` the attack accepts are checked against its schema
+    (:mod:`attacks.options`) and passed, others ignored (``alpha`` for DAFL)."""
+    from .options import check_options
+
     accepted = attack_settings(name)
-    return ATTACKS[name](**{k: v for k, v in kwargs.items() if k in accepted})
+    return ATTACKS[name](**check_options(name, {k: v for k, v in kwargs.items() if k in accepted}))
 
 
 IMAGE_TITLES = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}

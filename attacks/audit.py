@@ -94,8 +94,9 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     An audit of a model against itself (the same sha256, answering the same way: the row of no
     defence in a comparison) trains one side and records it as both (the cell records ``mirrored``).
     """
-    attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
-                                     checkpoint_seconds=checkpoint_seconds)
+    attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
+                                                     seeds=seeds, checkpoint_seconds=checkpoint_seconds,
+                                                     students=students, epochs=epochs)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
     train_fraction = brought.get("train_fraction", 1.0)
@@ -144,25 +145,33 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     return report
 
 
-def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds) -> tuple[list[str], list[int]]:
-    """The attack names and seeds, once every audit-level setting is known to be valid (before anything is loaded)."""
+def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds, students=None,
+                    epochs=None) -> tuple[list[str], list[int], dict]:
+    """The attack names, seeds and attack options (as :func:`attacks.options.check_options` makes
+    them), once every audit-level setting and count is known to be valid (before anything is loaded)."""
+    from .options import check_counts, check_options
+
     attacks = attack_names(attacks)
+    checked = {}
     for name, options in (attack_options or {}).items():
         known = attack_settings(name, option="`attack_options`")
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise NastyError(f"`attack_options`: {name} has no setting {unknown[0]!r}; "
                              f"it has {', '.join(known) or 'none'}")
-    if not 0.0 <= alpha <= 1.0:
+        checked[name] = check_options(name, options, option="`attack_options`")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise NastyError(f"`alpha` must be in [0, 1], got {alpha}")
-    if tau is not None and tau <= 0:
-        raise NastyError(f"`tau` must be > 0, got {tau}")
+    if tau is not None and not (isinstance(tau, (int, float)) and 0 < tau < float("inf")):
+        raise NastyError(f"`tau` must be a finite number > 0, got {tau}")
+    check_counts(seeds=len(seeds) if hasattr(seeds, "__len__") else None, students=len(students or ()),
+                 epochs=epochs)
     seeds = list(seeds)
     if not seeds:
         raise NastyError("`seeds`: give at least one seed")
     if checkpoint_seconds < 0:
         raise NastyError(f"`checkpoint_seconds` must be >= 0, got {checkpoint_seconds}")
-    return attacks, seeds
+    return attacks, seeds, checked
 
 
 def _teachers(teacher, reference, **brought: Unpack[Brought]) -> tuple[dict, dict, TensorData]:

@@ -100,9 +100,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_release(out, model: nn.Module, card: dict) -> dict:
-    """Write weights then card (with the weights' sha256); return the card written."""
+    """Write weights then card (with the weights' sha256); return the card written. A card that its
+    own schema would refuse is refused before anything is written (every command must read it)."""
     from safetensors.torch import save
 
+    validate(Card, card, f"the card for {one_line(out)}", error=CheckpointError)
     out = Path(out)
     sd = plain_state_dict(model)
     meta = {"format": "nasty", "arch": str(card.get("arch", "")), "num_classes": str(card.get("num_classes", "")),

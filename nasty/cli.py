@@ -17,7 +17,8 @@ from .errors import NastyError, NastyWarning, one_line
 
 
 def _fail_cleanly(fn):
-    """Our errors print as one line (exit 1); Ctrl-C says how to resume (exit 130)."""
+    """Our errors, and paths the OS refuses, print as one line (exit 1); Ctrl-C says how this
+    command goes on (exit 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,11 +29,39 @@ def _fail_cleanly(fn):
                 return fn(*args, **kwargs)
         except NastyError as e:  # text from files may hold newlines or escape sequences: one line, escaped
             raise click.ClickException(one_line(_as_flags(str(e)))) from None
+        except OSError as e:  # a name too long, a folder not writable, a full disk: wherever it is met
+            raise click.ClickException(_os_error(e)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; the last finished epoch is saved: run the same command with --resume", err=True)
+            click.echo(f"\ninterrupted; {_on_interrupt()}", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _os_error(e: OSError) -> str:
+    """``PATH: why`` (the OS's words) on one line."""
+    where = " -> ".join(one_line(f)[:200] for f in (e.filename, e.filename2) if f is not None)
+    why = e.strerror or str(e) or type(e).__name__
+    return one_line(f"{where}: {why}" if where else why)
+
+
+# what a command interrupted has kept, and how it goes on: the commands that resume do it their own way
+_RESUMES = {
+    "--resume": "the last finished epoch is saved: run the same command with --resume",
+    "audit": "the finished cells (and the last saved state of the one in training) are kept in --out: run the "
+             "same command again to go on from them",
+    "compare": "the finished cells of each audit are kept in --out: run the same command again to go on from them",
+    "demo": "what is finished is kept in --out: run the same command again to go on from it",
+}
+
+
+def _on_interrupt() -> str:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return "run the same command again"
+    if any(p.name == "resume" for p in ctx.command.params):
+        return _RESUMES["--resume"]
+    return _RESUMES.get(ctx.command.name, "nothing was left half-written: run the same command again")
 
 
 _NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
@@ -270,10 +299,15 @@ def _seeds(ctx, param, value):
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"a count (3) or a comma-separated list of integers (0,1,2), got {value!r}") from None
+    from .safety import limit
+
     if len(seeds) == 1 and "," not in value:
         if seeds[0] < 1:
             raise click.BadParameter(f"the number of seeds must be at least 1, got {seeds[0]} "
                                      f"(for that one seed alone, write '{seeds[0]},')")
+        if seeds[0] > limit("SEEDS"):  # before the list is made: a count is not a size to allocate
+            raise click.BadParameter(f"{seeds[0]:,} seeds is more than the limit of {limit('SEEDS'):,} "
+                                     f"(set NASTY_MAX_SEEDS to raise it)")
         seeds = list(range(seeds[0]))
     if not seeds:
         raise click.BadParameter("give at least one seed")

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .data import TensorData, load_dataset
-from .errors import DataError, ModelError, NastyError, NastyWarning
+from .errors import DataError, ModelError, NastyError, NastyWarning, one_line
 
 __all__ = ["PRESETS", "MODEL_CARD_KEYS", "read_model_card", "parse_normalization", "parse_input", "read_model", "require_options", "data_for", "check_accuracy",
            "open_models", "Opened", "Brought",
@@ -94,8 +94,8 @@ def read_model_card(path) -> dict:
 
 
 def _floats(value, what: str) -> list[float]:
-    if isinstance(value, (int, float)):
-        return [float(value)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]  # one number for every channel: checked as the others are
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
         out = [float(v) for v in items if not isinstance(v, str) or v.strip()]
@@ -122,7 +122,13 @@ def parse_normalization(*, mean=None, std=None, preset: str | None = None) -> di
     norm = {"mean": _floats(mean, "mean"), "std": _floats(std, "std")}
     if min(norm["std"]) <= 0:
         raise DataError(f"`std` must be > 0, got {std!r}")
-    return norm
+    for key, ok, what in (("mean", lambda v: 0 <= v <= 1, "in [0, 1]"), ("std", lambda v: 0 < v <= 1, "in (0, 1]")):
+        if not all(ok(v) for v in norm[key]):  # what a card's normalization holds (nasty.schema.Normalization)
+            given = {"mean": mean, "std": std}[key]
+            raise DataError(f"`{key}` takes values {what}, on the 0..1 scale of the pixels, got {one_line(repr(given))[:60]}")
+    from .schema import Normalization, validate
+
+    return validate(Normalization, norm, "`mean`/`std`", error=DataError)
 
 
 def parse_input(*, size=None, channels=None, channel_order=None) -> dict | None:

@@ -50,9 +50,15 @@ class TrainConfig:
     gamma: float = 0.1
 
     def check(self) -> None:
-        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0)):
+        from .safety import limit
+
+        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                         ("lr", self.lr > 0 and math.isfinite(self.lr))):
             if not ok:
                 raise NastyError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.epochs > limit("EPOCHS"):
+            raise NastyError(f"`epochs`: {self.epochs:,} is more than the limit of {limit('EPOCHS'):,} "
+                             f"(set NASTY_MAX_EPOCHS to raise it)")
 
 
 def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9) -> Callable:
