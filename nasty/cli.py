@@ -438,9 +438,16 @@ def demo(out, quick, device, quiet):
               help="Release softmax(z / T).")
 @click.option("--out", type=click.Path(), required=True, help="Run directory of the defended model.")
 @click.option("--force", is_flag=True, help="Overwrite a run in --out.")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None,
+              help="Accuracy budget in points: warn when the served model scores more than this below the same "
+                   "weights unserved on the test split [1.0, as harden's search].")
+@_data_root_option
+@_download_option
+@_device_option
 @_unsafe_pickle_option
 @_fail_cleanly
-def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle):
+def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle, max_cost, data_root, download,
+           device):
     """Serve a run with an output transform (no retraining): same weights, transform in its card."""
     from .runs import defend as run_defend
 
@@ -450,8 +457,10 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
                                 {"name": "temperature", "t": temperature} if temperature is not None else None) if spec]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --topk, --reverse-sigmoid, --round, --temperature")
-    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle)
-    click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']} -> {out}")
+    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle,
+                      max_cost=max_cost, data_root=data_root, download=download, device=device)
+    click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']}: test accuracy "
+               f"{card['accuracy']:.2f}% served ({card['accuracy_unserved']:.2f}% unserved) -> {out}")
 
 
 @main.command()
