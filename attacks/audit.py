@@ -28,7 +28,7 @@ from nasty import __version__, accel
 from nasty import checkpoint as ckpt
 from nasty.data import TensorData
 from nasty.defences import defence_of
-from nasty.errors import NastyError, NastyWarning, one_line
+from nasty.errors import Diverged, NastyError, NastyWarning, one_line
 from nasty.safety import html_text as h
 from nasty.safety import md_text as md
 from nasty.safety import read_json
@@ -38,7 +38,7 @@ from nasty.recipes import RECIPES
 from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
+from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress
 from .base import LabelSmoothing, Scratch, batchable, run_cells
 
 if TYPE_CHECKING:
@@ -128,11 +128,14 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
             group = _group(todo, i, ensemble=ensemble, device=dev)
-            finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
+            try:
+                finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
+            except Diverged as e:  # one thief that failed: recorded in the report, the others go on
+                finished.update(progress.failed_cells(group, e))
             trained = True
         cells.append(c.done or finished[c.path])
-        report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, epochs,
-                         train_fraction, common["teachers"])
+        report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
+                                           tau, epochs, train_fraction, common["teachers"]), cells, len(todo))
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
@@ -142,6 +145,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             for src in (s for s in SOURCES if s in saved):
                 grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
         _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
+    progress.raise_if_failed(report, out)
     return report
 
 
@@ -502,6 +506,7 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 .good {{ color: #1a7f37; }} .bad {{ color: #b42318; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>KD-immunity audit: {h(report['dataset'])}</h1>
+{''.join(f"<p class='bad'><b>{h(line)}</b></p>" for line in progress.status_lines(report))}
 <section id="worst-case"><h2>Worst case per student</h2>
 <p>The attack that gets most from the audited teacher (highest mean final-epoch test accuracy of its students):
 the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
@@ -847,6 +852,7 @@ def format_markdown(report: dict) -> str:
     return "\n".join([
         f"# KD-immunity audit: {md(report['dataset'])}",
         "",
+        *(f"**{md(line)}**\n" for line in progress.status_lines(report)),
         f"- reference: {md(t['normal']['arch'])}, test accuracy {t['normal']['accuracy']:.2f}% "
         f"(defence {md(t['normal'].get('defence', 'none'))})",
         f"- audited teacher: {md(t['nasty']['arch'])}, test accuracy {t['nasty']['accuracy']:.2f}% "
