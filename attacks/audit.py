@@ -97,6 +97,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
                                                      seeds=seeds, checkpoint_seconds=checkpoint_seconds,
                                                      students=students, epochs=epochs)
+    progress.check_out(out, force=force)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
     train_fraction = brought.get("train_fraction", 1.0)

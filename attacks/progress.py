@@ -12,7 +12,33 @@ from __future__ import annotations
 
 from nasty.errors import NastyError, one_line
 
-__all__ = ["failed_cells", "annotate", "status_lines", "raise_if_failed"]
+__all__ = ["failed_cells", "annotate", "status_lines", "raise_if_failed", "check_out"]
+
+REPORTS = ("report.json", "report.md", "report.html")
+
+
+def check_out(out, *, force: bool) -> None:
+    """Refuse an ``out`` whose report files are not an audit's (the user's own report.md, a
+    report.json that is not an audit report) unless ``force``: an audit rewrites them."""
+    from pathlib import Path
+
+    from nasty.safety import read_json
+
+    out = Path(out).expanduser()
+    present = [f for f in REPORTS if (out / f).exists() or (out / f).is_symlink()]
+    if force or not present:
+        return
+    ours = False
+    if "report.json" in present:
+        try:
+            obj = read_json(out / "report.json")
+            ours = isinstance(obj, dict) and all(k in obj for k in ("teachers", "summary", "settings", "runs"))
+        except NastyError:
+            ours = False
+    if not ours:
+        raise NastyError(f"`out` {one_line(out)} holds {', '.join(present)} that no audit wrote (report.json is "
+                         f"{'missing' if 'report.json' not in present else 'not an audit report'}); an audit "
+                         f"replaces them: use another `out`, or `force` to replace them")
 
 
 def failed_cells(group, error: Exception) -> dict:

@@ -243,7 +243,7 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "`teacher`"
     file_sha = sha256_file(path)
     if card.get("sha256") and file_sha != card["sha256"]:
         raise CheckpointError(f"{one_line(path)} does not match the sha256 in {one_line(path.parent / CARD)} (an "
-                              f"interrupted write or a modified file); re-run with `resume` to rewrite it")
+                              f"interrupted write or a modified file); resume the run that wrote it to rewrite it, or restore the file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -403,7 +403,7 @@ def _fitted(model: nn.Module, sd: dict, *, arch: str) -> dict:
         parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
                  f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
-        raise ModelError(f"weights do not fit `arch` {one_line(arch)}: " + "; ".join(p for p in parts if p))
+        raise ModelError(f"weights do not fit the architecture {one_line(arch)}: " + "; ".join(p for p in parts if p))
     return sd
 
 

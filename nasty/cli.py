@@ -77,7 +77,8 @@ def _as_flags(text: str) -> str:
             if isinstance(param, click.Option):
                 flags.setdefault(param.name, max(param.opts, key=len))
         ctx = ctx.parent
-    return _NAMED.sub(lambda m: flags.get(m.group(1), m.group(0)), text)
+    # a library keyword for one of a list this command takes (compare's `teacher` is one of --teachers)
+    return _NAMED.sub(lambda m: flags.get(m.group(1), flags.get(m.group(1) + "s", m.group(0))), text)
 
 
 def _show_warning(message, category, *args, **kwargs):

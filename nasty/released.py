@@ -184,6 +184,7 @@ def read_model(source, *, option: str = "`teacher`", arch: str | None = None, no
     else:
         sd, card = ckpt.load_weights(source, unsafe_pickle=unsafe_pickle, option=option)
     name = f"{option} {label(source)}"
+    _warn_if_unfinished(card, name)
     if arch:
         if card.get("arch") and card["arch"] != arch:
             raise ModelError(f"`arch` {arch} does not match the architecture recorded with {name} ({card['arch']})")
@@ -205,6 +206,15 @@ def read_model(source, *, option: str = "`teacher`", arch: str | None = None, no
         names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
         card = {**card, "classes": names}
     return sd, card
+
+
+def _warn_if_unfinished(card: dict, name: str) -> None:
+    """One line when a card says its run is still in training (or was stopped before its last epoch)."""
+    epoch, epochs = card.get("epoch"), card.get("epochs")
+    if card.get("status") == "running" or (isinstance(epoch, int) and isinstance(epochs, int) and epoch < epochs):
+        warnings.warn(NastyWarning(f"{name} is an unfinished run (epoch {epoch} of {epochs} in its card, status "
+                                   f"{card.get('status', '?')}): it is used as it is now, not as it will be"),
+                      stacklevel=3)
 
 
 def _agree(a: dict, b: dict, source) -> bool:
