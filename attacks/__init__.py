@@ -33,7 +33,8 @@ def attack_settings(name: str, *, option: str = "`attacks`") -> list[str]:
 
     if name not in ATTACKS:
         raise NastyError(f"{option}: unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or all)")
-    return [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p != "self"]
+    return [p.name for p in inspect.signature(ATTACKS[name].__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # hard-label: none
 
 
 def attack_names(names) -> list[str]:

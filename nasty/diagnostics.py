@@ -162,6 +162,8 @@ def embed(arr: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
     if len(a) < 3 or not scale > 0:
         return None
     a = a / scale
+    if a.shape[1] < 2:  # one column (one class, one feature): PCA's start needs two
+        a = np.concatenate([a, np.zeros_like(a)], axis=1)
     if np.unique(a.round(9), axis=0).shape[0] < 2:
         return None
     with np.errstate(all="ignore"):
