@@ -375,7 +375,8 @@ def _attack_options(ctx, param, values):
 @_download_option
 @_thief_fraction_option
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
-@click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
+@click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out, and replace "
+                                           "report files there that no audit wrote.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write report.html with logit-peak, t-SNE and synthesised-image plots.")
 @click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,

@@ -126,7 +126,7 @@ def cases(t, f):
          "skeptical.shallow must index"),
         (audit + ["--attacks", "skeptical", "--attack-option", "skeptical.delay=-2"], 1, "skeptical.delay must be"),
         (audit + ["--attacks", "kd-sweep", "--attack-option", "kd-sweep.val_fraction=1.5"], 1,
-         "kd-sweep.val_fraction must be in (0, 1)"),
+         "kd-sweep.val_fraction must be a number in (0, 1)"),
         (["audit", "--teacher", nasty, "--reference", str(f / "missing"), "--out", str(f / "a2")], 1,
          "--reference"),
         # a model you bring: what is missing is named at once; its preprocessing; its sanity checks
