@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .data import DATASETS
+from .cli_errors import on_interrupt, os_error_line
 from .errors import NastyError, NastyWarning, one_line
 
 
@@ -30,38 +31,12 @@ def _fail_cleanly(fn):
         except NastyError as e:  # text from files may hold newlines or escape sequences: one line, escaped
             raise click.ClickException(one_line(_as_flags(str(e)))) from None
         except OSError as e:  # a name too long, a folder not writable, a full disk: wherever it is met
-            raise click.ClickException(_os_error(e)) from None
+            raise click.ClickException(os_error_line(e)) from None
         except KeyboardInterrupt:
-            click.echo(f"\ninterrupted; {_on_interrupt()}", err=True)
+            click.echo(f"\ninterrupted; {on_interrupt()}", err=True)
             sys.exit(130)
 
     return wrapper
-
-
-def _os_error(e: OSError) -> str:
-    """``PATH: why`` (the OS's words) on one line."""
-    where = " -> ".join(one_line(f)[:200] for f in (e.filename, e.filename2) if f is not None)
-    why = e.strerror or str(e) or type(e).__name__
-    return one_line(f"{where}: {why}" if where else why)
-
-
-# what a command interrupted has kept, and how it goes on: the commands that resume do it their own way
-_RESUMES = {
-    "--resume": "the last finished epoch is saved: run the same command with --resume",
-    "audit": "the finished cells (and the last saved state of the one in training) are kept in --out: run the "
-             "same command again to go on from them",
-    "compare": "the finished cells of each audit are kept in --out: run the same command again to go on from them",
-    "demo": "what is finished is kept in --out: run the same command again to go on from it",
-}
-
-
-def _on_interrupt() -> str:
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return "run the same command again"
-    if any(p.name == "resume" for p in ctx.command.params):
-        return _RESUMES["--resume"]
-    return _RESUMES.get(ctx.command.name, "nothing was left half-written: run the same command again")
 
 
 _NAMED = re.compile(r"`([a-z][a-z0-9_]*)`")
