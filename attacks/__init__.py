@@ -33,7 +33,8 @@ def attack_settings(name: str, *, option: str = "`attacks`") -> list[str]:
 
     if name not in ATTACKS:
         raise NastyError(f"{option}: unknown attack {name!r}; choose from {', '.join(ATTACKS)} (or all)")
-    return [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p != "self"]
+    return [p.name for p in inspect.signature(ATTACKS[name].__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # hard-label: none
 
 
 def attack_names(names) -> list[str]:
@@ -47,9 +48,12 @@ def attack_names(names) -> list[str]:
 
 
 def create_attack(name: str, **kwargs) -> Attack:
-    """An attack by name; ``kwargs`` the attack accepts are passed, others ignored (``alpha`` for DAFL)."""
+    """An attack by name; ``kwargs`` the attack accepts are checked against its schema
+    (:mod:`attacks.options`) and passed, others ignored (``alpha`` for DAFL)."""
+    from .options import check_options
+
     accepted = attack_settings(name)
-    return ATTACKS[name](**{k: v for k, v in kwargs.items() if k in accepted})
+    return ATTACKS[name](**check_options(name, {k: v for k, v in kwargs.items() if k in accepted}))
 
 
 IMAGE_TITLES = {"dafl": "DAFL generator", "deepinversion": "DeepInversion"}

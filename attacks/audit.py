@@ -29,7 +29,7 @@ from nasty import __version__, accel
 from nasty import checkpoint as ckpt
 from nasty.data import TensorData
 from nasty.defences import defence_of
-from nasty.errors import NastyError, NastyWarning, one_line
+from nasty.errors import Diverged, NastyError, NastyWarning, one_line
 from nasty.safety import html_text as h
 from nasty.safety import md_text as md
 from nasty.safety import read_json
@@ -39,7 +39,7 @@ from nasty.recipes import RECIPES
 from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 
-from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack
+from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress
 from .base import LabelSmoothing, Scratch, batchable, run_cells
 
 if TYPE_CHECKING:
@@ -99,8 +99,10 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     An audit of a model against itself (the same sha256, answering the same way: the row of no
     defence in a comparison) trains one side and records it as both (the cell records ``mirrored``).
     """
-    attacks, seeds = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau, seeds=seeds,
-                                     checkpoint_seconds=checkpoint_seconds)
+    attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
+                                                     seeds=seeds, checkpoint_seconds=checkpoint_seconds,
+                                                     students=students, epochs=epochs)
+    progress.check_out(out, force=force)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
     train_fraction = brought.get("train_fraction", 1.0)
@@ -135,11 +137,15 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
             group = _group(todo, i, ensemble=ensemble, device=dev)
-            finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
+            try:
+                finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
+            except Diverged as e:  # one thief that failed: recorded in the report, the others go on
+                finished.update(progress.failed_cells(group, e))
             trained = True
         cells.append(c.done or finished[c.path])
-        report = _report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha, tau, schedule,
-                         train_fraction, common["teachers"], epochs=epochs)
+        report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
+                                           tau, schedule, train_fraction, common["teachers"], epochs=epochs),
+                                   cells, len(todo))
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
     if plots and (trained or not (out / "report.html").exists()):
@@ -149,6 +155,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             for src in (s for s in SOURCES if s in saved):
                 grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
         _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
+    progress.raise_if_failed(report, out)
     return report
 
 
@@ -170,25 +177,33 @@ def student_schedule(data: TensorData, *, epochs: int, batch_size: int, lr: floa
     return config.for_steps(int(steps), len(data.train_y))
 
 
-def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds) -> tuple[list[str], list[int]]:
-    """The attack names and seeds, once every audit-level setting is known to be valid (before anything is loaded)."""
+def _check_settings(attacks, *, attack_options, alpha, tau, seeds, checkpoint_seconds, students=None,
+                    epochs=None) -> tuple[list[str], list[int], dict]:
+    """The attack names, seeds and attack options (as :func:`attacks.options.check_options` makes
+    them), once every audit-level setting and count is known to be valid (before anything is loaded)."""
+    from .options import check_counts, check_options
+
     attacks = attack_names(attacks)
+    checked = {}
     for name, options in (attack_options or {}).items():
         known = attack_settings(name, option="`attack_options`")
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise NastyError(f"`attack_options`: {name} has no setting {unknown[0]!r}; "
                              f"it has {', '.join(known) or 'none'}")
-    if not 0.0 <= alpha <= 1.0:
+        checked[name] = check_options(name, options, option="`attack_options`")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise NastyError(f"`alpha` must be in [0, 1], got {alpha}")
-    if tau is not None and tau <= 0:
-        raise NastyError(f"`tau` must be > 0, got {tau}")
+    if tau is not None and not (isinstance(tau, (int, float)) and 0 < tau < float("inf")):
+        raise NastyError(f"`tau` must be a finite number > 0, got {tau}")
+    check_counts(seeds=len(seeds) if hasattr(seeds, "__len__") else None, students=len(students or ()),
+                 epochs=epochs)
     seeds = list(seeds)
     if not seeds:
         raise NastyError("`seeds`: give at least one seed")
     if checkpoint_seconds < 0:
         raise NastyError(f"`checkpoint_seconds` must be >= 0, got {checkpoint_seconds}")
-    return attacks, seeds
+    return attacks, seeds, checked
 
 
 def _teachers(teacher, reference, **brought: Unpack[Brought]) -> tuple[dict, dict, TensorData]:
@@ -521,6 +536,7 @@ th {{ background: #f3f3f3; }} td {{ text-align: right; }} td:first-child, td:nth
 .good {{ color: #1a7f37; }} .bad {{ color: #b42318; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>KD-immunity audit: {h(report['dataset'])}</h1>
+{''.join(f"<p class='bad'><b>{h(line)}</b></p>" for line in progress.status_lines(report))}
 <section id="worst-case"><h2>Worst case per student</h2>
 <p>The attack that gets most from the audited teacher (highest mean final-epoch test accuracy of its students):
 the defence is as good as this row. Immunity ± the spread over seeds of the per-seed difference.</p>
@@ -876,6 +892,7 @@ def format_markdown(report: dict) -> str:
     return "\n".join([
         f"# KD-immunity audit: {md(report['dataset'])}",
         "",
+        *(f"**{md(line)}**\n" for line in progress.status_lines(report)),
         f"- reference: {md(t['normal']['arch'])}, test accuracy {t['normal']['accuracy']:.2f}% "
         f"(defence {md(t['normal'].get('defence', 'none'))})",
         f"- audited teacher: {md(t['nasty']['arch'])}, test accuracy {t['nasty']['accuracy']:.2f}% "

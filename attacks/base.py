@@ -40,7 +40,7 @@ from torch import nn
 from nasty import accel
 from nasty.accel import autocast, prepare
 from nasty.data import TensorData, mix_seed
-from nasty.errors import NastyError
+from nasty.errors import Diverged, NastyError
 from nasty.models import create_model
 from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
@@ -311,8 +311,8 @@ def run_cells(attack: Attack, teachers: dict[str, nn.Module | None], students: l
                 else:  # the teachers' forwards too are in the graph
                     total = whole(batches, labels, epoch=epoch, step=step)
                 if step == 0 and not torch.isfinite(total.detach()):
-                    raise NastyError(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
-                                     f"try a smaller `lr` or `tau`")
+                    raise Diverged(f"{attack.name}: the student loss became NaN/inf at epoch {epoch + 1}; "
+                                   f"try a smaller `tau`")
                 bar.update(1)
             cells.end_epoch()
             if save is not None and epoch + 1 < config.epochs:

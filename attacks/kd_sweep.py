@@ -23,7 +23,7 @@ import torch
 
 from nasty.data import mix_seed
 from nasty.defences import TopK
-from nasty.errors import NastyError
+from nasty.errors import Diverged, NastyError
 from nasty.objectives import kd_loss
 
 from .base import Attack, register
@@ -96,8 +96,6 @@ class KDSweep(Attack):
         (the mean over :meth:`splits` random splits of the thief's own images; ``splits`` says how many).
         The candidates of a split train in one run (:func:`attacks.base.run_cells`): one teacher forward
         per batch for all of them, and on a GPU their whole training step replayed as one CUDA graph."""
-        from .base import run_cells
-
         pairs = {f"candidate{i}": pair for i, pair in enumerate((t, a) for t in self.taus for a in self.alphas)}
         devices = [device] if torch.device(device).type == "cuda" else []
         first = data.split_validation(self.val_fraction, seed=config.seed % 2**32)[1]  # the thief's own images
@@ -106,17 +104,19 @@ class KDSweep(Attack):
         for k in range(count):
             split = first if k == 0 else data.split_validation(self.val_fraction,
                                                                seed=mix_seed(config.seed, 37, k) % 2**32)[1]
+            cfg = replace(config, steps=None, epochs=self.search_schedule(len(split.train_y), config,
+                                                                          len(data.train_y)))
             with torch.random.fork_rng(devices=devices):  # the outer run's random streams are left as they were
-                scores.append(run_cells(_Candidates(pairs, answers=self.answers), dict.fromkeys(pairs, teacher),
-                                        list(archs), split, seeds=[config.seed], device=device,
-                                        config=replace(config, steps=None, epochs=self.search_schedule(
-                                            len(split.train_y), config, len(data.train_y))),
-                                        )[config.seed])
-        tried = {arch: [{"tau": tau, "alpha": alpha,
-                         "val_accuracy": round(sum(acc[(name, arch)] for acc in scores) / count, 4)}
+                scores.append(_scores(pairs, teacher, list(archs), split, answers=self.answers, config=cfg,
+                                      device=device))
+        tried = {arch: [{"tau": tau, "alpha": alpha, **_mean([acc[(name, arch)] for acc in scores])}
                         for name, (tau, alpha) in pairs.items()] for arch in archs}
-        return {arch: {**max(rows, key=lambda r: r["val_accuracy"]), "splits": count, "tried": rows}
-                for arch, rows in tried.items()}
+        for arch, rows in tried.items():
+            if all(r.get("diverged") for r in rows):
+                raise Diverged(f"{self.name}: every candidate (tau, alpha) diverged for student {arch} "
+                               f"(the student loss became NaN/inf)")
+        return {arch: {**max((r for r in rows if not r.get("diverged")), key=lambda r: r["val_accuracy"]),
+                       "splits": count, "tried": rows} for arch, rows in tried.items()}
 
     def state(self, ctx):
         return {"picks": ctx["picks"]}
@@ -151,6 +151,35 @@ class HardLabelSweep(KDSweep):
     added = {"val_images": 0, "match_steps": False}  # cells from before the settings
     top1 = True
     labels_only = True
+
+
+def _mean(accs: list) -> dict:
+    """A candidate's score over the splits; a candidate that diverged on any split is a failed one."""
+    if any(a is None for a in accs):
+        return {"val_accuracy": None, "diverged": True}
+    return {"val_accuracy": round(sum(accs) / len(accs), 4)}
+
+
+def _scores(pairs: dict, teacher, archs: list[str], split, *, answers, config, device) -> dict:
+    """Every candidate's validation accuracy per ``(candidate, arch)``, all trained in one run; where
+    that run diverges, each candidate and architecture again alone, ``None`` for those that diverge
+    (a failed candidate: the others are scored as they would be)."""
+    from .base import run_cells
+
+    run = lambda chosen, students: run_cells(  # noqa: E731
+        _Candidates(chosen, answers=answers), dict.fromkeys(chosen, teacher), students, split, seeds=[config.seed],
+        device=device, config=config)[config.seed]
+    try:
+        return run(pairs, archs)
+    except Diverged:
+        out = {}
+        for name, pair in pairs.items():
+            for arch in archs:
+                try:
+                    out[(name, arch)] = run({name: pair}, [arch])[(name, arch)]
+                except Diverged:
+                    out[(name, arch)] = None
+        return out
 
 
 class _Candidates(Attack):

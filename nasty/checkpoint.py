@@ -100,9 +100,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_release(out, model: nn.Module, card: dict) -> dict:
-    """Write weights then card (with the weights' sha256); return the card written."""
+    """Write weights then card (with the weights' sha256); return the card written. A card that its
+    own schema would refuse is refused before anything is written (every command must read it)."""
     from safetensors.torch import save
 
+    validate(Card, card, f"the card for {one_line(out)}", error=CheckpointError)
     out = Path(out)
     sd = plain_state_dict(model)
     meta = {"format": "nasty", "arch": str(card.get("arch", "")), "num_classes": str(card.get("num_classes", "")),
@@ -241,7 +243,7 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "`teacher`"
     file_sha = sha256_file(path)
     if card.get("sha256") and file_sha != card["sha256"]:
         raise CheckpointError(f"{one_line(path)} does not match the sha256 in {one_line(path.parent / CARD)} (an "
-                              f"interrupted write or a modified file); re-run with `resume` to rewrite it")
+                              f"interrupted write or a modified file); resume the run that wrote it to rewrite it, or restore the file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -261,8 +263,8 @@ def load_weights(path, *, unsafe_pickle: bool = False, option: str = "`teacher`"
     try:
         if not unsafe_pickle:
             check_pt_archive(path)
-        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with warnings.catch_warnings():  # torch warns about pickle protocols, sparse or meta tensors: we judge them
+            warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not unsafe_pickle:
@@ -330,8 +332,37 @@ def _find_state_dict(obj, path) -> dict[str, torch.Tensor]:
                 break
         tensors = {k: v for k, v in obj.items() if torch.is_tensor(v)}
         if tensors and len(tensors) == len(obj):
-            return tensors
-    raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+            return plain_entries(tensors, path)
+        bad = next((k for k, v in obj.items() if not torch.is_tensor(v)), None)
+        if bad is not None:
+            raise CheckpointError(f"{one_line(path)} does not hold a state dict (a mapping of names to tensors): "
+                                  f"entry {one_line(repr(bad))[:60]} is {_what(obj[bad])}")
+    raise CheckpointError(f"{one_line(path)} does not hold a state dict (a mapping of names to tensors)")
+
+
+def _what(v) -> str:
+    return f"a {type(v).__name__}" if not isinstance(v, (dict, list, tuple)) else \
+        f"a {type(v).__name__} of {len(v)} (nested)"
+
+
+def plain_entries(sd: dict, path) -> dict[str, torch.Tensor]:
+    """``sd`` if every entry is a name (a string) and a plain dense tensor on the CPU; else one line
+    naming ``path`` and the first entry that is not (a sparse, quantized, nested or meta tensor, a
+    key that is not a string), before anything reads the values."""
+    for k, v in sd.items():
+        why = None
+        if not isinstance(k, str) or not k:
+            why = f"has a key of type {type(k).__name__}, not a name (a non-empty string)"
+        elif not torch.is_tensor(v):
+            why = f"is {_what(v)}, not a tensor"
+        elif v.layout != torch.strided or v.is_quantized or getattr(v, "is_nested", False):
+            why = f"is a {str(v.layout).removeprefix('torch.')}{' quantized' if v.is_quantized else ''} tensor, not a dense one"
+        elif v.device.type != "cpu":
+            why = f"is a tensor on the {v.device.type} device, which holds no values"
+        if why is not None:
+            raise CheckpointError(f"{one_line(path)}: entry {one_line(repr(k))[:60]} {why}; a weights file holds a "
+                                  f"plain state dict (names to dense tensors)")
+    return sd
 
 
 def _strip_prefixes(sd: dict) -> dict:
@@ -372,7 +403,7 @@ def _fitted(model: nn.Module, sd: dict, *, arch: str) -> dict:
         parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
                  f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
                  f"{len(shapes)} of another shape ({some(shapes)})" if shapes else ""]
-        raise ModelError(f"weights do not fit `arch` {one_line(arch)}: " + "; ".join(p for p in parts if p))
+        raise ModelError(f"weights do not fit the architecture {one_line(arch)}: " + "; ".join(p for p in parts if p))
     return sd
 
 

@@ -13,11 +13,13 @@ import click
 
 from . import __version__
 from .data import DATASETS
+from .cli_errors import on_interrupt, os_error_line
 from .errors import NastyError, NastyWarning, one_line
 
 
 def _fail_cleanly(fn):
-    """Our errors print as one line (exit 1); Ctrl-C says how to resume (exit 130)."""
+    """Our errors, and paths the OS refuses, print as one line (exit 1); Ctrl-C says how this
+    command goes on (exit 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,8 +30,10 @@ def _fail_cleanly(fn):
                 return fn(*args, **kwargs)
         except NastyError as e:  # text from files may hold newlines or escape sequences: one line, escaped
             raise click.ClickException(one_line(_as_flags(str(e)))) from None
+        except OSError as e:  # a name too long, a folder not writable, a full disk: wherever it is met
+            raise click.ClickException(os_error_line(e)) from None
         except KeyboardInterrupt:
-            click.echo("\ninterrupted; the last finished epoch is saved: run the same command with --resume", err=True)
+            click.echo(f"\ninterrupted; {on_interrupt()}", err=True)
             sys.exit(130)
 
     return wrapper
@@ -48,7 +52,8 @@ def _as_flags(text: str) -> str:
             if isinstance(param, click.Option):
                 flags.setdefault(param.name, max(param.opts, key=len))
         ctx = ctx.parent
-    return _NAMED.sub(lambda m: flags.get(m.group(1), m.group(0)), text)
+    # a library keyword for one of a list this command takes (compare's `teacher` is one of --teachers)
+    return _NAMED.sub(lambda m: flags.get(m.group(1), flags.get(m.group(1) + "s", m.group(0))), text)
 
 
 def _show_warning(message, category, *args, **kwargs):
@@ -270,10 +275,15 @@ def _seeds(ctx, param, value):
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"a count (3) or a comma-separated list of integers (0,1,2), got {value!r}") from None
+    from .safety import limit
+
     if len(seeds) == 1 and "," not in value:
         if seeds[0] < 1:
             raise click.BadParameter(f"the number of seeds must be at least 1, got {seeds[0]} "
                                      f"(for that one seed alone, write '{seeds[0]},')")
+        if seeds[0] > limit("SEEDS"):  # before the list is made: a count is not a size to allocate
+            raise click.BadParameter(f"{seeds[0]:,} seeds is more than the limit of {limit('SEEDS'):,} "
+                                     f"(set NASTY_MAX_SEEDS to raise it)")
         seeds = list(range(seeds[0]))
     if not seeds:
         raise click.BadParameter("give at least one seed")
@@ -344,7 +354,8 @@ def _attack_options(ctx, param, values):
 @_download_option
 @_thief_fraction_option
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
-@click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out.")
+@click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out, and replace "
+                                           "report files there that no audit wrote.")
 @click.option("--plots/--no-plots", default=True, show_default=True,
               help="Write report.html with logit-peak, t-SNE and synthesised-image plots.")
 @click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
@@ -408,9 +419,16 @@ def demo(out, quick, device, quiet):
               help="Release softmax(z / T).")
 @click.option("--out", type=click.Path(), required=True, help="Run directory of the defended model.")
 @click.option("--force", is_flag=True, help="Overwrite a run in --out.")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None,
+              help="Accuracy budget in points: warn when the served model scores more than this below the same "
+                   "weights unserved on the test split [1.0, as harden's search].")
+@_data_root_option
+@_download_option
+@_device_option
 @_unsafe_pickle_option
 @_fail_cleanly
-def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle):
+def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle, max_cost, data_root, download,
+           device):
     """Serve a run with an output transform (no retraining): same weights, transform in its card."""
     from .runs import defend as run_defend
 
@@ -420,8 +438,10 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
                                 {"name": "temperature", "t": temperature} if temperature is not None else None) if spec]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --topk, --reverse-sigmoid, --round, --temperature")
-    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle)
-    click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']} -> {out}")
+    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle,
+                      max_cost=max_cost, data_root=data_root, download=download, device=device)
+    click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']}: test accuracy "
+               f"{card['accuracy']:.2f}% served ({card['accuracy_unserved']:.2f}% unserved) -> {out}")
 
 
 @main.command()

@@ -17,6 +17,7 @@ Jupyter shows them inline.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from . import accel
 from .data import TensorData
-from .errors import one_line
+from .errors import NastyWarning, first_line, one_line
 from .safety import plot_text
 
 if TYPE_CHECKING:
@@ -147,19 +148,45 @@ def plot_logits(teachers: dict[str, nn.Module], data: TensorData, *, tau: float,
     return fig, numbers
 
 
-def plot_tsne(teachers: dict[str, nn.Module], data: TensorData, *, limit: int = 1000, seed: int = 0) -> Figure:
-    """t-SNE of penultimate features and of logits of (up to ``limit``) test images, per teacher."""
+def embed(arr: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
+    """A 2-D t-SNE of the rows of ``arr``, or ``None`` where every row is the same (t-SNE is
+    undefined there, and scikit-learn's crashes the process). Any output is laid out: saturated
+    (a temperature of 1e-30 makes logits of 1e31), one-hot, tiny, or with NaN/inf (taken as 0):
+    the rows are centred and scaled to at most 1 first, which t-SNE's distances do not see."""
     from sklearn.manifold import TSNE
 
+    a = np.asarray(arr, dtype=np.float64).reshape(len(arr), -1)
+    a = np.where(np.isfinite(a), a, 0.0)
+    a = a - a.mean(axis=0, keepdims=True)
+    scale = np.abs(a).max() if a.size else 0.0
+    if len(a) < 3 or not scale > 0:
+        return None
+    a = a / scale
+    if a.shape[1] < 2:  # one column (one class, one feature): PCA's start needs two
+        a = np.concatenate([a, np.zeros_like(a)], axis=1)
+    if np.unique(a.round(9), axis=0).shape[0] < 2:
+        return None
+    with np.errstate(all="ignore"):
+        emb = TSNE(n_components=2, init="pca", random_state=seed,
+                   perplexity=min(30.0, max(2.0, (len(a) - 1) / 3))).fit_transform(a)
+    return np.where(np.isfinite(emb), emb, 0.0)
+
+
+def plot_tsne(teachers: dict[str, nn.Module], data: TensorData, *, limit: int = 1000, seed: int = 0) -> Figure:
+    """t-SNE of penultimate features and of logits of (up to ``limit``) test images, per teacher
+    (:func:`embed`: any finite output; a panel of outputs that are all the same says so)."""
     names = list(teachers)
     fig = Figure(figsize=(9, 4.2 * len(names)), layout="constrained")
     axes = fig.subplots(len(names), 2, squeeze=False)
     for row, name in enumerate(names):
         feats, logits, labels = _outputs(teachers[name], data, limit)
         for col, (what, arr) in enumerate((("penultimate features", feats), ("logits", logits))):
-            emb = TSNE(n_components=2, init="pca", random_state=seed,
-                       perplexity=min(30.0, max(2.0, (len(arr) - 1) / 3))).fit_transform(arr)
             ax = axes[row, col]
+            emb = embed(arr, seed=seed)
+            if emb is None:  # a served model that answers the same to every image: nothing to lay out
+                ax.text(0.5, 0.5, f"all {len(arr)} are the same:\nnothing to embed", ha="center", va="center",
+                        transform=ax.transAxes)
+                emb = np.zeros((len(arr), 2))
             sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if data.num_classes <= 10 else "tab20",
                             s=6, vmin=-0.5, vmax=data.num_classes - 0.5)
             ax.set_title(f"{name} teacher: {what}", fontsize=10)
@@ -378,8 +405,15 @@ def audit_figures(models: dict[str, nn.Module], data: TensorData, *, tau: float,
                   per_class: int = 2) -> dict[str, tuple[Figure, dict | None]]:
     """The figures an audit report shows: logit peaks, t-SNE, and ``grids`` (title -> images and the
     teacher's labels), the images the audit's data-free attacks synthesised while it trained."""
-    fig, numbers = plot_logits(models, data, tau=tau)
-    figures = {"logits": (fig, numbers), "tsne": (plot_tsne(models, data, seed=seed), None)}
+    makers = {"logits": lambda: plot_logits(models, data, tau=tau),
+              "tsne": lambda: (plot_tsne(models, data, seed=seed), None)}
     if grids:
-        figures["images"] = (plot_images(grids, data, per_class=per_class), None)
+        makers["images"] = lambda: (plot_images(grids, data, per_class=per_class), None)
+    figures = {}
+    for name, make in makers.items():  # a figure that fails costs the report that figure, never the report
+        try:
+            figures[name] = make()
+        except Exception as e:  # noqa: BLE001 - matplotlib, scikit-learn, numpy: whatever a plot meets
+            warnings.warn(NastyWarning(f"the report is written without its {name} figure, which failed "
+                                       f"({type(e).__name__}: {first_line(e)})"))
     return figures

@@ -38,6 +38,11 @@ class TrainingStopped(NastyError):
     """Training diverged (NaN/inf) or collapsed; the last good checkpoint is kept."""
 
 
+class Diverged(TrainingStopped):
+    """A student's loss became NaN/inf (:func:`attacks.base.run_cells`): one thief that failed, which
+    an audit records as such and goes on."""
+
+
 class NastyWarning(UserWarning):
     """Something worth a line on stderr that does not stop the command (the CLI prints ``warning: ...``)."""
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .data import TensorData, load_dataset
-from .errors import DataError, ModelError, NastyError, NastyWarning
+from .errors import DataError, ModelError, NastyError, NastyWarning, first_line, one_line
 
 __all__ = ["PRESETS", "MODEL_CARD_KEYS", "read_model_card", "parse_normalization", "parse_input", "read_model", "require_options", "data_for", "check_accuracy",
            "open_models", "Opened", "Brought",
@@ -97,8 +97,8 @@ def read_model_card(path) -> dict:
 
 
 def _floats(value, what: str) -> list[float]:
-    if isinstance(value, (int, float)):
-        return [float(value)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]  # one number for every channel: checked as the others are
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
         out = [float(v) for v in items if not isinstance(v, str) or v.strip()]
@@ -125,7 +125,13 @@ def parse_normalization(*, mean=None, std=None, preset: str | None = None) -> di
     norm = {"mean": _floats(mean, "mean"), "std": _floats(std, "std")}
     if min(norm["std"]) <= 0:
         raise DataError(f"`std` must be > 0, got {std!r}")
-    return norm
+    for key, ok, what in (("mean", lambda v: 0 <= v <= 1, "in [0, 1]"), ("std", lambda v: 0 < v <= 1, "in (0, 1]")):
+        if not all(ok(v) for v in norm[key]):  # what a card's normalization holds (nasty.schema.Normalization)
+            given = {"mean": mean, "std": std}[key]
+            raise DataError(f"`{key}` takes values {what}, on the 0..1 scale of the pixels, got {one_line(repr(given))[:60]}")
+    from .schema import Normalization, validate
+
+    return validate(Normalization, norm, "`mean`/`std`", error=DataError)
 
 
 def parse_input(*, size=None, channels=None, channel_order=None) -> dict | None:
@@ -181,6 +187,7 @@ def read_model(source, *, option: str = "`teacher`", arch: str | None = None, no
     else:
         sd, card = ckpt.load_weights(source, unsafe_pickle=unsafe_pickle, option=option)
     name = f"{option} {label(source)}"
+    _warn_if_unfinished(card, name)
     if arch:
         if card.get("arch") and card["arch"] != arch:
             raise ModelError(f"`arch` {arch} does not match the architecture recorded with {name} ({card['arch']})")
@@ -202,6 +209,15 @@ def read_model(source, *, option: str = "`teacher`", arch: str | None = None, no
         names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else [str(c) for c in classes]
         card = {**card, "classes": names}
     return sd, card
+
+
+def _warn_if_unfinished(card: dict, name: str) -> None:
+    """One line when a card says its run is still in training (or was stopped before its last epoch)."""
+    epoch, epochs = card.get("epoch"), card.get("epochs")
+    if card.get("status") == "running" or (isinstance(epoch, int) and isinstance(epochs, int) and epoch < epochs):
+        warnings.warn(NastyWarning(f"{name} is an unfinished run (epoch {epoch} of {epochs} in its card, status "
+                                   f"{card.get('status', '?')}): it is used as it is now, not as it will be"),
+                      stacklevel=3)
 
 
 def _agree(a: dict, b: dict, source) -> bool:
@@ -358,9 +374,62 @@ def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *,
     data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
                     train_fraction=train_fraction)
     fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
-    return [Opened(option, source, card, ckpt.build_model(sd, card, source=f"{option} {label(source)}", served=served,
-                                                          **fit).eval())
-            for option, source, sd, card in read], data
+    opened = [Opened(option, source, card, ckpt.build_model(sd, card, source=f"{option} {label(source)}",
+                                                            served=served, **fit).eval())
+              for option, source, sd, card in read]
+    for one in opened:
+        probe_input(one.model, tuple(data.input_shape), name=f"{one.option} {label(one.source)} ({one.card.get('arch')})")
+    return opened, data
+
+
+_SIZE_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)  # what a model says of an input it cannot take
+
+
+def _runs(model: nn.Module, shape: tuple) -> BaseException | None:
+    """``None`` if ``model`` answers a zero image of ``shape``, else what it raised."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=next(model.parameters(), torch.zeros(0)).device))
+    except _SIZE_ERRORS as e:
+        return e
+    return None
+
+
+def probe_input(model: nn.Module, shape: tuple, *, name: str) -> None:
+    """One forward of a zero image of ``shape`` (C, H, W) in eval mode, before any work: a model
+    that cannot take that size (tv:inception_v3 at 32 px, tv:vit_b_16 at anything but 224) is one
+    line saying the size it takes (the exact one a ViT asks for, else the smallest, searched for)."""
+    import re
+
+    was = model.training
+    model.eval()
+    try:
+        error = _runs(model, shape)
+        if error is None:
+            return
+        c, h, w = shape
+        exact = re.search(r"Expected (?:image (?:height|size) )?(\d+) but got", str(error))
+        if exact:
+            need = f"exactly {exact.group(1)} px"
+        else:
+            lo, hi = max(h, w), None  # lo fails; double until one runs, then bisect
+            while hi is None and lo < 1024:
+                trial = min(1024, lo * 2)
+                if _runs(model, (c, trial, trial)) is None:
+                    hi = trial
+                else:
+                    lo = trial
+            while hi is not None and hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if _runs(model, (c, mid, mid)) is None else (mid, hi)
+            if hi is None:
+                raise ModelError(f"{name} cannot take {h}x{w} inputs, nor any size up to 1024 px "
+                                 f"({type(error).__name__}: {first_line(error)})")
+            need = f"at least {hi} px"
+        raise ModelError(f"{name} cannot take {h}x{w} inputs: the architecture takes {need}; "
+                         f"pass `input_size` (the data is resized to it)")
+    finally:
+        model.train(was)
 
 
 def check_accuracy(measured: float, *, data: TensorData, expected: float | None, what: str) -> None:

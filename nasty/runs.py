@@ -243,24 +243,48 @@ def _cost_of(trace: dict, omega: float) -> str:
     return f"{row['val_cost']:+.2f} points" if row else "an unknown amount (every trial collapsed)"
 
 
-def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False, unsafe_pickle: bool = False) -> dict:
+def defend(*, teacher, transform: dict, out="runs/defended", force: bool = False, unsafe_pickle: bool = False,
+           max_cost: float | None = None, data_root=None, download: bool = False, device: str = "cpu") -> dict:
     """A serving-time defence of ``teacher``: the same weights plus an output transform
     (:mod:`nasty.defences`), written as a run directory of its own; no retraining.
-    Works on a normal and on a nasty run alike; the transform replaces any the teacher had."""
+    Works on a normal and on a nasty run alike; the transform replaces any the teacher had.
+
+    The card states what is served: its ``accuracy`` is the served model's, measured here on the
+    test split (``accuracy_unserved``: the same weights without the transform, measured alike;
+    ``defence_cost``: the difference). A defence that costs more than ``max_cost`` points (the
+    budget ``harden`` searches within, :class:`nasty.search.Budget`, by default) is written all the
+    same, with a one-line warning."""
     import shutil
+    import warnings
 
-    from .defences import create_transform, describe
+    from .defences import Defended, create_transform, describe
+    from .errors import NastyWarning
 
-    create_transform(transform)  # malformed settings fail before anything is written
+    max_cost = Budget().max_cost if max_cost is None else max_cost
+    if not max_cost >= 0:
+        raise NastyError(f"`max_cost` must be >= 0 points, got {max_cost}")
+    served = create_transform(transform)  # malformed settings fail before anything is written
     src = ckpt.require_run(teacher, command="defend")
     card = ckpt.read_card(src)
-    ckpt.load_model(src, unsafe_pickle=unsafe_pickle)  # the weights load and fit their card
     out = Path(out).expanduser()
     if out.resolve() == src.resolve():
         raise NastyError("`out` must be a new folder, not the teacher's own run directory")
+    [bare], data = open_models({"teacher": src}, unsafe_pickle=unsafe_pickle, data_root=data_root, download=download)
+    dev = resolve_device(device)
+    unserved = evaluate(bare.model.to(dev), data, device=dev)["accuracy"]
+    accuracy = evaluate(Defended(bare.model, served).to(dev), data, device=dev)["accuracy"]
     out = prepare_out(out, resume=None, force=force)
     ckpt.atomic_write(out / ckpt.WEIGHTS, lambda p: shutil.copyfile(src / ckpt.WEIGHTS, p))
     card = {**card, "output_transform": dict(transform), "defence": describe(transform), "defended_from": str(src),
-            "sha256": ckpt.sha256_file(out / ckpt.WEIGHTS)}
+            "accuracy": round(accuracy, 4), "accuracy_unserved": round(unserved, 4),
+            "defence_cost": round(unserved - accuracy, 4), "sha256": ckpt.sha256_file(out / ckpt.WEIGHTS)}
+    adversary = card.get("adversary") if isinstance(card.get("adversary"), dict) else {}
+    if isinstance(adversary.get("accuracy"), (int, float)):  # a nasty teacher's cost, of what is served
+        card["teacher_cost"] = round(adversary["accuracy"] - accuracy, 4)
     ckpt.write_json(out / ckpt.CARD, card)
+    if unserved - accuracy > max_cost:
+        warnings.warn(NastyWarning(
+            f"the defence {describe(transform)} costs {unserved - accuracy:.2f} points of test accuracy "
+            f"({unserved:.2f}% -> {accuracy:.2f}% served), more than the budget of {max_cost:g} points (`max_cost`); "
+            f"its card states the served accuracy"))
     return card

@@ -30,6 +30,9 @@ LIMITS = {
     "CLASSES": (100_000, "the number of classes a card may declare"),
     "IMAGE_PIXELS": (4096 * 4096, "the pixels of one image in an image folder"),
     "DATA_BYTES": (16 << 30, "a decoded dataset in memory"),
+    "SEEDS": (1_000, "the seeds of an audit"),
+    "STUDENTS": (64, "the student architectures of an audit"),
+    "EPOCHS": (100_000, "the epochs of a run or of an audit's students"),
 }
 MAX_JSON_DEPTH = 32
 

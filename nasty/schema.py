@@ -50,8 +50,8 @@ class ModelCardFile(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     arch: Optional[Annotated[str, Field(pattern=ARCH)]] = None
     dataset: Optional[Name] = None
-    mean: Optional[float | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
-    std: Optional[float | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
+    mean: Optional[Finite | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
+    std: Optional[Finite | Annotated[list[Finite], Field(min_length=1, max_length=64)]] = None
     normalization: Optional[Literal["imagenet", "unit"]] = None
     classes: Optional[Annotated[list[Text], Field(min_length=1, max_length=100_000)]] = None
     expect_accuracy: Optional[Percent] = None

@@ -51,10 +51,16 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps in all (the last epoch stops there); None: every epoch whole
 
     def check(self) -> None:
-        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+        from .safety import limit
+
+        for name, ok in (("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                         ("lr", self.lr > 0 and math.isfinite(self.lr)),
                          ("steps", self.steps is None or self.steps >= 1)):
             if not ok:
                 raise NastyError(f"`{name}` must be positive, got {getattr(self, name)}")
+        if self.epochs > limit("EPOCHS"):
+            raise NastyError(f"`epochs`: {self.epochs:,} is more than the limit of {limit('EPOCHS'):,} "
+                             f"(set NASTY_MAX_EPOCHS to raise it)")
 
     def epoch_steps(self, train_size: int) -> int:
         """Optimizer steps in one epoch of ``train_size`` images (the last partial batch is dropped)."""

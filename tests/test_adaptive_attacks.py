@@ -137,8 +137,8 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
                                            "hard-label-sweep", "kd-topk"]
     with pytest.raises(NastyError, match="hard-label-sweep.search_steps must be"):  # each names itself
         create_attack("hard-label-sweep", search_steps=-1)
-    with pytest.raises(NastyError, match=r"kd-sweep.taus and .alphas must be lists of numbers, got 0 and"):
-        create_attack("kd-sweep", taus=0)  # what --attack-option kd-sweep.taus=0 passes
+    with pytest.raises(NastyError, match=r"kd-sweep.taus must be a list of 1 to 32 finite numbers > 0, got 0"):
+        create_attack("kd-sweep", taus=0)  # what --attack-option kd-sweep.taus=0 passes (4 would be [4.0])
 
 
 def test_kd_sweep_chooses_without_reading_the_test_set(teachers, digits, monkeypatch):

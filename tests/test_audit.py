@@ -241,7 +241,7 @@ def test_cli_audit_errors_are_one_line(teachers, tmp_path):
                                (["--attack-option", "dafl.lr_g=fast"], 2, "must be a number"),
                                (["--attack-option", "dafl.nope=1"], 1, "dafl has no setting 'nope'"),
                                (["--attack-option", "fgsm.x=1"], 1, "unknown attack 'fgsm'"),
-                               (["--attack-option", "deepinversion.rounds=0"], 1, "rounds must be between 1")):
+                               (["--attack-option", "deepinversion.rounds=0"], 1, "deepinversion.rounds must be a whole number from 1")):
         res = CliRunner().invoke(main, base + extra)
         assert res.exit_code == code, res.output
         assert words in res.output and "Traceback" not in res.output

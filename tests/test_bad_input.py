@@ -111,6 +111,12 @@ def cases(t, f):
         (audit + ["--seeds", "0"], 2, "--seeds"),
         (audit + ["--checkpoint-seconds", "-1"], 2, "--checkpoint-seconds"),
         (audit + ["--reference-from", str(f / "missing")], 1, "not an audit folder (it has no cells/)"),
+        # issue 33: every value meets one check, whatever its source; counts are bounded before any allocation
+        (audit + ["--attack-option", "kd.alpha=5"], 1, "--attack-option kd.alpha must be a number in [0, 1]"),
+        (audit + ["--attack-option", "kd.tau=nan"], 1, "--attack-option kd.tau must be a finite number > 0"),
+        (audit + ["--attack-option", "deepinversion.pool_size=2.5"], 1, "deepinversion.pool_size must be a whole"),
+        (audit + ["--seeds", "100000000"], 2, "NASTY_MAX_SEEDS"),
+        (audit + ["--attack-option", "hard-label.k=1"], 1, "hard-label has no setting 'k'; it has none"),
         (audit + ["--attack-option", "dafl.nope=1"], 1, "no setting 'nope'"),
         (audit + ["--attack-option", "dafl.oh=1"], 1, "dafl has no setting 'oh'; it has tau, one_hot, activation"),
         (audit + ["--attacks", "all,fgsm"], 1, "unknown attack 'fgsm'"),
@@ -120,7 +126,7 @@ def cases(t, f):
          "skeptical.shallow must index"),
         (audit + ["--attacks", "skeptical", "--attack-option", "skeptical.delay=-2"], 1, "skeptical.delay must be"),
         (audit + ["--attacks", "kd-sweep", "--attack-option", "kd-sweep.val_fraction=1.5"], 1,
-         "kd-sweep.val_fraction must be in (0, 1)"),
+         "kd-sweep.val_fraction must be a number in (0, 1)"),
         (["audit", "--teacher", nasty, "--reference", str(f / "missing"), "--out", str(f / "a2")], 1,
          "--reference"),
         # a model you bring: what is missing is named at once; its preprocessing; its sanity checks

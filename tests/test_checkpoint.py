@@ -92,7 +92,7 @@ def test_weights_for_another_arch_name_the_mismatch(tmp_path):
     with pytest.raises(ModelError) as e:
         ckpt.load_model(tmp_path / "model.safetensors", arch="mlp", num_classes=10, in_chans=1)
     msg = str(e.value)
-    assert "`arch` mlp" in msg and "missing" in msg and "unexpected" in msg and "\n" not in msg
+    assert "the architecture mlp" in msg and "missing" in msg and "unexpected" in msg and "\n" not in msg
     torch.save(_model().state_dict(), tmp_path / "plain.pt")  # nothing recorded: only the shapes can tell
     with pytest.raises(ModelError, match="2 of another shape.*head.weight"):
         ckpt.load_model(tmp_path / "plain.pt", arch="tiny-cnn", num_classes=3, in_chans=1)
