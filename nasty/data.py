@@ -453,7 +453,7 @@ DATASETS = {
     "cifar10": (_cifar10, 4, True),
     "cifar100": (_cifar100, 4, True),
     "svhn": (_svhn, 4, False),
-    "imagefolder": (_imagefolder, 8, True),
+    "imagefolder": (_imagefolder, 8, True),  # the padding scales with the image size (load_dataset)
 }
 
 
@@ -479,6 +479,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         raise DataError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
     loader, pad, flip = DATASETS[key]
     xtr, ytr, xte, yte, classes = loader(root=root, download=download)
+    if key == "imagefolder":  # an eighth of the image, as Tiny-ImageNet's 8 of 64 and CIFAR's 4 of 32
+        pad = max(1, round(xtr.shape[-1] / 8))
     mean, std = _channel_stats(xtr)
     with warnings.catch_warnings():  # idx files are read-only views (no copy); nothing writes into a dataset
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -132,3 +132,4 @@ def test_imagefolder_tiny_imagenet_layout(tmp_path):
     d = load_dataset("imagefolder", root=tmp_path)
     assert d.train_x.shape == (6, 3, 16, 16) and d.test_x.shape == (3, 3, 16, 16)  # val resized to train size
     assert d.classes == ("n01", "n02") and d.test_y.tolist() == [0, 1, 1]
+    assert d.pad == 2  # an eighth of 16 px (a fixed 8 was half the image)
