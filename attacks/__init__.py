@@ -9,13 +9,14 @@ Each attack is one file here, registered by name with :func:`attacks.base.regist
 
 from .base import ATTACKS, Attack, LabelSmoothing, Scratch, StudentBank, register, run_students
 
-from . import kd, hard_label, dafl, deepinversion, skeptical, kd_sweep, kd_topk  # noqa: E402,F401,I001  (registers them, in this order)
+from . import kd, hard_label, dafl, deepinversion, skeptical, kd_sweep, kd_topk, recalibrate  # noqa: E402,F401,I001  (registers them, in this order)
 from .dafl import DAFL
 from .deepinversion import DeepInversion
 from .hard_label import HardLabel
 from .kd import KD
 from .kd_sweep import HardLabelSweep, KDSweep
 from .kd_topk import KDTopK
+from .recalibrate import Recalibrate
 from .skeptical import Skeptical
 
 # the attacks an audit runs unless told otherwise (and the demo runs); `--attacks all` runs every one
@@ -73,4 +74,5 @@ def synthesized_grids(models: dict, data, *, tau: float, count: int, seed: int =
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "attack_names",
            "attack_settings", "create_attack", "register", "run_students", "synthesized_grids", "IMAGE_TITLES",
-           "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "HardLabelSweep", "KDTopK"]
+           "KD", "HardLabel", "DAFL", "DeepInversion", "Skeptical", "KDSweep", "HardLabelSweep", "KDTopK",
+           "Recalibrate"]

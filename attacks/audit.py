@@ -38,6 +38,7 @@ from nasty.models import create_model
 from nasty.recipes import RECIPES
 from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
+from nasty.utility import UTILITY_HEADER, utility, utility_cells
 
 from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress
 from .base import LabelSmoothing, Scratch, batchable, run_cells
@@ -118,6 +119,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     _preflight(attacks, opts, data=data, models=models, students=students, epochs=schedule.epochs)
     dev = resolve_device(device)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
+    served = {k: utility(m, data, device=dev) for k, m in models.items()}  # what an honest user gets (served)
 
     out = Path(out).expanduser()
     cells_dir = _cells_dir(out)
@@ -144,7 +146,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
             trained = True
         cells.append(c.done or finished[c.path])
         report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
-                                           tau, schedule, train_fraction, common["teachers"], epochs=epochs),
+                                           tau, schedule, train_fraction, common["teachers"], served, epochs=epochs),
                                    cells, len(todo))
         ckpt.write_json(out / "report.json", report)
         ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
@@ -509,6 +511,10 @@ def format_html(report: dict, images: dict[str, str]) -> str:
     beyond = _beyond_cells(report)
     beyond = (f"<section id='beyond-labels'><h2>Beyond the labels</h2><p>{h(BEYOND_TITLE)}</p>"
               f"<table>{_html_rows(BEYOND_HEADER, beyond, signed_from=7)}</table></section>\n") if beyond else ""
+    served = _utility_rows(report)
+    beyond += (f"<section id='utility'><h2>Utility for honest users</h2><p>{h(UTILITY_TITLE)}</p>"
+               f"<table>{_html_rows(UTILITY_ROWS_HEADER, served, signed_from=len(UTILITY_ROWS_HEADER))}</table>"
+               f"</section>\n") if served else ""
     rows = _html_rows(TABLE_HEADER, _table_cells(report), signed_from=6)
     sections = {
         "logits": ("Softened outputs (logit peaks)",
@@ -728,7 +734,7 @@ def beyond_labels(summary: list[dict], labels_only=None) -> list[dict]:
 
 
 def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, schedule, train_fraction,
-            shas: dict, *, epochs: int) -> dict:
+            shas: dict, served: dict | None = None, *, epochs: int) -> dict:
     key = cells[0]["key"]
     runs, notes = [], {}
     for cell in cells:
@@ -747,11 +753,11 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
         "teachers": {
             "normal": {"arch": normal_card.get("arch"), "accuracy": round(accuracy["normal"], 4),
                        "defence": defence_of(normal_card),
-                       "sha256": shas["normal"]},
+                       "sha256": shas["normal"], **_utility_field(served, "normal")},
             "nasty": {"arch": nasty_card.get("arch"), "accuracy": round(accuracy["nasty"], 4),
                       "defence": defence_of(nasty_card),
                       "omega": nasty_card.get("omega"), "tau": nasty_card.get("tau"),
-                      "sha256": shas["nasty"]},
+                      "sha256": shas["nasty"], **_utility_field(served, "nasty")},
         },
         "teacher_cost": round(accuracy["normal"] - accuracy["nasty"], 4),
         "settings": {"students": key["students"], "epochs": epochs, "steps": schedule.total_steps(len(data.train_y)),
@@ -776,6 +782,25 @@ def schedule_text(settings: dict) -> str:
     return f"{settings['steps']} steps ({settings['student_epochs']} epochs of {settings['samples']} images)"
 
 
+def _utility_field(served: dict | None, side: str) -> dict:
+    """``{"utility": {nll, ece, top5}}`` of one side's served answers (none when not measured)."""
+    return {"utility": served[side]} if served and side in served else {}
+
+
+UTILITY_TITLE = ("What an honest user gets from each teacher's served probabilities on the test set (NLL: lower is "
+                 "better, capped at 27.63 nats a sample where a defence cut the true class off; ECE: 0 is calibrated; "
+                 "top-5: the true class among the 5 most probable, or all classes if fewer):")
+
+
+def _utility_rows(report: dict) -> list[list[str]]:
+    """Per teacher its accuracy and served utility (none in a report from before them)."""
+    t = report["teachers"]
+    if not any("utility" in t[side] for side in ("normal", "nasty")):
+        return []
+    return [[name, str(t[side].get("defence", "-")), f"{t[side]['accuracy']:.2f}", *utility_cells(t[side].get("utility"))]
+            for name, side in (("reference", "normal"), ("audited teacher", "nasty"))]
+
+
 def _pm(m: dict | None) -> str:
     return "-" if m is None else f"{m['mean']:.2f} ± {m['std']:.2f}"
 
@@ -798,6 +823,7 @@ TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from referen
                 "below scratch", "below label smoothing"]
 
 
+UTILITY_ROWS_HEADER = ["teacher", "defence", "accuracy", *UTILITY_HEADER]
 BEYOND_HEADER = ["student", "teacher: best on outputs", "on labels alone", "adds", "reference: best on outputs",
                  "on labels alone", "adds"]
 BEYOND_TITLE = ("What the outputs add to the labels (the strongest thief that reads a teacher's outputs, minus the "
@@ -879,10 +905,11 @@ def format_table(report: dict) -> str:
     """The worst case per student, then the whole summary, as markdown tables (what ``nasty
     audit`` prints), then what the attacks that tune themselves chose. Reads older reports too
     (no label-smoothing baseline, no worst case)."""
-    beyond = _beyond_cells(report)
+    beyond, served = _beyond_cells(report), _utility_rows(report)
     return "\n".join(["Worst case per student (the attack that gets most from the audited teacher):", "",
                       *_markdown(WORST_HEADER, _worst_cells(report)), "",
                       *([BEYOND_TITLE, "", *_markdown(BEYOND_HEADER, beyond), ""] if beyond else []),
+                      *([UTILITY_TITLE, "", *_markdown(UTILITY_ROWS_HEADER, served), ""] if served else []),
                       "Every attack:", "", *_markdown(TABLE_HEADER, _table_cells(report)), *_chosen_lines(report)])
 
 

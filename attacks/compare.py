@@ -16,7 +16,8 @@ teachers, audited against itself, trains one side (``mirrored``). Every audit re
 reference, and per student the stolen accuracy of the strongest attack (the worst case);
 ``compare.md`` is the same as one table (:func:`format_compare`: what ``nasty compare`` prints),
 with what each teacher's outputs add to its labels (:func:`attacks.audit.beyond_labels`);
-``compare.png`` plots teacher accuracy against the best stolen accuracy with the Pareto front.
+``compare.png`` plots teacher accuracy against the best stolen accuracy with the Pareto front, and
+below it the served NLL (utility for honest users: :mod:`nasty.utility`) against the same.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nasty.errors import NastyError
 from nasty.released import Brought
 from nasty.safety import md_text as md
 from nasty.safety import plot_text
+from nasty.utility import UTILITY_HEADER, utility_cells
 
 from .audit import BASELINES, audit, beyond_labels
 
@@ -95,7 +97,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
         rows.append({
             "teacher": str(teacher), "name": name, "defence": t["nasty"]["defence"],  # the audit read the card
             "accuracy": t["nasty"]["accuracy"], "reference_accuracy": t["normal"]["accuracy"],
-            "cost": report["teacher_cost"],
+            "cost": report["teacher_cost"], **({"utility": t["nasty"]["utility"]} if "utility" in t["nasty"] else {}),
             "worst_case": {s: {"attack": w["attack"], "acc_from_teacher": w["acc_from_nasty"]["mean"]}
                            for s, w in worst.items()},
             "summary": report["summary"],
@@ -133,13 +135,13 @@ def format_compare(result: dict) -> str:
     def adds(summary):
         by_student = {b["student"]: f"{b['teacher']['adds']:+.2f}" for b in beyond_labels(summary)}
         return " / ".join(by_student.get(st, "-") for st in students)
-    header = ["defence", "teacher accuracy", "cost", *(f"{a} {' / '.join(students)}" for a in attacks),
+    header = ["defence", "teacher accuracy", "cost", *UTILITY_HEADER, *(f"{a} {' / '.join(students)}" for a in attacks),
               f"worst case {' / '.join(students)}", f"outputs add to labels {' / '.join(students)}"]
     lines = ["| " + " | ".join(md(c) for c in header) + " |", "|" + "---|" * len(header)]
     for r in rows:  # cells escaped piece by piece: the parentheses are ours
         worst = " / ".join(f"{w['acc_from_teacher']:.2f} ({md(w['attack'])})"
                            for w in (r["worst_case"][s] for s in students))
-        cells = [md(r["defence"] or "none"), f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
+        cells = [md(r["defence"] or "none"), f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}", *utility_cells(r.get("utility")),
                  *(md(" / ".join(stolen(r, a, st) for st in students)) for a in attacks), worst, adds(r["summary"])]
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]["summary"]
@@ -151,33 +153,55 @@ def format_compare(result: dict) -> str:
     return "\n".join([
         f"Stolen accuracy (%, the student's final-epoch test accuracy, mean over {n} seed{'s' * (n != 1)}{thief}), reference "
         f"{md(result['reference'])}; without a teacher: scratch {md(base('acc_scratch'))}, label smoothing "
-        f"{md(base('acc_label_smoothing'))} (students {md(' / '.join(students))}).", "", *lines])
+        f"{md(base('acc_label_smoothing'))} (students {md(' / '.join(students))}). Utility of the served "
+        f"probabilities on the test set: NLL in nats, ECE over 15 confidence bins, top-5 accuracy in %.", "", *lines])
 
 
 def plot_compare(result: dict):
-    """Teacher accuracy against the best stolen accuracy, one panel per student, Pareto front drawn."""
+    """Per student, the best stolen accuracy against teacher accuracy (top row) and, where the rows
+    measured it, against the served NLL (bottom row: what a defence costs honest users in
+    probability quality); each panel draws its Pareto front. Older results without utility: one row."""
     from matplotlib.figure import Figure
 
     rows = result["rows"]
     students = list(rows[0]["worst_case"]) if rows else []
-    fig = Figure(figsize=(6 * max(1, len(students)), 5), layout="constrained")
+    served = bool(rows) and all(isinstance(r.get("utility"), dict) for r in rows)
+    fig = Figure(figsize=(6 * max(1, len(students)), 5 * (1 + served)), layout="constrained")
     for k, student in enumerate(students):
-        ax = fig.add_subplot(1, len(students), k + 1)
-        pts = [(r["accuracy"], r["worst_case"][student]["acc_from_teacher"]) for r in rows]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3)
-        named: dict[tuple[float, float], list[str]] = {}  # teachers on one point share one label
-        for p, r in zip(pts, rows):
-            named.setdefault(p, []).append(plot_text(r.get("name") or r["defence"]))
-        right = max(p[0] for p in pts) if pts else 0.0
-        for p, names in named.items():  # the most accurate teachers labelled on their right, the others on their left
-            ax.annotate("\n".join(names), p, textcoords="offset points", xytext=(5 if p[0] >= right else -5, -3),
-                        ha="left" if p[0] >= right else "right", va="top", fontsize=7)
-        front = pareto_front(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", linestyle="--", marker="o",
-                markersize=11, markerfacecolor="none", label="Pareto front (more accurate, less stolen)")
-        ax.margins(x=0.35, y=0.12)  # room for the labels inside the panel
-        ax.set(xlabel="teacher test accuracy (%)", ylabel=f"best stolen accuracy of {student} (%)",
-               title=f"{student}: worst case over the attacks")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        stolen = [r["worst_case"][student]["acc_from_teacher"] for r in rows]
+        _pareto_panel(fig.add_subplot(1 + served, len(students), k + 1), rows,
+                      [(r["accuracy"], y) for r, y in zip(rows, stolen)], better_x="high",
+                      xlabel="teacher test accuracy (%)", ylabel=f"best stolen accuracy of {student} (%)",
+                      title=f"{student}: worst case over the attacks")
+        if served:
+            _pareto_panel(fig.add_subplot(2, len(students), len(students) + k + 1), rows,
+                          [(r["utility"]["nll"], y) for r, y in zip(rows, stolen)], better_x="low",
+                          xlabel="served NLL on the test set (nats, lower is better)",
+                          ylabel=f"best stolen accuracy of {student} (%)",
+                          title=f"{student}: protection against utility")
     return fig
+
+
+def _pareto_panel(ax, rows: list[dict], pts: list[tuple[float, float]], *, better_x: str, xlabel: str, ylabel: str,
+                  title: str) -> None:
+    """One scatter of ``pts`` (one per row, labelled by name) with its Pareto front: lower y is better,
+    and higher x (``better_x="high"``) or lower x (``"low"``)."""
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3)
+    named: dict[tuple[float, float], list[str]] = {}  # teachers on one point share one label
+    for p, r in zip(pts, rows):
+        named.setdefault(p, []).append(plot_text(r.get("name") or r["defence"]))
+    right = max(p[0] for p in pts) if pts else 0.0
+    for p, names in named.items():  # the rightmost teachers labelled on their right, the others on their left
+        out = p[0] >= right
+        ax.annotate("\n".join(names), p, textcoords="offset points", xytext=(5 if out else -5, -3),
+                    ha="left" if out else "right", va="top", fontsize=7)
+    sign = 1.0 if better_x == "high" else -1.0
+    front = pareto_front([(sign * x, y) for x, y in pts])
+    front = sorted(front, key=lambda i: pts[i][0])
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="C3", linestyle="--", marker="o",
+            markersize=11, markerfacecolor="none",
+            label=f"Pareto front ({'more accurate' if better_x == 'high' else 'lower NLL'}, less stolen)")
+    ax.margins(x=0.35, y=0.12)  # room for the labels inside the panel
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

@@ -215,11 +215,21 @@ def train(dataset, **kw):
               help="Accuracy budget in points: search for the strongest hardening whose validation cost stays "
                    "within it [1.0 unless --omega is given].")
 @click.option("--omega", type=click.FloatRange(min=0), default=None,
-              help="A fixed weight of the self-undermining KL term (no search).")
+              help="--method nasty: a fixed weight of the self-undermining KL term (no search).")
+@click.option("--method", type=click.Choice(["nasty", "cmim"]), default="nasty", show_default=True,
+              help="The hardening objective: nasty (self-undermining KL against the teacher, strength --omega) or "
+                   "cmim (cross-entropy plus the conditional mutual information of the outputs given the class, "
+                   "over temperatures 1-16; strength --cmi-weight).")
+@click.option("--cmi-weight", type=click.FloatRange(min=0), default=None,
+              help="--method cmim: a fixed weight of the CMI term (no search).")
 @click.option("--max-trials", type=click.IntRange(min=1), default=3, show_default=True,
               help="Hardening trials the budgeted search may run (each a full run on 80% of the training set).")
 @click.option("--validation", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Fraction of the training set held out for the search's choices.")
+@click.option("--select", type=click.Choice(["damage", "value"]), default="damage", show_default=True,
+              help="How the search picks among affordable trials: damage (the KD probe's points below scratch) or "
+                   "value (the least that the best of KD at tau 1 and at --tau adds to the best labels-only probe: "
+                   "scratch, label smoothing, the top-1 thief; 3 more probe runs per trial).")
 @click.option("--probe", default=None,
               help="Student architecture of the search's KD probe [the dataset's first audit student].")
 @click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -237,12 +247,13 @@ def harden(**kw):
     from .runs import harden as run_harden
     from .search import Budget
 
-    budget = Budget(validation=kw.pop("validation"), max_trials=kw.pop("max_trials"), probe=kw.pop("probe"))
+    budget = Budget(validation=kw.pop("validation"), max_trials=kw.pop("max_trials"), probe=kw.pop("probe"),
+                    select=kw.pop("select"))
     card = run_harden(budget=budget, echo=click.echo, **kw)
     if not kw["quiet"] and _main_rank():
         if "search" in card:
             click.echo(_search_line(card))
-        click.echo(f"nasty teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
+        click.echo(f"{card.get('method', 'nasty')} teacher {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% "
                    f"(adversary {card['adversary']['accuracy']:.2f}%, cost {round(card['teacher_cost'], 2) + 0.0:+.2f} points), "
                    f"KL(p_nasty||p_adversary) at tau {card['tau']:g} = {card['kl_to_adversary']:.3f}, "
                    f"{card['seconds']:.1f}s -> {kw['out']}")
@@ -252,11 +263,14 @@ def _search_line(card: dict) -> str:
     """What the budgeted search chose, and why, in one line."""
     sr = card["search"]
     row = next(t for t in sr["trials"] if t["trial"] == sr["chosen"])
-    tried = ", ".join(f"{t['omega']:g}" for t in sr["trials"])
-    return (f"chose omega {card['omega']:g} (tau {card['tau']:g}) for a budget of {sr['max_cost']:g} points: "
+    key = sr.get("strength_name", "omega")
+    tried = ", ".join(f"{t[key]:g}" for t in sr["trials"])
+    return (f"chose {key} {card[key]:g} (tau {card['tau']:g}) for a budget of {sr['max_cost']:g} points: "
             f"validation cost {row['val_cost']:+.2f} (plain {sr['baseline']['val_accuracy']:.2f}%), probe "
-            f"{sr['probe']['student']} {row['damage']:+.2f} points below scratch, the most damage of the affordable "
-            f"trials (omega {tried}); search {sr['seconds']:.1f}s = {sr['cost_ratio']:.1f}x the final run")
+            f"{sr['probe']['student']} {row['damage']:+.2f} points below scratch, " + (
+                f"its outputs adding {row['value']:+.2f} points to labels ({row['best_outputs']} against "
+                f"{row['best_labels']}), the least of the affordable" if "value" in row else
+                "the most damage of the affordable") + f" trials ({key} {tried}); search {sr['seconds']:.1f}s = {sr['cost_ratio']:.1f}x the final run")
 
 
 def _names(ctx, param, value):

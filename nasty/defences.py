@@ -138,9 +138,12 @@ def describe(spec: dict | None) -> str:
 
 def defence_of(card: dict) -> str:
     """A released model's defence in a few words, from its card: its hardening and serving transform
-    (``nasty omega 0.05 + topk k=2``; ``none`` for a normal model served as it is)."""
+    (``nasty omega 0.05 + topk k=2``, ``cmim weight 1``; ``none`` for a normal model served as it is)."""
     parts = []
-    if card.get("kind") == "nasty":
+    if card.get("kind") == "nasty" and card.get("method") == "cmim":
+        weight = card.get("cmi_weight")
+        parts.append(f"cmim weight {weight:.3g}" if isinstance(weight, (int, float)) else "cmim")
+    elif card.get("kind") == "nasty":
         omega = card.get("omega")
         parts.append(f"nasty omega {omega:.3g}" if isinstance(omega, (int, float)) else "nasty")
     if card.get("output_transform"):

@@ -302,7 +302,8 @@ def plot_search(card: dict) -> Figure:
         ax.scatter([t["val_cost"]], [t["damage"] if measured else 0.0], s=80 if chosen else 40,
                    marker="o" if measured else "x", color="C3" if chosen else ("C0" if measured else "grey"),
                    zorder=3)
-        ax.annotate(f"omega {t['omega']:.3g}" + (" (chosen)" if chosen else "" if measured else " (over budget)"),
+        key = sr.get("strength_name", "omega")  # cmi_weight for a CMIM search
+        ax.annotate(f"{key} {t[key]:.3g}" + (" (chosen)" if chosen else "" if measured else " (over budget)"),
                     (t["val_cost"], t["damage"] if measured else 0.0), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     ax.axvline(sr["max_cost"], color="black", linestyle="--", linewidth=1, label=f"budget {sr['max_cost']:g} points")

@@ -20,6 +20,7 @@ class Recipe:
     lr: float
     tau: float  # hardening temperature (also the KD attack's default)
     omega: float  # self-undermining weight
+    cmi_weight: float = 10.0  # CMIM's weight of its CMI term: where the budgeted search starts (ours, not the paper's)
     students: tuple[str, ...] = ("tiny-cnn", "mlp")  # the audit's default student architectures
     attack_options: dict = field(default_factory=dict)  # per attack, constructor arguments for this scale
 

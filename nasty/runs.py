@@ -20,13 +20,13 @@ from . import __version__
 from . import checkpoint as ckpt
 from . import distributed
 from .data import TensorData, load_dataset
-from .errors import BudgetNotMet, NastyError, TrainingStopped
+from .errors import BudgetNotMet, NastyError, TrainingStopped, one_line
 from .models import create_model
 from .recipes import RECIPES
 from .released import Brought, check_accuracy, label, open_models
 from .safety import temp_beside
-from .search import Budget, search_strength
-from .trainer import Guard, TrainConfig, evaluate, fit, objective_for, resolve_device
+from .search import METHODS, Budget, hardening_objective, search_strength
+from .trainer import Guard, TrainConfig, evaluate, fit, resolve_device
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,7 +103,7 @@ def train(*, dataset: str = "digits", data_root=None, download: bool = False, tr
 
 def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None = None, batch_size: int | None = None,
            lr: float | None = None, omega: float | None = None, tau: float | None = None, init: str = "scratch",
-           max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
+           method: str = "nasty", cmi_weight: float | None = None, max_cost: float | None = None, budget: Budget | None = None, seed: int = 0, device: str = "auto",
            out="runs/nasty", resume: bool = False, force: bool = False, collapse_margin: float | None = 20.0,
            quiet: bool = False, compile: bool = False, echo=None, **brought: Unpack[Brought]) -> dict:
     """Train a nasty teacher against the frozen ``teacher`` (the adversary) and write its run.
@@ -112,6 +112,11 @@ def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None 
     measured damage to a KD probe whose validation cost stays within ``max_cost`` points
     (default 1.0); the search's trials live in ``out/search/`` and its trace in the card.
     With ``omega``, that fixed strength is used (no search).
+    ``method`` picks the objective (:data:`nasty.search.METHODS`): ``nasty`` (self-undermining
+    against the adversary, strength ``omega``) or ``cmim`` (CE plus the conditional mutual
+    information of the outputs given the class, :func:`nasty.objectives.cmim_loss`, strength
+    ``cmi_weight``); the search and a fixed strength work alike for both, and the card records
+    ``method`` and the strength under its name.
     ``init='scratch'`` (the paper) starts from random weights of the same architecture;
     ``init='teacher'`` fine-tunes a copy of the released weights.
 
@@ -124,23 +129,25 @@ def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None 
     """
     if init not in ("scratch", "teacher"):
         raise NastyError(f"`init` must be 'scratch' or 'teacher', got {init!r}")
-    if omega is not None and max_cost is not None:
-        raise NastyError("give either `omega` (a fixed strength) or `max_cost` (a budget to search within), not both")
+    key = _strength_name(method, omega=omega, cmi_weight=cmi_weight)
+    strength = omega if method == "nasty" else cmi_weight
+    if strength is not None and max_cost is not None:
+        raise NastyError(f"give either `{key}` (a fixed strength) or `max_cost` (a budget to search within), not both")
     [(_, _, known, adversary)], data = open_models({"teacher": teacher}, **brought)
     arch = known["arch"]
     recipe = RECIPES[data.name]
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     tau = recipe.tau if tau is None else tau
-    if omega is not None and omega < 0:
-        raise NastyError(f"`omega` must be >= 0, got {omega}")
+    if strength is not None and not strength >= 0:
+        raise NastyError(f"`{key}` must be >= 0, got {strength}")
     if tau <= 0:
         raise NastyError(f"`tau` must be > 0, got {tau}")
-    searching = omega is None
-    budget = _budget(budget, max_cost=max_cost, init=init) if searching else None
+    searching = strength is None
+    budget = _budget(budget, max_cost=max_cost, init=init, key=key) if searching else None
     with distributed.joined(resolve_device(device)) as (w, dev):
         distributed.check_batch(cfg.batch_size, w)
         if searching and w.active:
-            raise NastyError("the budgeted search runs in one process; under torchrun give a fixed `omega` "
+            raise NastyError(f"the budgeted search runs in one process; under torchrun give a fixed `{key}` "
                              "(e.g. the one a single-process search chose)")
         adversary = adversary.to(dev)
         adv_acc = evaluate(adversary, data, device=dev)["accuracy"]
@@ -149,23 +156,27 @@ def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None 
         out = prepare_out(out, resume=resume, force=force, world=w)
         trace = None
         if searching:
-            trace = search_strength(adversary, arch=arch, data=data, config=cfg, tau=tau, omega0=recipe.omega,
+            trace = search_strength(adversary, arch=arch, data=data, config=cfg, tau=tau,
+                                    omega0=recipe.omega if method == "nasty" else recipe.cmi_weight,
                                     budget=budget, students=recipe.students, out=out / "search", device=dev,
-                                    quiet=quiet, echo=echo)
-            omega = trace["omega"] if trace["omega"] is not None else _cheapest(trace)
+                                    quiet=quiet, echo=echo, method=method)
+            strength = trace[key] if trace[key] is not None else _cheapest(trace, key)
         model = _seeded_model(arch, data, seed)
         if init == "teacher":
             model.load_state_dict(adversary.state_dict())
-        guard = _collapse_guard(cfg, omega=omega, margin=collapse_margin, adversary_accuracy=adv_acc, data=data)
-        run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, "omega": omega, "tau": tau,
+        guard = _collapse_guard(cfg, omega=strength, margin=collapse_margin, adversary_accuracy=adv_acc, data=data,
+                                name=key)
+        run_card = {"nasty_version": __version__, "kind": "nasty", "arch": arch, key: strength, "tau": tau,
                     "init": init, "adversary": _adversary_card(teacher, known, accuracy=adv_acc)}
+        if method != "nasty":  # a nasty card without it is the paper's method (every card before CMIM)
+            run_card["method"] = method
         if trace is not None:
             run_card["search"] = trace
         try:
-            final = fit(model, data, config=cfg, objective=objective_for("nasty", omega=omega, tau=tau),
+            final = fit(model, data, config=cfg, objective=hardening_objective(method, strength, tau=tau),
                         reference=adversary, eval_tau=tau, device=dev, out=out, card=run_card, resume=resume,
                         quiet=quiet, guard=guard, desc=f"harden {arch}", compile=compile, world=w,
-                        divergence_hint=f"try a smaller `omega` than {omega:g} or a smaller `lr`")
+                        divergence_hint=f"try a smaller `{key}` than {strength:g} or a smaller `lr`")
         except TrainingStopped:
             if w.main and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # stopped before its first checkpoint: leave no empty --out behind
@@ -175,24 +186,36 @@ def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None 
             final["search"] = {**trace, "cost_ratio": round(trace["seconds"] / max(final["seconds"], 1e-9), 2)}
         if w.main:
             ckpt.write_json(out / ckpt.CARD, final)
-    if trace is not None and trace["omega"] is None:
+    if trace is not None and trace[key] is None:
         raise BudgetNotMet(final, f"no hardening fits the budget of {budget.max_cost:g} points: the cheapest trial "
-                         f"(omega {omega:g}) costs {_cost_of(trace, omega)} on validation; it is kept in {out} "
-                         f"(raise the budget, or give a fixed omega)")
+                         f"({key} {strength:g}) costs {_cost_of(trace, strength, key)} on validation; it is kept in "
+                         f"{out} (raise the budget, or give a fixed `{key}`)")
     return final
 
 
-def _budget(budget: Budget | None, *, max_cost: float | None, init: str) -> Budget:
+def _strength_name(method: str, *, omega: float | None, cmi_weight: float | None) -> str:
+    """The name of ``method``'s strength; the other method's strength given with it is refused."""
+    if method not in METHODS:
+        raise NastyError(f"`method` must be one of {', '.join(METHODS)}, got {one_line(method)[:40]!r}")
+    for other, value in (("omega", omega), ("cmi_weight", cmi_weight)):
+        if value is not None and other != METHODS[method]:
+            owner = next(m for m, k in METHODS.items() if k == other)
+            raise NastyError(f"`{other}` is the strength of `method` {owner}, not of {method}; "
+                             f"give `{METHODS[method]}` (or neither, to search for it)")
+    return METHODS[method]
+
+
+def _budget(budget: Budget | None, *, max_cost: float | None, init: str, key: str = "omega") -> Budget:
     """The search's budget: ``budget`` (else the default) with ``max_cost`` over it, checked."""
     budget = replace(budget or Budget(), **({} if max_cost is None else {"max_cost": max_cost}))
     budget.check()
     if init != "scratch":
-        raise NastyError("the budgeted search trains from scratch; give `omega` with `init` teacher")
+        raise NastyError(f"the budgeted search trains from scratch; give `{key}` with `init` teacher")
     return budget
 
 
 def _collapse_guard(cfg: TrainConfig, *, omega: float, margin: float | None, adversary_accuracy: float,
-                    data: TensorData) -> Guard | None:
+                    data: TensorData, name: str = "omega") -> Guard | None:
     """The guard judges hardening only (omega 0 is plain training), and only after warm-up: its
     margin applies after the first LR drop, its chance-level check from the second epoch on."""
     if not (omega > 0 and margin):
@@ -200,7 +223,7 @@ def _collapse_guard(cfg: TrainConfig, *, omega: float, margin: float | None, adv
     first_drop = max(1, round(min(cfg.milestones) * cfg.epochs))
     return Guard(reference_accuracy=adversary_accuracy, margin=margin, start=first_drop + 1,
                  chance=100.0 / data.num_classes, early_start=max(2, cfg.epochs // 4),
-                 hint=f"try a smaller `omega` than {omega:g}, or relax the guard (`collapse_margin`, 0 turns it off)")
+                 hint=f"try a smaller `{name}` than {omega:g}, or relax the guard (`collapse_margin`, 0 turns it off)")
 
 
 def _adversary_card(teacher, known: dict, *, accuracy: float) -> dict:
@@ -230,16 +253,16 @@ def import_weights(*, weights, expect_accuracy: float | None = None, device: str
     return ckpt.save_release(out, model, card)
 
 
-def _cheapest(trace: dict) -> float:
-    """The omega of the least costly trial that did not collapse (else half the smallest tried)."""
+def _cheapest(trace: dict, key: str = "omega") -> float:
+    """The strength (``key``) of the least costly trial that did not collapse (else half the smallest tried)."""
     ran = [t for t in trace["trials"] if t["val_cost"] is not None]
     if ran:
-        return min(ran, key=lambda t: (t["val_cost"], t["omega"]))["omega"]
-    return min(t["omega"] for t in trace["trials"]) / 2
+        return min(ran, key=lambda t: (t["val_cost"], t[key]))[key]
+    return min(t[key] for t in trace["trials"]) / 2
 
 
-def _cost_of(trace: dict, omega: float) -> str:
-    row = next((t for t in trace["trials"] if t["omega"] == omega and t["val_cost"] is not None), None)
+def _cost_of(trace: dict, omega: float, key: str = "omega") -> str:
+    row = next((t for t in trace["trials"] if t[key] == omega and t["val_cost"] is not None), None)
     return f"{row['val_cost']:+.2f} points" if row else "an unknown amount (every trial collapsed)"
 
 

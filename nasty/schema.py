@@ -81,6 +81,8 @@ class Card(_Strict):
     input: Optional[Input] = None
     omega: Optional[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = None
     tau: Optional[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] = None
+    method: Optional[Literal["nasty", "cmim"]] = None  # the hardening objective (absent: nasty)
+    cmi_weight: Optional[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] = None
     init: Optional[Name] = None
     adversary: Optional[Adversary] = None
     accuracy: Optional[Percent] = None

@@ -18,6 +18,17 @@ test set is never read here.
 4. The chosen strength is the affordable trial with the largest measured damage (not the
    largest omega: damage is measured, not assumed).
 
+The same search serves every hardening method (:data:`METHODS`): the ladder climbs the method's
+own strength (``omega`` for nasty, ``cmi_weight`` for CMIM), and each trial row records it under
+that name and as ``strength``, beside ``method``.
+
+With ``Budget(select="value")`` (``nasty harden --select value``) the choice is the audit's
+measure instead: each affordable trial also trains the probe by KD at tau 1 and as a thief of
+the top-1 answers, and a label-smoothing probe is trained once; the trial's **value** is the best
+probe that reads the outputs (KD at tau 1 or at the hardening tau) less the best probe from labels
+alone (scratch, label smoothing, the top-1 thief), and the chosen trial is the affordable one of
+least value (the stronger on a tie). Every probe's accuracy is in the trial's row (``probes``).
+
 Every trial is a run directory under ``out/`` (resumable mid-trial) and a JSON line of
 results, so an interrupted search goes on where it stopped.
 """
@@ -31,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -39,7 +51,19 @@ from .errors import NastyError, TrainingStopped
 from .models import create_model
 from .trainer import Guard, TrainConfig, fit, objective_for
 
-__all__ = ["Budget", "search_strength", "next_omega"]
+__all__ = ["Budget", "search_strength", "next_omega", "METHODS", "hardening_objective"]
+
+# hardening method -> the name of its strength (the option the user gives, the card's field)
+METHODS = {"nasty": "omega", "cmim": "cmi_weight"}
+
+
+def hardening_objective(method: str, strength: float, *, tau: float):
+    """The training objective of ``method`` at ``strength`` (:func:`nasty.trainer.objective_for`)."""
+    if method == "nasty":
+        return objective_for("nasty", omega=strength, tau=tau)
+    if method == "cmim":
+        return objective_for("cmim", weight=strength)
+    raise NastyError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,7 @@ class Budget:
     probe: str | None = None  # probe student architecture [the dataset's first audit student]
     probe_epochs: int | None = None  # [half the hardening epochs]
     probe_alpha: float = 0.9
+    select: str = "damage"  # damage: the KD probe's damage; value: the best-response value beyond labels (below)
 
     def check(self) -> None:
         if not self.max_cost >= 0:
@@ -60,18 +85,21 @@ class Budget:
             raise NastyError(f"the validation fraction must be in (0, 1), got {self.validation}")
         if self.max_trials < 1:
             raise NastyError(f"the search needs at least one trial, got {self.max_trials}")
+        if self.select not in ("damage", "value"):
+            raise NastyError(f"`select` must be damage or value, got {self.select!r}")
 
 
-def next_omega(trials: list[dict], omega0: float, *, resolution: float = 1.25) -> float | None:
+def next_omega(trials: list[dict], omega0: float, *, resolution: float = 1.25, key: str = "omega") -> float | None:
     """The next omega on the ladder, or ``None`` when the bracket is as narrow as ``resolution``.
 
     Affordable trials raise the lower end, too costly ones (or collapsed ones) the upper end;
     without an upper end omega doubles, without a lower end it halves, else the geometric middle.
+    ``key``: the trials' field holding the strength (``omega``; ``cmi_weight`` for CMIM).
     """
     if not trials:
         return omega0
-    ok = [t["omega"] for t in trials if t["affordable"]]
-    bad = [t["omega"] for t in trials if not t["affordable"]]
+    ok = [t[key] for t in trials if t["affordable"]]
+    bad = [t[key] for t in trials if not t["affordable"]]
     lo, hi = (max(ok) if ok else None), (min(bad) if bad else None)
     if hi is None:
         return lo * 2.0
@@ -80,6 +108,29 @@ def next_omega(trials: list[dict], omega0: float, *, resolution: float = 1.25) -
     if hi / lo <= resolution:
         return None
     return math.sqrt(lo * hi)
+
+
+SMOOTHING = 0.1  # the label-smoothing probe's (the audit's baseline)
+
+
+def _smoothed(z, y, _ref):
+    ce = F.cross_entropy(z.float(), y, label_smoothing=SMOOTHING)
+    return ce, {"ce": ce.detach()}
+
+
+def _top1_thief(z, y, ref):
+    """The thief of the top-1 answers: cross-entropy on the teacher's argmax, not the true label."""
+    ce = F.cross_entropy(z.float(), ref.argmax(dim=1))
+    return ce, {"ce": ce.detach()}
+
+
+def _beyond_labels(base: dict, outputs: dict[str, float], top1: float) -> dict:
+    """A trial's best-response value beyond labels: the best probe that reads the outputs less the
+    best probe from labels alone (scratch, label smoothing, the top-1 thief); every probe recorded."""
+    labels = {"scratch": base["probe_scratch"], "label-smoothing": base["probe_label_smoothing"], "top1-thief": top1}
+    best_out, best_lab = max(outputs, key=outputs.get), max(labels, key=labels.get)
+    return {"probes": {**outputs, **labels}, "best_outputs": best_out, "best_labels": best_lab,
+            "value": round(outputs[best_out] - labels[best_lab], 4)}
 
 
 def _model(arch: str, data: TensorData, seed: int) -> nn.Module:
@@ -108,12 +159,15 @@ def _cached(path: Path, compute):
 
 def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config: TrainConfig, tau: float,
                     omega0: float, budget: Budget, students: tuple[str, ...], out, device, quiet: bool = True,
-                    echo=None) -> dict:
+                    echo=None, method: str = "nasty") -> dict:
     """Run the search in ``out`` (a folder of its own) and return its trace (see the module doc).
 
     ``data`` is the full training data: the validation split is carved from it here.
-    ``adversary`` is the frozen released model; ``config`` the hardening schedule.
+    ``adversary`` is the frozen released model; ``config`` the hardening schedule; ``method`` the
+    hardening objective (:data:`METHODS`), whose strength starts at ``omega0``.
     """
+    key = METHODS.get(method)
+    hardening_objective(method, omega0, tau=tau)  # an unknown method fails here
     budget.check()
     t_start = time.perf_counter()
     out = Path(out)
@@ -134,6 +188,11 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
                 "seconds": round(card["seconds"] + scratch["seconds"], 2)}  # training time, across resumes
 
     base = _cached(out / "baseline.json", plain)
+    if budget.select == "value":  # the labels-only baseline the probe family adds: label smoothing, once
+        base = {**base, **_cached(out / "labels.json", lambda: {"probe_label_smoothing": _run(
+            out / "probe-label-smoothing", _model(probe_arch, val, config.seed), val, config=probe_cfg,
+            objective=_smoothed, device=device, card={**probe_card, "label_smoothing": SMOOTHING},
+            desc=f"search: probe {probe_arch} label smoothing", quiet=quiet)["accuracy"]})}
     say(f"search: plain {arch} {base['val_accuracy']:.2f}% on validation, probe {probe_arch} from scratch "
         f"{base['probe_scratch']:.2f}%")
     # a trial far below the plain run once the first LR drop is past has collapsed: too strong, not worth finishing
@@ -143,14 +202,15 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
     def trial(k: int, omega: float) -> dict:
         folder = out / f"trial-{k}"
         model = _model(arch, val, config.seed)
-        row = {"trial": k, "omega": omega, "tau": tau}
+        row = {"trial": k, key: omega, "tau": tau, **({} if method == "nasty" else {"method": method})}
         try:
-            card = _run(folder, model, val, config=config, objective=objective_for("nasty", omega=omega, tau=tau),
+            card = _run(folder, model, val, config=config, objective=hardening_objective(method, omega, tau=tau),
                         reference=adversary, eval_tau=tau, device=device,
                         guard=Guard(reference_accuracy=base["val_accuracy"], margin=guard_margin, start=warm,
                                     chance=100.0 / data.num_classes, early_start=warm, hint="too strong"),
-                        card={"kind": "nasty", "arch": arch, "omega": omega, "tau": tau},
-                        desc=f"search: trial {k} omega {omega:g}", quiet=quiet)
+                        card={"kind": "nasty", "arch": arch, key: omega, "tau": tau,
+                              **({} if method == "nasty" else {"method": method})},
+                        desc=f"search: trial {k} {key} {omega:g}", quiet=quiet)
         except TrainingStopped as e:
             done = ckpt.read_card(folder) if (folder / ckpt.CARD).exists() else {}
             return {**row, "val_accuracy": None, "val_cost": None, "affordable": False, "collapsed": str(e),
@@ -161,31 +221,48 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
         if row["affordable"]:  # damage is only worth measuring for a strength the user can afford
             probe = _run(folder / "probe", _model(probe_arch, val, config.seed), val, config=probe_cfg,
                          objective=objective_for("kd", alpha=budget.probe_alpha, tau=tau), reference=model,
-                         device=device, card={**probe_card, "teacher_omega": omega},
+                         device=device, card={**probe_card, f"teacher_{key}": omega},
                          desc=f"search: probe from trial {k}", quiet=quiet)
             row.update(probe_accuracy=probe["accuracy"], damage=round(base["probe_scratch"] - probe["accuracy"], 4))
+            if budget.select == "value":
+                more = {name: _run(folder / f"probe-{name}", _model(probe_arch, val, config.seed), val,
+                                   config=probe_cfg, objective=objective, reference=model, device=device,
+                                   card={**probe_card, f"teacher_{key}": omega, "probe": name},
+                                   desc=f"search: probe {name} from trial {k}", quiet=quiet)
+                        for name, objective in (("kd-tau1", objective_for("kd", alpha=budget.probe_alpha, tau=1.0)),
+                                                ("top1-thief", _top1_thief))}
+                row.update(_beyond_labels(base, {f"kd-tau{tau:g}": probe["accuracy"], "kd-tau1": more["kd-tau1"]["accuracy"]},
+                                          more["top1-thief"]["accuracy"]))
+                probe = {"seconds": probe["seconds"] + sum(c["seconds"] for c in more.values())}
         row["seconds"] = round(card["seconds"] + (probe["seconds"] if row["affordable"] else 0.0), 2)
         return row
 
     trials: list[dict] = []
     for k in range(budget.max_trials):
-        omega = next_omega(trials, omega0)
+        omega = next_omega(trials, omega0, key=key)
         if omega is None:
             break
         row = _cached(out / f"trial-{k}.json", lambda k=k, omega=omega: trial(k, omega))
-        if row["omega"] != omega:
-            raise NastyError(f"{out} holds a search with other settings (trial {k}: omega {row['omega']:g}, "
-                             f"not {omega:g}); use another output folder or start over")
+        if (row.get(key) != omega or row.get("method", "nasty") != method
+                or (budget.select == "value" and row["affordable"] and "value" not in row)):
+            raise NastyError(f"{out} holds a search with other settings (trial {k}: "
+                             f"{row.get('method', 'nasty')} {key} {row.get(key, float('nan')):g}, not {method} {omega:g}); "
+                             f"use another output folder or start over")
         trials.append(row)
-        say(f"search: trial {k} omega {omega:g}: " + (
+        say(f"search: trial {k} {key} {omega:g}: " + (
             "collapsed" if row.get("collapsed") else
             f"validation cost {row['val_cost']:+.2f} points" + (
-                f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")))
+                f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")
+            + (f", outputs add {row['value']:+.2f} points to labels" if "value" in row else "")))
     affordable = [t for t in trials if t["affordable"]]
-    chosen = max(affordable, key=lambda t: (t["damage"], t["omega"])) if affordable else None
+    if budget.select == "value":  # the least a thief's best response gets beyond labels; the stronger on a tie
+        chosen = max(affordable, key=lambda t: (-t["value"], t[key])) if affordable else None
+    else:
+        chosen = max(affordable, key=lambda t: (t["damage"], t[key])) if affordable else None
     return {"max_cost": budget.max_cost, "validation": fit_data.validation, "budget": asdict(budget),
             "probe": {"student": probe_arch, "epochs": probe_cfg.epochs, "alpha": budget.probe_alpha, "tau": tau},
             "baseline": base, "trials": trials, "chosen": None if chosen is None else chosen["trial"],
-            "omega": None if chosen is None else chosen["omega"],
+            key: None if chosen is None else chosen[key], "method": method, "strength_name": key,
+            "strength": None if chosen is None else chosen[key],
             "seconds": round(sum(t["seconds"] for t in trials) + base["seconds"], 2),
             "wall_seconds": round(time.perf_counter() - t_start, 2)}

@@ -2,6 +2,7 @@
 
     normal teacher : objective = cross_entropy,             reference = None
     nasty teacher  : objective = self_undermining (omega),   reference = frozen adversary
+    CMIM teacher   : objective = cmim (weight, taus),        reference = the adversary (read for the KL report only)
     KD student     : objective = kd_loss (alpha, tau),       reference = frozen teacher
 
 The reference model stays in ``eval()`` and runs under ``torch.inference_mode()``: one
@@ -32,7 +33,7 @@ from .distributed import World
 from .errors import NastyError, TrainingStopped, one_line
 from .safety import parse_json, read_text
 from .schema import MetricsRow, validate
-from .objectives import cross_entropy, kd_loss, kl_tau, self_undermining_loss
+from .objectives import CMIM_TAUS, cmim_loss, cross_entropy, kd_loss, kl_tau, self_undermining_loss
 
 __all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "Guard", "objective_for", "make_optimizer",
            "frozen_logits"]
@@ -81,12 +82,16 @@ class TrainConfig:
         return replace(self, epochs=-(-steps // self.epoch_steps(train_size)), steps=steps)
 
 
-def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9) -> Callable:
-    """``f(logits, labels, reference_logits) -> (loss, terms)`` for 'normal', 'nasty' or 'kd'."""
+def objective_for(kind: str, *, omega: float = 0.0, tau: float = 4.0, alpha: float = 0.9, weight: float = 0.0,
+                  taus=CMIM_TAUS) -> Callable:
+    """``f(logits, labels, reference_logits) -> (loss, terms)`` for 'normal', 'nasty' (``omega``, ``tau``),
+    'cmim' (``weight``, ``taus``; the reference's logits are not used) or 'kd' (``alpha``, ``tau``)."""
     if kind == "normal":
         return lambda z, y, _ref: cross_entropy(z, y)
     if kind == "nasty":
         return lambda z, y, ref: self_undermining_loss(z, ref, y, omega=omega, tau=tau)
+    if kind == "cmim":
+        return lambda z, y, _ref: cmim_loss(z, y, weight=weight, taus=taus)
     if kind == "kd":
         return lambda z, y, ref: kd_loss(z, ref, y, alpha=alpha, tau=tau)
     raise ValueError(f"unknown objective {kind!r}")

@@ -134,7 +134,7 @@ def test_bad_topk_and_sweep_settings_are_clear_errors(digits):
     with pytest.raises(NastyError, match="unknown attack 'nope'"):
         attack_names(["kd", "nope"])
     assert attack_names(["kd", "all"]) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep",
-                                           "hard-label-sweep", "kd-topk"]
+                                           "hard-label-sweep", "kd-topk", "recalibrate"]
     with pytest.raises(NastyError, match="hard-label-sweep.search_steps must be"):  # each names itself
         create_attack("hard-label-sweep", search_steps=-1)
     with pytest.raises(NastyError, match=r"kd-sweep.taus must be a list of 1 to 32 finite numbers > 0, got 0"):

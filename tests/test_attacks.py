@@ -137,7 +137,7 @@ def test_unknown_attack_is_a_clear_error():
     with pytest.raises(NastyError, match="unknown attack 'kdd'.*kd, hard-label, dafl, deepinversion"):
         create_attack("kdd")
     assert list(ATTACKS) == ["kd", "hard-label", "dafl", "deepinversion", "skeptical", "kd-sweep", "hard-label-sweep",
-                             "kd-topk"]
+                             "kd-topk", "recalibrate"]
 
 
 def test_a_student_learns_the_same_alone_and_in_a_bank(digits):

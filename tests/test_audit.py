@@ -120,6 +120,25 @@ def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_
     assert "| kd | tiny-cnn |" in format_markdown(old) and "worst-case" in format_html(old, {})
 
 
+def test_the_report_gives_each_teachers_served_utility_and_old_reports_still_print(tiny_audit):
+    from attacks.audit import format_html, format_markdown, format_table
+
+    out, report = tiny_audit
+    on_disk = json.loads((out / "report.json").read_text())
+    for side in ("normal", "nasty"):
+        u = on_disk["teachers"][side]["utility"]
+        assert set(u) == {"nll", "ece", "top5"} and u["nll"] > 0 and 0 <= u["ece"] <= 1 and 0 <= u["top5"] <= 100
+        assert u["top5"] >= on_disk["teachers"][side]["accuracy"] - 1e-6  # top-5 holds top-1
+    table = format_table(report)
+    assert "| reference | none |" in table and f"{on_disk['teachers']['nasty']['utility']['nll']:.3f}" in table
+    assert "id='utility'" in format_html(report, {})
+    old = json.loads(json.dumps(report))
+    for side in ("normal", "nasty"):
+        del old["teachers"][side]["utility"]
+    assert "served NLL" not in format_table(old) and "id='utility'" not in format_html(old, {})
+    assert "| kd | tiny-cnn |" in format_markdown(old)
+
+
 def test_cells_that_recorded_dafls_old_setting_names_are_still_used(tiny_audit, teachers, monkeypatch):
     out, report = tiny_audit
     path = out / "cells" / "dafl-seed0.json"

@@ -78,13 +78,26 @@ def test_compare_draws_the_front(defended, tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 0 and len(result["rows"]) == 2
     assert set(result["rows"][0]["worst_case"]) == {"mlp"}
     table = (tmp_path / "compare.md").read_text().splitlines()
-    assert table[2] == "| defence | teacher accuracy | cost | kd mlp | worst case mlp | outputs add to labels mlp |"
+    assert table[2] == ("| defence | teacher accuracy | cost | served NLL | ECE | top-5 | kd mlp | "
+                        "worst case mlp | outputs add to labels mlp |")
     kd = [r["worst_case"]["mlp"]["acc_from_teacher"] for r in result["rows"]]
+    u = [r["utility"] for r in result["rows"]]
+    # the served top-1 keeps the argmax but cuts every other class off: the same accuracy, a far worse NLL
+    assert u[1]["nll"] > u[0]["nll"] and u[1]["top5"] < u[0]["top5"]
+    cells = [f"{x['nll']:.3f} | {x['ece']:.3f} | {x['top5']:.2f}" for x in u]
     # what the outputs add: kd (the only thief of the outputs) less the better of scratch and label smoothing
     labels = max(result["rows"][0]["summary"][0][k]["mean"] for k in ("acc_scratch", "acc_label_smoothing"))
     assert table[4:] == [
-        f"| none | {result['rows'][0]['accuracy']:.2f} | +0.00 | {kd[0]:.2f} | {kd[0]:.2f} (kd) | {kd[0] - labels:+.2f} |",
-        f"| topk k=1 | {result['rows'][1]['accuracy']:.2f} | +0.00 | {kd[1]:.2f} | {kd[1]:.2f} (kd) | {kd[1] - labels:+.2f} |"]
+        f"| none | {result['rows'][0]['accuracy']:.2f} | +0.00 | {cells[0]} | {kd[0]:.2f} | {kd[0]:.2f} (kd) | "
+        f"{kd[0] - labels:+.2f} |",
+        f"| topk k=1 | {result['rows'][1]['accuracy']:.2f} | +0.00 | {cells[1]} | {kd[1]:.2f} | {kd[1]:.2f} (kd) | "
+        f"{kd[1] - labels:+.2f} |"]
+    # a comparison written before utility was measured still prints and plots (one row of panels)
+    from attacks.compare import format_compare, plot_compare
+
+    old = {**result, "rows": [{k: v for k, v in r.items() if k != "utility"} for r in result["rows"]]}
+    assert "| - | - | - |" in format_compare(old)
+    assert len(plot_compare(old).axes) == 1 and len(plot_compare(result).axes) == 2
 
 
 def test_the_compare_table_escapes_what_came_from_files():
@@ -98,7 +111,8 @@ def test_the_compare_table_escapes_what_came_from_files():
     text = format_compare(result)
     assert "<script>" not in text and "<b>" not in text and r"runs/\<img src=x\>" in text
     row = text.splitlines()[-1]
-    assert row.count(" | ") == 5 and row.startswith(r"| x \| \<script\> | 99.00 | +0.50 | 90.00 | 90.00 (kd\|\<b\>) | +0.00 |")
+    assert row.count(" | ") == 8 and row.startswith(
+        r"| x \| \<script\> | 99.00 | +0.50 | - | - | - | 90.00 | 90.00 (kd\|\<b\>) | +0.00 |")
     assert "label smoothing -" in text  # a baseline the rows do not have is a dash
 
 

@@ -81,3 +81,52 @@ def test_self_undermining_pushes_away_from_the_adversary():
     with torch.no_grad():
         after = float(kl_tau(z - 0.5 * z.grad, zr, 4.0))
     assert after > before
+
+
+def test_conditional_mi_by_hand():
+    from nasty.objectives import cmim_loss, conditional_mi
+
+    # two samples of class 0, one of class 2 (alone: its centroid is itself, adds 0)
+    z = [[2.0, 0.5, -1.0], [0.0, 1.5, 0.3], [1.0, 1.0, 4.0]]
+    y = [0, 0, 2]
+    tau = 2.0
+    p = [_softmax(r, tau) for r in z]
+    q = [(a + b) / 2 for a, b in zip(p[0], p[1])]
+    want = (_kl(p[0], q) + _kl(p[1], q) + 0.0) / 3
+    got = conditional_mi(torch.tensor(z), torch.tensor(y), tau)
+    assert math.isclose(float(got), want, rel_tol=1e-5)
+    taus = (1.0, 4.0)
+    cmi = []
+    for t in taus:
+        p = [_softmax(r, t) for r in z]
+        q = [(a + b) / 2 for a, b in zip(p[0], p[1])]
+        cmi.append((_kl(p[0], q) + _kl(p[1], q)) / 3)
+    ce = sum(_ce(r, c) for r, c in zip(z, y)) / 3
+    loss, terms = cmim_loss(torch.tensor(z), torch.tensor(y), weight=0.7, taus=taus)
+    assert math.isclose(float(loss), ce + 0.7 * sum(cmi) / 2, rel_tol=1e-5)
+    assert math.isclose(float(terms["cmi"]), sum(cmi) / 2, rel_tol=1e-5)
+
+
+def test_cmi_is_zero_on_collapsed_clusters_and_its_gradient_collapses_them():
+    from nasty.objectives import cmim_loss, conditional_mi
+
+    y = torch.tensor([0, 0, 1, 1, 1])
+    same = torch.tensor([[3.0, 0.0, 1.0]] * 2 + [[0.0, 2.0, -1.0]] * 3)
+    assert float(conditional_mi(same, y, 4.0)) < 1e-7
+    # weight 0 is cross-entropy
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cmim_loss(z, y, weight=0.0)[0], torch.nn.functional.cross_entropy(z, y))
+    # the gradient is finite and not zero, and a step down it concentrates the clusters
+    z.requires_grad_(True)
+    loss, terms = cmim_loss(z, y, weight=1.0)
+    loss.backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    w = z.detach().clone().requires_grad_(True)
+    cmi = conditional_mi(w, y, 1.0)
+    cmi.backward()
+    assert float(conditional_mi(w.detach() - 1.0 * w.grad, y, 1.0)) < float(cmi.detach())
+    # extreme logits stay finite
+    big = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], requires_grad=True)
+    loss, _ = cmim_loss(big, torch.tensor([0, 0]), weight=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(big.grad).all()
