@@ -37,19 +37,22 @@ def _close(a: dict, b: dict, tol: float) -> None:
     assert a.keys() == b.keys()
     for k in a:
         if torch.is_tensor(a[k]) and a[k].is_floating_point():
-            assert torch.allclose(a[k], b[k], atol=tol, rtol=tol), k
+            assert torch.allclose(a[k], b[k], atol=tol, rtol=tol), (k, float((a[k] - b[k]).abs().max()), float(a[k].abs().max()))
         elif torch.is_tensor(a[k]):
             assert torch.equal(a[k], b[k]), k
 
 
 def test_a_vmapped_ensemble_is_its_members_forward_and_backward():
+    """In float64: the same sums to 1e-15. (In float32, torch 2.14's CPU convolution backward
+    summed the batched and the single gradients in other orders: up to 6e-3 apart on
+    gradients of 2.8 in this 20-layer net.)"""
     torch.manual_seed(0)
-    members = [create_model("resnetc20", num_classes=10, in_chans=1) for _ in range(3)]
-    alone = [create_model("resnetc20", num_classes=10, in_chans=1) for _ in range(3)]
+    members = [create_model("resnetc20", num_classes=10, in_chans=1).double() for _ in range(3)]
+    alone = [create_model("resnetc20", num_classes=10, in_chans=1).double() for _ in range(3)]
     for a, m in zip(alone, members):
         a.load_state_dict(m.state_dict())
     e = Ensemble(members)
-    x = torch.randn(16, 1, 32, 32)
+    x = torch.randn(16, 1, 32, 32, dtype=torch.float64)
     z = e(x)
     z.square().sum().backward()
     ref = torch.stack([a(x) for a in alone])
@@ -62,7 +65,7 @@ def test_a_vmapped_ensemble_is_its_members_forward_and_backward():
     for a, m in zip(alone, members):
         for (n, b), (_, r) in zip(m.named_buffers(), a.named_buffers()):
             assert torch.allclose(b.float(), r.float(), atol=1e-6), n
-    xs = [torch.randn(8, 1, 32, 32) for _ in range(3)]  # a batch of its own per member
+    xs = [torch.randn(8, 1, 32, 32, dtype=torch.float64) for _ in range(3)]  # a batch of its own per member
     own = e(xs)
     assert own.shape == (3, 8, 10)
     assert torch.allclose(own[2], alone[2](xs[2]), atol=1e-5)
@@ -140,7 +143,9 @@ def test_an_ensemble_trains_the_students_a_loop_trains(name, pair, digits):
     (acc_loop, state_loop), (acc_ens, state_ens) = runs[False], runs[True]
     assert set(acc_loop) == set(acc_ens) == {(src, a) for src in teachers for a in ARCHS}
     assert max(abs(acc_loop[k] - acc_ens[k]) for k in acc_loop) <= 0.5, (acc_loop, acc_ens)
-    _close(state_loop["students"], state_ens["students"], tol=1e-3)
+    # float32 sums in other orders drift through training: with torch 2.14's CPU kernels up to 4.3e-3 on
+    # weights of 0.5 (the members' exact equality is checked in float64 above)
+    _close(state_loop["students"], state_ens["students"], tol=1e-2)
     assert state_loop["scheduler"] == state_ens["scheduler"]
     loop_opt, ens_opt = state_loop["optimizer"], state_ens["optimizer"]
     assert loop_opt["param_groups"] == ens_opt["param_groups"] and loop_opt["state"].keys() == ens_opt["state"].keys()
