@@ -126,6 +126,15 @@ class TopKOptions(_Options):
     tau: Positive = 4.0
 
 
+class RecalibrateOptions(_Options):
+    alpha: Unit = 0.9
+    tau: Positive = 4.0
+    val_fraction: OpenUnit = 0.2
+    matrix: Flag = 0
+    l2: Weight = 0.01
+    steps: _count(1, 100_000) = 100
+
+
 class NoOptions(_Options):
     pass
 
@@ -133,6 +142,7 @@ class NoOptions(_Options):
 SCHEMAS: dict[str, type[_Options]] = {
     "kd": KDOptions, "hard-label": NoOptions, "dafl": DAFLOptions, "deepinversion": DeepInversionOptions,
     "skeptical": SkepticalOptions, "kd-sweep": SweepOptions, "hard-label-sweep": SweepOptions, "kd-topk": TopKOptions,
+    "recalibrate": RecalibrateOptions,
 }
 
 
