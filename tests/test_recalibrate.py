@@ -39,7 +39,7 @@ def test_the_fit_reads_a_bent_teacher_back_and_is_deterministic():
 
 
 @pytest.mark.parametrize("options, said", [
-    ({"alpha": 1.5}, "alpha must be a number in [0, 1]"), ({"tau": 0}, "tau must be a finite number > 0"), ({"val_fraction": 1.0}, "val_fraction"),
+    ({"alpha": 1.5}, "alpha must be a number in \\[0, 1\\]"), ({"tau": 0}, "tau must be a finite number > 0"), ({"val_fraction": 1.0}, "val_fraction"),
     ({"matrix": 2}, "matrix must be 1 or 0"), ({"l2": -1}, "l2 must be a finite number >= 0"), ({"steps": 0}, "steps must be a whole"),
     ({"steps": 2.5}, "steps must be a whole"), ({"tau": float("nan")}, "tau must be a finite number"),
 ])
