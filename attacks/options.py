@@ -120,15 +120,11 @@ class SweepOptions(_Options):
     match_steps: Flag = 1
 
 
-class TopKOptions(_Options):
+class TopKOptions(KDOptions):
     k: _count(1, 100_000) = 2
-    alpha: Unit = 0.9
-    tau: Positive = 4.0
 
 
-class RecalibrateOptions(_Options):
-    alpha: Unit = 0.9
-    tau: Positive = 4.0
+class RecalibrateOptions(KDOptions):
     val_fraction: OpenUnit = 0.2
     matrix: Flag = 0
     l2: Weight = 0.01
