@@ -46,6 +46,9 @@ class TensorData:
     validation: dict | None = None  # {fraction, seed, size} when a validation split was carved out of train
     input: dict | None = None  # {size, channels, channel_order} when adapted to a model's input (see `adapted`)
     full_size: int | None = None  # training images before `subset` took its share (None: these are all)
+    # per training image, the group it belongs to (None: each its own): images of one group share content
+    # (digit pairs: the same digit images), so a validation split holds out whole groups
+    groups: torch.Tensor | None = field(default=None, repr=False)
     _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -162,7 +165,7 @@ class TensorData:
             ) from None
         keep = torch.from_numpy(np.sort(keep))
         return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep], train_fraction=fraction,
-                       full_size=len(y), _device_cache={})
+                       full_size=len(y), groups=None if self.groups is None else self.groups[keep], _device_cache={})
 
     def split_validation(self, fraction: float = 0.2, *, seed: int = 0) -> tuple["TensorData", "TensorData"]:
         """Carve a stratified, seeded validation split out of the training set.
@@ -170,23 +173,40 @@ class TensorData:
         Returns ``(fit, val)``: both train on the remaining images; ``fit`` keeps the real test
         split (read once, for the final report) and ``val`` has the validation images in place
         of it, so every choice (omega, tau, early stop) is scored with ``evaluate(model, val)``
-        and never sees a test image.
+        and never sees a test image. A dataset with ``groups`` holds out whole groups (``fraction``
+        of them, seeded), so that no validation image shares content with a training one.
         """
         if not 0.0 < fraction < 1.0:
             raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+        split = self._stratified_split if self.groups is None else self._grouped_split
+        rest, held = (torch.from_numpy(np.sort(i)) for i in split(fraction, seed))
+        info = {"fraction": fraction, "seed": seed, "size": len(held)}
+        if self.groups is not None:
+            info["groups"] = len(torch.unique(self.groups[held]))
+        fit = replace(self, train_x=self.train_x[rest], train_y=self.train_y[rest], validation=info,
+                      groups=None if self.groups is None else self.groups[rest], _device_cache={})
+        val = replace(fit, test_x=self.train_x[held], test_y=self.train_y[held], _device_cache={})
+        return fit, val
+
+    def _stratified_split(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.model_selection import train_test_split
 
         y = self.train_y.numpy()
         try:
-            rest, held = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+            return train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
         except ValueError:
             raise DataError(f"a validation split of {fraction:g} of {len(y)} training images cannot hold every "
                             f"one of {self.num_classes} classes; use more training data") from None
-        rest, held = torch.from_numpy(np.sort(rest)), torch.from_numpy(np.sort(held))
-        info = {"fraction": fraction, "seed": seed, "size": len(held)}
-        fit = replace(self, train_x=self.train_x[rest], train_y=self.train_y[rest], validation=info, _device_cache={})
-        val = replace(fit, test_x=self.train_x[held], test_y=self.train_y[held], _device_cache={})
-        return fit, val
+
+    def _grouped_split(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        groups = self.groups.numpy()
+        ids = np.unique(groups)
+        n = int(round(fraction * len(ids)))
+        if not 1 <= n < len(ids):
+            raise DataError(f"a validation split of {fraction:g} of {len(ids)} groups of training images holds "
+                            f"{n} of them; use a fraction that holds between 1 and {len(ids) - 1}")
+        held = np.isin(groups, np.random.default_rng(seed).choice(ids, n, replace=False))
+        return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def mix_seed(*ints: int) -> int:
@@ -232,6 +252,7 @@ def _digits(root=None, download=False):
 
 
 PAIRS_TRAIN, PAIRS_TEST = 6000, 2000  # digit-pairs: 60 training and 20 test pairs per class
+PAIRS_FOLDS = 10  # digit-pairs: a training pair takes both halves from one fold of the digits' training images
 
 
 def _digit_pairs(root=None, download=False):
@@ -240,18 +261,29 @@ def _digit_pairs(root=None, download=False):
     probabilities say something about each half: structure for soft outputs to carry (Müller et
     al., Subclass Distillation, 2020: transfer works best with many related classes). Training pairs
     are made of digits' training images only, test pairs of its test images only; every class has
-    the same number of pairs (``PAIRS_TRAIN`` / ``PAIRS_TEST``); the draw is fixed (seeded)."""
+    the same number of pairs (``PAIRS_TRAIN`` / ``PAIRS_TEST``); the draw is fixed (seeded). Each
+    digit's training images are dealt evenly into ``PAIRS_FOLDS`` folds, and a training pair takes
+    both halves from one fold, its group: a validation split holds out whole folds, so that no
+    validation pair shows a digit image that a training pair shows (pairs drawn across folds share
+    them: a hardened teacher scored 99.75% on such a split and 93.25% on the test pairs)."""
     xtr, ytr, xte, yte, _ = _digits()
     rng = np.random.default_rng(0)
+    fold = np.zeros(len(ytr), dtype=np.int64)
+    for d in range(10):
+        mine = rng.permutation(np.flatnonzero(ytr == d))
+        fold[mine] = np.arange(len(mine)) % PAIRS_FOLDS
 
-    def pairs(x, y, n):
+    def pairs(x, y, folds, n):
         label = np.arange(n, dtype=np.int64) % 100
-        by_digit = [np.flatnonzero(y == d) for d in range(10)]
-        left = np.array([rng.choice(by_digit[c // 10]) for c in label])
-        right = np.array([rng.choice(by_digit[c % 10]) for c in label])
-        return np.concatenate([x[left], x[right]], axis=3), label
+        group = (np.arange(n) // 100) % (int(folds.max()) + 1)
+        pool = {(d, g): np.flatnonzero((y == d) & (folds == g)) for d in range(10) for g in np.unique(folds)}
+        left = np.array([rng.choice(pool[c // 10, g]) for c, g in zip(label, group)])
+        right = np.array([rng.choice(pool[c % 10, g]) for c, g in zip(label, group)])
+        return np.concatenate([x[left], x[right]], axis=3), label, group
 
-    return (*pairs(xtr, ytr, PAIRS_TRAIN), *pairs(xte, yte, PAIRS_TEST), tuple(f"{c:02d}" for c in range(100)))
+    train_x, train_y, groups = pairs(xtr, ytr, fold, PAIRS_TRAIN)
+    test_x, test_y, _ = pairs(xte, yte, np.zeros(len(yte), dtype=np.int64), PAIRS_TEST)
+    return train_x, train_y, test_x, test_y, tuple(f"{c:02d}" for c in range(100)), groups
 
 
 def _need(root, name, files, hint):
@@ -478,7 +510,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
     if not 0.0 < train_fraction <= 1.0:
         raise DataError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
     loader, pad, flip = DATASETS[key]
-    xtr, ytr, xte, yte, classes = loader(root=root, download=download)
+    xtr, ytr, xte, yte, classes, *groups = loader(root=root, download=download)  # groups: digit pairs' folds
     if key == "imagefolder":  # an eighth of the image, as Tiny-ImageNet's 8 of 64 and CIFAR's 4 of 32
         pad = max(1, round(xtr.shape[-1] / 8))
     mean, std = _channel_stats(xtr)
@@ -486,5 +518,6 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: 
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = [torch.from_numpy(a) for a in (xtr, ytr, xte, yte)]
     data = TensorData(name=key, train_x=tensors[0], train_y=tensors[1], test_x=tensors[2], test_y=tensors[3],
-                      classes=tuple(classes), mean=mean, std=std, pad=pad, flip=flip)
+                      classes=tuple(classes), mean=mean, std=std, pad=pad, flip=flip,
+                      groups=torch.from_numpy(groups[0]) if groups else None)
     return data.subset(train_fraction)

@@ -1,5 +1,6 @@
 """Students at equal steps whatever the share, the 100-class digit pairs, and bench/protection.py."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -90,6 +91,25 @@ def test_digit_pairs_are_100_classes_made_of_the_digits_own_splits(digits):
     assert torch.equal(load_dataset("digit_pairs").train_x, pairs.train_x)  # the draw is fixed
 
 
+def _halves(images) -> set:
+    return {bytes(np.ascontiguousarray(h.numpy())) for x in images for h in (x[:, :, :8], x[:, :, 8:])}
+
+
+@pytest.mark.parametrize("share", [1.0, 0.1])
+def test_a_digit_pairs_validation_split_shows_no_digit_image_of_its_training_pairs(share):
+    """Whole folds held out (the harden search's split, and a thief's own split of its share): random
+    pairs would show the validation pairs' digit images in training pairs, and score the memory."""
+    pairs = load_dataset("digit-pairs").subset(share)
+    for seed in (0, 1):
+        fit, val = pairs.split_validation(0.2, seed=seed)
+        assert val.validation["groups"] == 2 and len(fit.train_y) + len(val.test_y) == len(pairs.train_y)
+        assert not _halves(fit.train_x) & _halves(val.test_x)
+    ungrouped = dataclasses.replace(pairs, groups=None).split_validation(0.2, seed=0)  # the check can fail
+    assert _halves(ungrouped[0].train_x) & _halves(ungrouped[1].test_x)
+    with pytest.raises(NastyError, match="holds 0 of them"):
+        pairs.split_validation(0.01)
+
+
 def _report(acc):
     """A report's runs and summary from ``acc[(attack, source)] = [per-seed accuracies]``."""
     from attacks.audit import summarize
@@ -140,3 +160,11 @@ def test_the_quick_suite_runs_and_finds_value_in_the_outputs(tmp_path):
             "cost", "worst_attack", "kd_below_scratch"} <= set(r)
     assert r["reference_adds"]["mean"] > 3  # the undefended outputs carry value on digit pairs at 10%
     assert (tmp_path / "protection.md").exists() and (tmp_path / "protection.png").stat().st_size > 0
+
+
+def test_the_audits_kd_temperature_is_the_recipes_and_the_papers_rule_for_a_folder():
+    from attacks.audit import default_tau
+
+    assert default_tau(100, "digitpairs") == 4.0 and default_tau(100, "cifar100") == 20.0
+    assert default_tau(10, "cifar10") == 4.0 and default_tau(100, "imagefolder") == 20.0
+    assert default_tau(10, "imagefolder") == 4.0 and default_tau(200, "nonesuch") == 20.0
