@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 import attacks.audit as audit_mod
 from attacks.audit import audit
-from nasty.cli import main
-from nasty.demo import QUICK
+from nasty.app.cli import main
+from nasty.app.demo import QUICK
 from nasty.errors import NastyError
 
 ATTACK_NAMES = ["kd", "hard-label", "dafl", "deepinversion"]  # the default's, less kd-sweep (its own tests)
@@ -450,7 +450,7 @@ def test_force_redoes_a_partial_cell_of_other_settings_and_goes_on_with_one_of_t
 
 def test_the_demo_redoes_audit_cells_that_an_older_version_left_with_other_settings(tmp_path, monkeypatch):
     """An upgraded user's runs/demo: a kd-sweep cell from before ``search_steps`` is redone, not refused."""
-    import nasty.demo as demo
+    import nasty.app.demo as demo
 
     calls = []
     monkeypatch.setattr(demo, "train", lambda **k: {"accuracy": 99.0})

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .data import DATASETS
+from nasty import __version__
+from nasty.data import DATASETS
+from nasty.errors import NastyError, NastyWarning, one_line
+
 from .cli_errors import on_interrupt, os_error_line
-from .errors import NastyError, NastyWarning, one_line
 
 
 def _fail_cleanly(fn):
@@ -67,7 +68,7 @@ _default_showwarning = warnings.showwarning
 
 
 def _main_rank() -> bool:
-    from .distributed import world
+    from nasty.distributed import world
 
     return world().main
 
@@ -108,7 +109,7 @@ def _preprocessing(fn):
     def wrapper(**kw):
         card = kw.pop("model_card", None)
         if card:
-            from .released import read_model_card
+            from nasty.released import read_model_card
 
             for key, value in read_model_card(card).items():
                 if key in kw and kw[key] is None:
@@ -198,7 +199,7 @@ def main():
 @_fail_cleanly
 def train(dataset, **kw):
     """Train a normal teacher with cross-entropy."""
-    from .runs import train as run_train
+    from nasty.runs import train as run_train
 
     card = run_train(dataset=dataset or "digits", **kw)
     if not kw["quiet"] and _main_rank():
@@ -244,8 +245,8 @@ def train(dataset, **kw):
 @_fail_cleanly
 def harden(**kw):
     """Train a nasty teacher against the frozen --teacher."""
-    from .runs import harden as run_harden
-    from .search import Budget
+    from nasty.runs import harden as run_harden
+    from nasty.search import Budget
 
     budget = Budget(validation=kw.pop("validation"), max_trials=kw.pop("max_trials"), probe=kw.pop("probe"),
                     select=kw.pop("select"))
@@ -289,7 +290,7 @@ def _seeds(ctx, param, value):
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"a count (3) or a comma-separated list of integers (0,1,2), got {value!r}") from None
-    from .safety import limit
+    from nasty.safety import limit
 
     if len(seeds) == 1 and "," not in value:
         if seeds[0] < 1:
@@ -444,7 +445,7 @@ def demo(out, quick, device, quiet):
 def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle, max_cost, data_root, download,
            device):
     """Serve a run with an output transform (no retraining): same weights, transform in its card."""
-    from .runs import defend as run_defend
+    from nasty.runs import defend as run_defend
 
     chosen = [spec for spec in ({"name": "topk", "k": topk} if topk is not None else None,
                                 {"name": "reverse-sigmoid", "beta": beta, "gamma": gamma} if beta is not None else None,
@@ -491,7 +492,7 @@ def compare(reference, teachers, attacks, out, **kw):
 @_fail_cleanly
 def export(teacher, out, unsafe_pickle):
     """Export what is served (weights + output transform) as a torch.export program or ONNX."""
-    from .export import export as run_export
+    from nasty.export import export as run_export
 
     click.echo(f"wrote {run_export(teacher=teacher, out=out, unsafe_pickle=unsafe_pickle)}")
 
@@ -512,7 +513,7 @@ def export(teacher, out, unsafe_pickle):
 def plot(what, **kw):
     """Plot softened-output peaks (logits), t-SNE (tsne), synthesised images (images), an omega sweep (omega),
     its cost-damage frontier (frontier) or a hardened run's budgeted search (search)."""
-    from .diagnostics import render
+    from nasty.diagnostics import render
 
     if what == "images":
         from attacks import synthesized_grids  # the data-free attacks make the images (attacks/ builds on nasty/)
@@ -537,8 +538,8 @@ def plot(what, **kw):
 def import_(**kw):
     """Make a run directory of a model trained elsewhere (weights, architecture, preprocessing), which every
     command then takes as it is: `nasty harden --teacher runs/mine`."""
-    from .released import fmt_normalization
-    from .runs import import_weights
+    from nasty.released import fmt_normalization
+    from nasty.runs import import_weights
 
     card = import_weights(**kw)
     click.echo(f"imported {card['arch']} on {card['dataset']}: test accuracy {card['accuracy']:.2f}% with "
@@ -549,7 +550,7 @@ def import_(**kw):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json):
     """List the architectures in the zoo."""
-    from .models import list_models
+    from nasty.models import list_models
 
     names = list_models()
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import one_line
+from nasty.errors import one_line
 
 
 def os_error_line(e: OSError) -> str:
