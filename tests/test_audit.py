@@ -415,7 +415,7 @@ def test_the_report_says_what_the_tuning_thief_chose_and_when_it_saw_nothing(tin
 
 
 def test_a_kd_sweep_cell_from_before_search_steps_is_read_as_the_search_it_ran(tmp_path):
-    from attacks.audit import _rename_settings, _same_key
+    from attacks._cells import _rename_settings, _same_key
 
     key = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5}}
     _rename_settings(key)
