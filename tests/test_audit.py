@@ -103,6 +103,22 @@ def test_html_report_has_every_section_with_images_embedded(tiny_audit):
     assert set(json.loads((out / "logits.json").read_text())["teachers"]) == {"normal", "nasty"}
 
 
+def test_the_report_templates_are_installed_with_the_package():
+    """report.md and report.html come from attacks/templates/: package data, found from an installed copy too."""
+    import fnmatch
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["attacks"]
+    templates = [p.relative_to(root / "attacks").as_posix() for p in (root / "attacks" / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates), (templates, globs)
+
+
 def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_audit):
     from attacks.audit import format_html, format_markdown, format_table
 
