@@ -39,14 +39,14 @@ from ._cells import (IMAGES_PER_CLASS, _cells_dir, _images_path, _load_cell, _lo
 from .base import batchable, run_cells
 # the summary and the reports, importable from here as they always were
 from .render import (TABLE_HEADER, WORST_HEADER, _write_html, chosen, format_html, format_markdown, format_table,
-                     schedule_text)
+                     read_report, schedule_text, write_report)
 from .summary import BASELINES, SOURCES, _report, beyond_labels, summarize, worst_case
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["audit", "summarize", "worst_case", "beyond_labels", "format_table", "format_markdown", "format_html",
-           "schedule_text", "chosen", "student_schedule", "default_tau", "BASELINES", "SOURCES",
+           "schedule_text", "chosen", "read_report", "student_schedule", "default_tau", "BASELINES", "SOURCES",
            "TABLE_HEADER", "WORST_HEADER"]
 
 
@@ -146,8 +146,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
         report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
                                            tau, schedule, train_fraction, common["teachers"], served, epochs=epochs),
                                    cells, len(todo))
-        ckpt.write_json(out / "report.json", report)
-        ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+        write_report(out, report)
     if plots and (trained or not (out / "report.html").exists()):
         grids = {}  # the first seed's images of each data-free attack, as its cell saved them
         for a in attacks:

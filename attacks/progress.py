@@ -23,6 +23,7 @@ def check_out(out, *, force: bool) -> None:
     from pathlib import Path
 
     from nasty.safety import read_json
+    from nasty.schema import AuditReport, validate
 
     out = Path(out).expanduser()
     present = [f for f in REPORTS if (out / f).exists() or (out / f).is_symlink()]
@@ -31,8 +32,8 @@ def check_out(out, *, force: bool) -> None:
     ours = False
     if "report.json" in present:
         try:
-            obj = read_json(out / "report.json")
-            ours = isinstance(obj, dict) and all(k in obj for k in ("teachers", "summary", "settings", "runs"))
+            validate(AuditReport, read_json(out / "report.json"), out / "report.json")  # as an audit writes it
+            ours = True
         except NastyError:
             ours = False
     if not ours:

@@ -9,7 +9,7 @@ report from files that other people made. Only the templates' own text is left a
 
 The audit's two sides are named as the reports say them: the *reference* (``teachers.normal`` in
 report.json, the model as released) and the *teacher* audited (``teachers.nasty``: a nasty teacher
-or any defended model).
+or any defended model); :class:`nasty.schema.AuditReport` documents the mapping.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from markupsafe import Markup
 
 from nasty import checkpoint as ckpt
 from nasty.errors import one_line
-from nasty.safety import md_text
+from nasty.safety import md_text, read_json
+from nasty.schema import AuditReport, validate
 from nasty.utility import UTILITY_HEADER, utility_cells
 
 from . import progress
@@ -161,6 +162,20 @@ def format_table(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     """``report.md``: the teachers and settings, then :func:`format_table`'s tables."""
     return _environment(True).get_template("report.md.j2").render(_context(report))
+
+
+def write_report(out: Path, report: dict) -> None:
+    """``report.json`` (the dict as it is, once :class:`~nasty.schema.AuditReport` accepts it) and
+    ``report.md`` in ``out``, each written atomically."""
+    validate(AuditReport, report, out / "report.json")
+    ckpt.write_json(out / "report.json", report)
+    ckpt.atomic_write(out / "report.md", lambda p: Path(p).write_text(format_markdown(report)))
+
+
+def read_report(path) -> AuditReport:
+    """An audit's ``report.json`` as :class:`~nasty.schema.AuditReport`: the sides named reference and
+    teacher, the fields an older audit did not write at their defaults; one that does not fit is one line."""
+    return AuditReport.model_validate(validate(AuditReport, read_json(path), path))
 
 
 def _write_html(report, out: Path, models, data, *, tau, grids, quiet) -> None:

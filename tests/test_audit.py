@@ -136,6 +136,30 @@ def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_
     assert "| kd | tiny-cnn |" in format_markdown(old) and "worst-case" in format_html(old, {})
 
 
+def test_report_json_reads_as_its_model_with_sides_named_and_old_reports_defaulted(tiny_audit, tmp_path):
+    """report.json through nasty.schema.AuditReport: normal/nasty read as reference/teacher, the same dict
+    written back, and an older report's missing fields at their defaults; one that does not fit is one line."""
+    from attacks.audit import read_report
+
+    out, report = tiny_audit
+    on_disk = json.loads((out / "report.json").read_text())
+    model = read_report(out / "report.json")
+    assert model.teachers.reference.accuracy == on_disk["teachers"]["normal"]["accuracy"]
+    assert model.teachers.teacher.omega == on_disk["teachers"]["nasty"]["omega"]
+    assert model.summary[0].acc_from_teacher.mean == on_disk["summary"][0]["acc_from_nasty"]["mean"]
+    assert model.model_dump(by_alias=True, exclude_unset=True) == on_disk
+    old = {k: v for k, v in on_disk.items() if k not in ("worst_case", "beyond_labels", "cells", "notes")}
+    old["summary"] = [{k: v for k, v in r.items() if k not in ("acc_label_smoothing", "immunity_std")}
+                      for r in on_disk["summary"]]
+    (tmp_path / "report.json").write_text(json.dumps({**old, "added_later": 1}))
+    model = read_report(tmp_path / "report.json")
+    assert model.worst_case == [] and model.cells is None and model.summary[0].acc_label_smoothing is None
+    (tmp_path / "report.json").write_text(json.dumps({**old, "summary": [{"attack": "kd"}]}))
+    with pytest.raises(NastyError, match="report.json: field summary.0.student") as e:
+        read_report(tmp_path / "report.json")
+    assert "\n" not in str(e.value)
+
+
 def test_the_report_gives_each_teachers_served_utility_and_old_reports_still_print(tiny_audit):
     from attacks.audit import format_html, format_markdown, format_table
 
