@@ -15,7 +15,7 @@ from nasty.safety import read_json
 from nasty.schema import AuditCell, PartialCell, validate
 
 from . import ATTACKS
-from .summary import BASELINES, SOURCES
+from .summary import BASELINES, REFERENCE, SOURCES, TEACHER
 
 
 def _cells_dir(out: Path) -> Path:
@@ -45,7 +45,7 @@ def _reference_cells(folder) -> Path | None:
 def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path, dict] | None:
     """Another audit's finished cell at ``path`` whose reference side this cell can take: the same
     settings, seed and reference (known by its sha256); any audited teacher. ``None`` otherwise."""
-    if key["teachers"].get("normal") is None or not path.is_file():
+    if key["teachers"].get(REFERENCE) is None or not path.is_file():
         return None
     try:
         cell = _read_cell(path)
@@ -55,10 +55,10 @@ def _reference_cell(path: Path, key: dict, *, students: list[str]) -> tuple[Path
     theirs = saved.get("teachers") if isinstance(saved, dict) else None
     served = saved.get("served") if isinstance(saved, dict) else None
     if not isinstance(theirs, dict) or not isinstance(served, dict) or saved != {
-            **key, "teachers": {**key["teachers"], "nasty": theirs.get("nasty")},
-            "served": {**key["served"], "nasty": served.get("nasty")}}:
+            **key, "teachers": {**key["teachers"], TEACHER: theirs.get(TEACHER)},
+            "served": {**key["served"], TEACHER: served.get(TEACHER)}}:
         return None
-    runs = [r for r in cell["runs"] if r["source"] == "normal"]
+    runs = [r for r in cell["runs"] if r["source"] == REFERENCE]
     if sorted(r["student"] for r in runs) != sorted(students) or any(
             (r["attack"], r["seed"]) != (key["attack"], key["seed"]) for r in runs):
         return None

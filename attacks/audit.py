@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -40,7 +40,8 @@ from .base import batchable, run_cells
 # the summary and the reports, importable from here as they always were
 from .render import (TABLE_HEADER, WORST_HEADER, _write_html, chosen, format_html, format_markdown, format_table,
                      read_report, schedule_text, write_report)
-from .summary import BASELINES, SOURCES, _report, beyond_labels, summarize, worst_case
+from .summary import (BASELINES, REFERENCE, SIDE_NAMES, SOURCES, TEACHER, AuditFacts, Side, beyond_labels,
+                      build_report, summarize, worst_case)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -67,10 +68,9 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     the thief's share of the data: by default the steps of ``epochs`` (the recipe's) over the whole
     training set, so a thief with a tenth of the images trains ten times the epochs and the share
     measures data, not under-training (:func:`student_schedule`).
-    ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened
-    against. ``attack_options``
-    maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size": 2048}}``), over
-    the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
+    ``teacher`` is the audited (nasty) model, ``reference`` the normal one it was hardened against.
+    ``attack_options`` maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size":
+    2048}}``), over the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
     self-contained file) and the PNGs beside it show logit peaks, t-SNE and synthesised images.
     A cell in training saves its state (students, optimizer, the attack's generator or image
     pool) to ``cells/<cell>.partial.pt`` at the end of an epoch once ``checkpoint_seconds`` have
@@ -104,7 +104,50 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     progress.check_out(out, force=force)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
-    train_fraction = brought.get("train_fraction", 1.0)
+    grid = _prepare(models, cards, data, attacks=attacks, attack_options=attack_options, students=students,
+                    epochs=epochs, student_steps=student_steps, alpha=alpha, tau=tau, device=device, quiet=quiet,
+                    checkpoint_seconds=checkpoint_seconds, train_fraction=brought.get("train_fraction", 1.0))
+    out = Path(out).expanduser()
+    cells_dir = _cells_dir(out)
+    todo = _plan(attacks, seeds, grid.opts, common=grid.common, cells_dir=cells_dir, force=force,
+                 reference_cells=reference_cells)
+    report, trained = _run_grid(todo, grid, out=out, ensemble=ensemble)
+    if plots and (trained or not (out / "report.html").exists()):
+        _write_figures(report, out, grid, cells_dir=cells_dir, seed=seeds[0])
+    progress.raise_if_failed(report, out)
+    return report
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Training:
+    """How every cell of an audit trains: the teachers by side, the students, the thief's data and
+    the schedule they all follow, and where and how (progress bars, partial saves)."""
+
+    models: dict
+    students: list[str]
+    data: TensorData
+    schedule: TrainConfig
+    device: object
+    quiet: bool
+    checkpoint_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Grid:
+    """An audit ready to run: how its cells train, each attack's options, what every cell's key
+    holds (``common``), and what the report records besides the cells (``facts``)."""
+
+    training: _Training
+    opts: dict
+    common: dict
+    facts: AuditFacts
+
+
+def _prepare(models: dict, cards: dict, data: TensorData, *, attacks: list[str], attack_options: dict, students,
+             epochs, student_steps, alpha: float, tau, device, quiet: bool, checkpoint_seconds: float,
+             train_fraction: float) -> _Grid:
+    """The settings of every cell, checked against the teachers, students and data (before any
+    training), and both teachers measured as served: test accuracy and utility."""
     recipe = RECIPES[data.name]
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     tau = default_tau(data.num_classes) if tau is None else tau
@@ -118,9 +161,6 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     dev = resolve_device(device)
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
     served = {k: utility(m, data, device=dev) for k, m in models.items()}  # what an honest user gets (served)
-
-    out = Path(out).expanduser()
-    cells_dir = _cells_dir(out)
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
               "batch_size": recipe.batch_size, "lr": recipe.lr,
               # a step budget other than the share's own epochs (cells from before it trained epochs * an epoch's steps)
@@ -128,34 +168,44 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
               "teachers": {src: cards[src].get("sha256") for src in SOURCES},
               # what each teacher answers through: a served top-1 has its source's weights (and sha256)
               "served": {src: cards[src].get("output_transform") or None for src in SOURCES}}
-    todo = _plan(attacks, seeds, opts, common=common, cells_dir=cells_dir, force=force,
-                 reference_cells=reference_cells)
+    sides = {src: Side(card=cards[src], accuracy=accuracy[src], sha256=common["teachers"][src], utility=served.get(src))
+             for src in SOURCES}
+    facts = AuditFacts(dataset=data.name, attacks=attacks, reference=sides[REFERENCE], teacher=sides[TEACHER],
+                       train_fraction=train_fraction, epochs=epochs, schedule=schedule, samples=len(data.train_y),
+                       alpha=alpha, tau=tau)
+    training = _Training(models=models, students=students, data=data, schedule=schedule, device=dev, quiet=quiet,
+                         checkpoint_seconds=checkpoint_seconds)
+    return _Grid(training=training, opts=opts, common=common, facts=facts)
+
+
+def _run_grid(todo: list[_Cell], grid: _Grid, *, out: Path, ensemble: bool | None) -> tuple[dict, bool]:
+    """Train what ``todo`` has not finished, cell by cell (or a group of seeds at once), rewriting the
+    report after each; return the last report and whether anything was trained."""
     cells, trained, report = [], False, None
     finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
-    train = dict(models=models, students=students, data=data, schedule=schedule, device=dev, quiet=quiet,
-                 checkpoint_seconds=checkpoint_seconds)
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
-            group = _group(todo, i, ensemble=ensemble, device=dev)
+            group = _group(todo, i, ensemble=ensemble, device=grid.training.device)
             try:
-                finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
+                finished.update(_train_cells(group, grid.training, ensemble=bool(ensemble) and batchable(c.attack)))
             except Diverged as e:  # one thief that failed: recorded in the report, the others go on
                 finished.update(progress.failed_cells(group, e))
             trained = True
         cells.append(c.done or finished[c.path])
-        report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
-                                           tau, schedule, train_fraction, common["teachers"], served, epochs=epochs),
-                                   cells, len(todo))
+        report = progress.annotate(build_report(cells, grid.facts), cells, len(todo))
         write_report(out, report)
-    if plots and (trained or not (out / "report.html").exists()):
-        grids = {}  # the first seed's images of each data-free attack, as its cell saved them
-        for a in attacks:
-            saved = _load_images(_images_path(cells_dir / f"{a}-seed{seeds[0]}.json"))
-            for src in (s for s in SOURCES if s in saved):
-                grids[f"{IMAGE_TITLES.get(a, a)}, from the {src} teacher"] = saved[src]
-        _write_html(report, out, models, data, tau=tau, grids=grids, quiet=quiet)
-    progress.raise_if_failed(report, out)
-    return report
+    return report, trained
+
+
+def _write_figures(report: dict, out: Path, grid: _Grid, *, cells_dir: Path, seed: int) -> None:
+    """report.html and its figures, with the images the data-free cells of ``seed`` saved."""
+    grids = {}  # the first seed's images of each data-free attack, as its cell saved them
+    for a in grid.facts.attacks:
+        saved = _load_images(_images_path(cells_dir / f"{a}-seed{seed}.json"))
+        for src in (s for s in SOURCES if s in saved):
+            grids[f"{IMAGE_TITLES.get(a, a)}, from the {SIDE_NAMES[src]}"] = saved[src]
+    training = grid.training
+    _write_html(report, out, training.models, training.data, tau=grid.facts.tau, grids=grids, quiet=training.quiet)
 
 
 MAX_STUDENT_STEPS = 10_000_000
@@ -209,15 +259,16 @@ def _teachers(teacher, reference, **brought: Unpack[Brought]) -> tuple[dict, dic
     """The two teachers (``normal``: the reference, ``nasty``: the audited one) as models and
     cards, and the data they were trained on; whatever does not fit fails here, named."""
     def same_dataset(items):
-        nasty_on, normal_on = (card.get("dataset") for _, _, card in items)
-        if None not in (nasty_on, normal_on) and nasty_on != normal_on:
-            raise NastyError(f"`reference` {label(reference)} was trained on {normal_on}, but `teacher` "
-                             f"{label(teacher)} on {nasty_on}; audit a teacher against its own normal model")
+        teacher_on, reference_on = (card.get("dataset") for _, _, card in items)
+        if None not in (teacher_on, reference_on) and teacher_on != reference_on:
+            raise NastyError(f"`reference` {label(reference)} was trained on {reference_on}, but `teacher` "
+                             f"{label(teacher)} on {teacher_on}; audit a teacher against its own normal model")
         _warn_about_reference(items[0][2], items[1][2], reference)
 
-    (nasty, normal), data = open_models({"teacher": teacher, "reference": reference}, served=True,
+    (audited, released), data = open_models({"teacher": teacher, "reference": reference}, served=True,
                                         check=same_dataset, **brought)
-    return {"normal": normal.model, "nasty": nasty.model}, {"normal": normal.card, "nasty": nasty.card}, data
+    return ({REFERENCE: released.model, TEACHER: audited.model}, {REFERENCE: released.card, TEACHER: audited.card},
+            data)
 
 
 def _preflight(attacks: list[str], opts: dict, *, data, models: dict, students: list[str], epochs: int) -> None:
@@ -241,7 +292,8 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
     one refused) before anything is written."""
     todo = []
     teachers, served = common["teachers"], common["served"]
-    itself = teachers["nasty"] is not None and teachers["nasty"] == teachers["normal"] and served["nasty"] == served["normal"]
+    itself = (teachers[TEACHER] is not None and teachers[TEACHER] == teachers[REFERENCE]
+              and served[TEACHER] == served[REFERENCE])
     for name, seed in [(b, seed) for b in BASELINES for seed in seeds] + [(a, seed) for a in attacks for seed in seeds]:
         attack = BASELINES[name]() if name in BASELINES else create_attack(name, **opts[name])
         key = {**common, "attack": name, "settings": attack.settings(), "seed": seed}
@@ -267,13 +319,13 @@ def _plan(attacks: list[str], seeds: list[int], opts: dict, *, common: dict, cel
     return todo
 
 
-def _warn_about_reference(nasty_card: dict, normal_card: dict, reference) -> None:
+def _warn_about_reference(teacher_card: dict, reference_card: dict, reference) -> None:
     """One line on stderr (a warning, not an error) when the comparison is not the one the audit is for."""
-    if normal_card.get("kind") == "nasty":
+    if reference_card.get("kind") == "nasty":
         warnings.warn(NastyWarning(f"`reference` {label(reference)} is itself a hardened (nasty) teacher; the audit "
                                    f"measures immunity against the normal model the teacher was hardened from"))
-    elif is_adversary(nasty_card, normal_card) is False:
-        adv = nasty_card["adversary"]
+    elif is_adversary(teacher_card, reference_card) is False:
+        adv = teacher_card["adversary"]
         warnings.warn(NastyWarning(f"`reference` {label(reference)} is not the adversary the teacher was hardened "
                                    f"against ({adv.get('source')}, sha256 {str(adv.get('sha256'))[:12]}...); "
                                    f"immunity is measured against another model"))
@@ -314,22 +366,23 @@ def _group(todo: list[_Cell], i: int, *, ensemble: bool | None, device) -> list[
     return same if together else [first]
 
 
-def _train_cells(group: list[_Cell], *, models, students, data, schedule: TrainConfig, device, quiet,
-                 checkpoint_seconds, ensemble: bool) -> dict:
+def _train_cells(group: list[_Cell], training: _Training, *, ensemble: bool) -> dict:
     """Train the cells of ``group`` (one attack, one or more seeds) in one :func:`run_cells`; write
     each cell (and a data-free cell's images) as it is finished; return them by path."""
+    models, students, data, device = training.models, training.students, training.data, training.device
     name, attack = group[0].name, group[0].attack
     seeds = [c.seed for c in group]
     resumes = {c.seed: c.resume for c in group if c.resume}
     t0 = time.perf_counter() - sum(r["seconds"] for r in resumes.values())
     one_side = group[0].one_side  # the reference's students come from another audit's cells, or are the audited's
-    teachers = {name: None} if name in BASELINES else {"nasty": models["nasty"]} if one_side else models
-    cfg = replace(schedule, seed=seeds[0])
+    teachers = {name: None} if name in BASELINES else {TEACHER: models[TEACHER]} if one_side else models
+    cfg = replace(training.schedule, seed=seeds[0])
     notes, made = {}, {}  # made: what a data-free attack synthesised, kept for report.html
-    acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=quiet,
+    acc = run_cells(attack, teachers, students, data, config=cfg, seeds=seeds, device=device, quiet=training.quiet,
                     desc=f"{name} seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}",
                     resume=resumes or None, notes=notes, images=made,
-                    save=_partial_saver({c.seed: (c.partial, c.key) for c in group}, t0=t0, every=checkpoint_seconds),
+                    save=_partial_saver({c.seed: (c.partial, c.key) for c in group}, t0=t0,
+                                        every=training.checkpoint_seconds),
                     image_count=IMAGES_PER_CLASS * data.num_classes, ensemble=ensemble)
     seconds = (time.perf_counter() - t0) / len(seeds)
     written = {}
@@ -358,7 +411,7 @@ def _train_cells(group: list[_Cell], *, models, students, data, schedule: TrainC
         ckpt.write_json(c.path, cell)
         c.partial.unlink(missing_ok=True)
         written[c.path] = cell
-        if not quiet:
+        if not training.quiet:
             from tqdm.auto import tqdm
 
             tqdm.write(f"{name} seed {c.seed} ({cell['seconds']:.1f}s): " + ", ".join(
@@ -370,21 +423,21 @@ def _take_reference_side(c: _Cell, *, runs: list, notes: dict, made: dict) -> No
     """Put the reference side of ``c.reference`` (its runs first, as a cell of both sides has
     them, its notes and its synthesised images) into what the cell ``c`` will record."""
     path, cell = c.reference
-    runs[:0] = [r for r in cell["runs"] if r["source"] == "normal"]
-    if isinstance(cell.get("notes"), dict) and "normal" in cell["notes"]:
-        notes["normal"] = cell["notes"]["normal"]
+    runs[:0] = [r for r in cell["runs"] if r["source"] == REFERENCE]
+    if isinstance(cell.get("notes"), dict) and REFERENCE in cell["notes"]:
+        notes[REFERENCE] = cell["notes"][REFERENCE]
     saved = _load_images(_images_path(path))
-    if "normal" in saved:
-        made["normal"] = saved["normal"]
+    if REFERENCE in saved:
+        made[REFERENCE] = saved[REFERENCE]
 
 
 def _mirror_side(*, runs: list, notes: dict, made: dict) -> None:
     """The reference side of an audit of a model against itself: the audited side's students, notes
     and images. Trained against the same weights answering the same way, they would be the same."""
-    runs[:0] = [{**r, "source": "normal"} for r in runs]
-    if "nasty" in notes:
-        notes["normal"] = notes["nasty"]
-    if "nasty" in made:  # copies: a safetensors file holds no two names of one tensor
-        made["normal"] = tuple(t.clone() for t in made["nasty"])
+    runs[:0] = [{**r, "source": REFERENCE} for r in runs]
+    if TEACHER in notes:
+        notes[REFERENCE] = notes[TEACHER]
+    if TEACHER in made:  # copies: a safetensors file holds no two names of one tensor
+        made[REFERENCE] = tuple(t.clone() for t in made[TEACHER])
 
 

@@ -27,7 +27,7 @@ from nasty.schema import AuditReport, validate
 from nasty.utility import UTILITY_HEADER, utility_cells
 
 from . import progress
-from .summary import SOURCES, worst_case
+from .summary import REFERENCE, SIDE_NAMES, SOURCES, TEACHER, worst_case
 
 WORST_HEADER = ["student", "worst attack", "from teacher", "immunity", "below scratch", "below label smoothing"]
 TABLE_HEADER = ["attack", "student", "scratch", "label smoothing", "from reference", "from teacher", "immunity",
@@ -48,10 +48,10 @@ def schedule_text(settings: dict) -> str:
 def _utility_rows(report: dict) -> list[list[str]]:
     """Per teacher its accuracy and served utility (none in a report from before them)."""
     t = report["teachers"]
-    if not any("utility" in t[side] for side in ("normal", "nasty")):
+    if not any("utility" in t[side] for side in SOURCES):
         return []
     return [[name, str(t[side].get("defence", "-")), f"{t[side]['accuracy']:.2f}", *utility_cells(t[side].get("utility"))]
-            for name, side in (("reference", "normal"), ("audited teacher", "nasty"))]
+            for name, side in (("reference", REFERENCE), ("audited teacher", TEACHER))]
 
 
 def _pm(m: dict | None) -> str:
@@ -104,7 +104,7 @@ def chosen(report: dict) -> dict[str, dict[str, dict[str, list]]]:
             picks = note.get("picks") if isinstance(note, dict) else None
             for student, p in (picks.items() if isinstance(picks, dict) and src in SOURCES else ()):
                 if (pick := _pick(p)) is not None:
-                    side = "teacher" if src == "nasty" else "reference"
+                    side = SIDE_NAMES[src]
                     out.setdefault(attack, {}).setdefault(side, {}).setdefault(str(student), []).append((int(seed), *pick))
     for sides in out.values():
         for students in sides.values():
@@ -124,7 +124,7 @@ def _chosen_view(report: dict) -> list[dict]:
 
 def _context(report: dict) -> dict:
     """What every template is given: the report, its two sides by name, and its tables as cells."""
-    return {"report": report, "reference": report["teachers"]["normal"], "teacher": report["teachers"]["nasty"],
+    return {"report": report, "reference": report["teachers"][REFERENCE], "teacher": report["teachers"][TEACHER],
             "settings": report["settings"], "schedule": schedule_text(report["settings"]),
             "seeds": sorted({r["seed"] for r in report["runs"]}), "status": progress.status_lines(report),
             "worst": _worst_cells(report), "beyond": _beyond_cells(report), "served": _utility_rows(report),

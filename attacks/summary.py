@@ -1,12 +1,18 @@
 """The summary of an audit's runs: per attack and student the mean and spread over seeds, the
 immunity and the margins below the baselines (:func:`summarize`), the worst case per student
 (:func:`worst_case`), what a teacher's outputs add to its labels (:func:`beyond_labels`), and the
-whole report as ``report.json`` holds it (:func:`_report`).
+whole report as ``report.json`` holds it (:func:`build_report`).
+
+The two sides are the *reference* (the model as released) and the *teacher* audited (a nasty teacher
+or any defended model). report.json, the cells and each run's ``source`` name them ``normal`` and
+``nasty``, as the first audits did (:data:`REFERENCE`, :data:`TEACHER`; :class:`nasty.schema.AuditReport`).
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nasty import __version__
 from nasty.defences import defence_of
@@ -14,8 +20,12 @@ from nasty.defences import defence_of
 from . import ATTACKS
 from .base import LabelSmoothing, Scratch
 
+if TYPE_CHECKING:
+    from nasty.trainer import TrainConfig
 
-SOURCES = ("normal", "nasty")
+REFERENCE, TEACHER = "normal", "nasty"  # the sides' names in report.json, cells and runs
+SOURCES = (REFERENCE, TEACHER)
+SIDE_NAMES = {REFERENCE: "reference", TEACHER: "teacher"}  # as the reports say them
 BASELINES = {"scratch": Scratch, "label-smoothing": LabelSmoothing}  # trained once per seed, no teacher
 
 
@@ -26,29 +36,30 @@ def _mean_std(xs):
 def summarize(runs: list[dict], attacks, students) -> list[dict]:
     """Mean/std per (attack, student) and source; immunity, below_scratch and
     below_label_smoothing from the means. ``immunity_std`` is the spread over seeds of the paired
-    per-seed difference (from normal - from nasty, same seed). Runs without a label-smoothing
+    per-seed difference (from reference - from teacher, same seed). Runs without a label-smoothing
     baseline (older audits) give ``None`` for its fields."""
     rows = []
     for attack in attacks:
         for student in students:
             acc = {src: {r["seed"]: r["accuracy"] for r in runs if r["attack"] == attack and r["student"] == student
                          and r["source"] == src} for src in (*BASELINES, *SOURCES)}
-            if not (acc["scratch"] and acc["normal"] and acc["nasty"]):
+            reference, teacher = acc[REFERENCE], acc[TEACHER]
+            if not (acc["scratch"] and reference and teacher):
                 continue
             m = {src: _mean_std(list(v.values())) if v else None for src, v in acc.items()}
-            paired = _mean_std([acc["normal"][seed] - a for seed, a in acc["nasty"].items() if seed in acc["normal"]])
-            smooth = m["label-smoothing"]
-            rows.append({"attack": attack, "student": student, "seeds": len(acc["nasty"]),
-                         "acc_scratch": m["scratch"], "acc_label_smoothing": smooth, "acc_from_normal": m["normal"],
-                         "acc_from_nasty": m["nasty"],
-                         "immunity": round(m["normal"]["mean"] - m["nasty"]["mean"], 4), "immunity_std": paired["std"],
-                         "below_scratch": round(m["scratch"]["mean"] - m["nasty"]["mean"], 4),
-                         "below_label_smoothing": round(smooth["mean"] - m["nasty"]["mean"], 4) if smooth else None})
+            paired = _mean_std([reference[seed] - a for seed, a in teacher.items() if seed in reference])
+            smooth, from_teacher = m["label-smoothing"], m[TEACHER]["mean"]
+            rows.append({"attack": attack, "student": student, "seeds": len(teacher),
+                         "acc_scratch": m["scratch"], "acc_label_smoothing": smooth, "acc_from_normal": m[REFERENCE],
+                         "acc_from_nasty": m[TEACHER],
+                         "immunity": round(m[REFERENCE]["mean"] - from_teacher, 4), "immunity_std": paired["std"],
+                         "below_scratch": round(m["scratch"]["mean"] - from_teacher, 4),
+                         "below_label_smoothing": round(smooth["mean"] - from_teacher, 4) if smooth else None})
     return rows
 
 
 def worst_case(summary: list[dict]) -> list[dict]:
-    """Per student, the summary row of the attack that gets most from the nasty teacher (highest
+    """Per student, the summary row of the attack that gets most from the teacher audited (highest
     mean accuracy; the first attack on a tie): the defence is as good as this row."""
     rows = []
     for student in dict.fromkeys(r["student"] for r in summary):
@@ -90,37 +101,66 @@ def beyond_labels(summary: list[dict], labels_only=None) -> list[dict]:
     return rows
 
 
-def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau, schedule, train_fraction,
-            shas: dict, served: dict | None = None, *, epochs: int) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class Side:
+    """What the report says of one teacher: its card, test accuracy (%) as served, the sha256 of its
+    weights and what an honest user gets from its served answers (``None``: not measured)."""
+
+    card: dict
+    accuracy: float
+    sha256: str | None
+    utility: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditFacts:
+    """What a report records besides its cells: the two sides, the data, and how every student
+    trained (``epochs`` over the whole training set, as ``schedule`` on the thief's ``samples``)."""
+
+    dataset: str
+    attacks: list[str]
+    reference: Side
+    teacher: Side
+    train_fraction: float
+    epochs: int
+    schedule: TrainConfig
+    samples: int
+    alpha: float
+    tau: float
+
+
+def build_report(cells: list[dict], facts: AuditFacts) -> dict:
+    """The report of the cells done so far (``report.json``: :class:`nasty.schema.AuditReport`)."""
     key = cells[0]["key"]
     runs, notes = [], {}
     for cell in cells:
         for r in cell["runs"]:
             if r["source"] in BASELINES:  # a baseline is trained once per seed and listed under every attack
-                runs += [{**r, "attack": a} for a in attacks]
+                runs += [{**r, "attack": a} for a in facts.attacks]
             else:
                 runs.append(r)
         if cell.get("notes"):
             notes[f"{cell['key']['attack']}-seed{cell['key']['seed']}"] = cell["notes"]
-    summary = summarize(runs, attacks, key["students"])
+    summary = summarize(runs, facts.attacks, key["students"])
+    reference, teacher = facts.reference, facts.teacher
     return {
         "nasty_version": __version__,
-        "dataset": data.name,
-        "train_fraction": train_fraction,
+        "dataset": facts.dataset,
+        "train_fraction": facts.train_fraction,
         "teachers": {
-            "normal": {"arch": normal_card.get("arch"), "accuracy": round(accuracy["normal"], 4),
-                       "defence": defence_of(normal_card),
-                       "sha256": shas["normal"], **_utility_field(served, "normal")},
-            "nasty": {"arch": nasty_card.get("arch"), "accuracy": round(accuracy["nasty"], 4),
-                      "defence": defence_of(nasty_card),
-                      "omega": nasty_card.get("omega"), "tau": nasty_card.get("tau"),
-                      "sha256": shas["nasty"], **_utility_field(served, "nasty")},
+            REFERENCE: {"arch": reference.card.get("arch"), "accuracy": round(reference.accuracy, 4),
+                        "defence": defence_of(reference.card), "sha256": reference.sha256,
+                        **_utility_field(reference)},
+            TEACHER: {"arch": teacher.card.get("arch"), "accuracy": round(teacher.accuracy, 4),
+                      "defence": defence_of(teacher.card),
+                      "omega": teacher.card.get("omega"), "tau": teacher.card.get("tau"),
+                      "sha256": teacher.sha256, **_utility_field(teacher)},
         },
-        "teacher_cost": round(accuracy["normal"] - accuracy["nasty"], 4),
-        "settings": {"students": key["students"], "epochs": epochs, "steps": schedule.total_steps(len(data.train_y)),
-                     "student_epochs": schedule.epochs, "samples": len(data.train_y),
-                     "batch_size": key["batch_size"],
-                     "lr": key["lr"], "alpha": alpha, "tau": tau,
+        "teacher_cost": round(reference.accuracy - teacher.accuracy, 4),
+        "settings": {"students": key["students"], "epochs": facts.epochs,
+                     "steps": facts.schedule.total_steps(facts.samples), "student_epochs": facts.schedule.epochs,
+                     "samples": facts.samples, "batch_size": key["batch_size"], "lr": key["lr"],
+                     "alpha": facts.alpha, "tau": facts.tau,
                      "attacks": {c["key"]["attack"]: c["key"]["settings"] for c in cells}},
         "seconds": round(sum(c["seconds"] for c in cells), 2),
         "runs": runs,
@@ -131,6 +171,6 @@ def _report(cells, attacks, data, accuracy, nasty_card, normal_card, alpha, tau,
     }
 
 
-def _utility_field(served: dict | None, side: str) -> dict:
+def _utility_field(side: Side) -> dict:
     """``{"utility": {nll, ece, top5}}`` of one side's served answers (none when not measured)."""
-    return {"utility": served[side]} if served and side in served else {}
+    return {"utility": side.utility} if side.utility is not None else {}
