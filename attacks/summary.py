@@ -18,7 +18,7 @@ from nasty import __version__
 from nasty.defences import defence_of
 
 from . import ATTACKS
-from .base import LabelSmoothing, Scratch
+from .baselines import LabelSmoothing, Scratch
 
 if TYPE_CHECKING:
     from nasty.trainer import TrainConfig
