@@ -7,7 +7,8 @@
 Each attack is one file here, registered by name with :func:`attacks.base.register`.
 """
 
-from .base import ATTACKS, Attack, LabelSmoothing, Scratch, StudentBank, register, run_students
+from .base import ATTACKS, Attack, StudentBank, register, run_students
+from .baselines import LabelSmoothing, Scratch
 
 from . import kd, hard_label, dafl, deepinversion, skeptical, kd_sweep, kd_topk, recalibrate  # noqa: E402,F401,I001  (registers them, in this order)
 from .dafl import DAFL

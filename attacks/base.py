@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasty import accel
@@ -42,13 +41,12 @@ from nasty.accel import autocast, prepare
 from nasty.data import TensorData, mix_seed
 from nasty.errors import Diverged, NastyError
 from nasty.models import create_model
-from nasty.objectives import cross_entropy
 from nasty.trainer import TrainConfig, evaluate, frozen_logits, make_optimizer
 
 from ._ensemble import Ensemble, momentum_from_members, momentum_to_members
 from ._graphs import StepGraph, capture
 
-__all__ = ["ATTACKS", "Attack", "LabelSmoothing", "Scratch", "StudentBank", "batchable", "graphs_for", "labelled",
+__all__ = ["ATTACKS", "Attack", "StudentBank", "batchable", "graphs_for", "labelled",
            "register", "run_cells", "run_students"]
 
 ATTACKS: dict[str, type["Attack"]] = {}  # by name, in the order they were registered
@@ -150,33 +148,6 @@ def labelled(teacher: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """``x`` and the teacher's class for each image, both on the CPU (``x`` on the teacher's device)."""
     device = accel.device_of(teacher)
     return x.detach().float().cpu(), frozen_logits(teacher, x.to(device), device).argmax(dim=1).cpu()
-
-
-class Scratch(Attack):
-    """The baseline: no teacher, cross-entropy on the real labels."""
-
-    name = "scratch"
-    sample_mean = True
-
-    def loss(self, student_logits, teacher_logits, y):
-        return cross_entropy(student_logits, y)
-
-
-class LabelSmoothing(Attack):
-    """The stricter baseline (CMIM's test of undistillability): no teacher, cross-entropy on the
-    real labels smoothed by ``smoothing`` (the true class gets 1 - smoothing + smoothing / C)."""
-
-    name = "label-smoothing"
-    sample_mean = True
-
-    def __init__(self, *, smoothing: float = 0.1):
-        if not 0.0 <= smoothing < 1.0:
-            raise NastyError(f"label smoothing must be in [0, 1), got {smoothing}")
-        self.smoothing = smoothing
-
-    def loss(self, student_logits, teacher_logits, y):
-        ce = F.cross_entropy(student_logits.float(), y, label_smoothing=self.smoothing)
-        return ce, {"ce": ce.detach()}
 
 
 class StudentBank(nn.Module):

@@ -35,6 +35,7 @@ from nasty.safety import plot_text
 from nasty.utility import UTILITY_HEADER, utility_cells
 
 from .audit import BASELINES, audit, beyond_labels
+from .summary import REFERENCE, TEACHER
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -92,12 +93,12 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                     shutil.copyfile(cell, folder / "cells" / cell.name)
         report = audit(teacher=teacher, out=folder, reference_from=first, **kwargs)
         first = first or folder
-        t = report["teachers"]
+        audited, released = report["teachers"][TEACHER], report["teachers"][REFERENCE]
         worst = {w["student"]: w for w in report["worst_case"]}
         rows.append({
-            "teacher": str(teacher), "name": name, "defence": t["nasty"]["defence"],  # the audit read the card
-            "accuracy": t["nasty"]["accuracy"], "reference_accuracy": t["normal"]["accuracy"],
-            "cost": report["teacher_cost"], **({"utility": t["nasty"]["utility"]} if "utility" in t["nasty"] else {}),
+            "teacher": str(teacher), "name": name, "defence": audited["defence"],  # the audit read the card
+            "accuracy": audited["accuracy"], "reference_accuracy": released["accuracy"],
+            "cost": report["teacher_cost"], **({"utility": audited["utility"]} if "utility" in audited else {}),
             "worst_case": {s: {"attack": w["attack"], "acc_from_teacher": w["acc_from_nasty"]["mean"]}
                            for s, w in worst.items()},
             "summary": report["summary"],

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from nasty.errors import NastyError, one_line
 
+from .summary import SIDE_NAMES
+
 __all__ = ["failed_cells", "annotate", "status_lines", "raise_if_failed", "check_out"]
 
 REPORTS = ("report.json", "report.md", "report.html")
@@ -23,6 +25,7 @@ def check_out(out, *, force: bool) -> None:
     from pathlib import Path
 
     from nasty.safety import read_json
+    from nasty.schema import AuditReport, validate
 
     out = Path(out).expanduser()
     present = [f for f in REPORTS if (out / f).exists() or (out / f).is_symlink()]
@@ -31,8 +34,8 @@ def check_out(out, *, force: bool) -> None:
     ours = False
     if "report.json" in present:
         try:
-            obj = read_json(out / "report.json")
-            ours = isinstance(obj, dict) and all(k in obj for k in ("teachers", "summary", "settings", "runs"))
+            validate(AuditReport, read_json(out / "report.json"), out / "report.json")  # as an audit writes it
+            ours = True
         except NastyError:
             ours = False
     if not ours:
@@ -57,7 +60,7 @@ def annotate(report: dict, cells: list[dict], total: int) -> dict:
 
 
 def _diverged(report: dict) -> list[str]:
-    """``cell (source, student): n of m candidates diverged`` from the picks in the report's notes."""
+    """``cell (from the side, student): n of m candidates diverged`` from the picks in the report's notes."""
     out = []
     for cell, by_source in (report.get("notes") or {}).items():
         for src, note in (by_source.items() if isinstance(by_source, dict) else ()):
@@ -66,7 +69,8 @@ def _diverged(report: dict) -> list[str]:
                 tried = [r for r in (p.get("tried") or []) if isinstance(r, dict)] if isinstance(p, dict) else []
                 bad = sum(1 for r in tried if r.get("diverged"))
                 if bad:
-                    out.append(f"{cell} ({src} teacher, {student}): {bad} of {len(tried)} candidates diverged "
+                    side = f"from the {SIDE_NAMES[src]}" if src in SIDE_NAMES else f"{src} teacher"
+                    out.append(f"{cell} ({side}, {student}): {bad} of {len(tried)} candidates diverged "
                                f"(their loss became NaN/inf) and were left out of the choice")
     return out
 

@@ -257,7 +257,7 @@ class Fuzz:
     def fuzz_cli(self, data):
         from click.testing import CliRunner
 
-        from nasty.cli import main
+        from nasty.app.cli import main
 
         d = self.fresh_run()
         card = dict(self.card)
@@ -299,7 +299,7 @@ class Fuzz:
     def fuzz_model_card(self, data):
         """A model card file (JSON or TOML) with any values: refused, or what it states is a
         normalisation and an input every card then records."""
-        from nasty.cli import main  # noqa: F401  (the CLI's path: read_model_card, then the parsers)
+        from nasty.app.cli import main  # noqa: F401  (the CLI's path: read_model_card, then the parsers)
         from nasty.released import parse_input, parse_normalization, read_model_card
 
         card = {"arch": "mlp", "dataset": "digits", "mean": 0.3, "std": 0.3, "input_size": 8}

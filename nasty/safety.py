@@ -6,15 +6,14 @@
 - writing: temporaries made by :func:`tempfile.mkstemp` (random name, ``O_EXCL|O_NOFOLLOW``) in
   the target folder, never a name found on disk;
 - text from files shown to people: one line with control characters escaped
-  (:func:`one_line`), HTML (:func:`html_text`), markdown (:func:`md_text`), matplotlib
-  (:func:`plot_text`).
+  (:func:`one_line`), markdown (:func:`md_text`), matplotlib (:func:`plot_text`); HTML is
+  escaped by the report templates' environment (:mod:`attacks.render`).
 
 The schemas of the files themselves are in :mod:`nasty.schema`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import stat
@@ -58,11 +57,6 @@ def over_limit(what: str, size: int, name: str, unit: str = "bytes") -> str:
 
 
 # --------------------------------------------------------------------------- text
-
-
-def html_text(value) -> str:
-    """Any value from a file, safe between HTML tags and in attribute values."""
-    return html.escape(one_line(value), quote=True)
 
 
 _MD_SPECIAL = set("\\`*_{}[]()<>#|!~$&")

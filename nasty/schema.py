@@ -169,6 +169,135 @@ class AuditCell(_Strict):
     resumed_from_epoch: Optional[Annotated[int, Field(ge=0)]] = None
 
 
+# ``report.json`` of an audit. Its keys name the two sides as the first audits did: ``normal`` is the
+# *reference* (the model as released, the adversary a nasty teacher was hardened against) and ``nasty``
+# the *teacher* audited (a nasty teacher or any defended model). The models below name them reference
+# and teacher, with the JSON keys as aliases (``by_alias`` to write them); readers of old reports
+# keep working. Unknown fields are kept; fields added by later versions default when missing.
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Utility(_Lenient):
+    """What an honest user gets from a teacher's served probabilities on the test set."""
+
+    nll: Optional[Finite] = None
+    ece: Optional[Finite] = None
+    top5: Optional[Finite] = None
+
+
+class ReportTeacher(_Lenient):
+    """One side of the audit: its architecture, test accuracy (%) as served, and defence."""
+
+    arch: Optional[str] = None
+    accuracy: Optional[Finite] = None
+    defence: Optional[str] = None
+    omega: Optional[Finite] = None  # the audited teacher's hardening (the reference has none)
+    tau: Optional[Finite] = None
+    sha256: Optional[str] = None
+    utility: Optional[Utility] = None  # audits before the served utility have none
+
+
+class ReportTeachers(_Lenient):
+    reference: Optional[ReportTeacher] = Field(None, alias="normal")
+    teacher: Optional[ReportTeacher] = Field(None, alias="nasty")
+
+
+class MeanStdField(_Lenient):
+    mean: Finite
+    std: Finite
+
+
+class SummaryRow(_Lenient):
+    """Per attack and student: accuracies over seeds; the margins of the teacher's students."""
+
+    attack: str
+    student: str
+    seeds: Optional[int] = None
+    acc_scratch: MeanStdField
+    acc_label_smoothing: Optional[MeanStdField] = None  # audits before the label-smoothing baseline: none
+    acc_from_reference: MeanStdField = Field(alias="acc_from_normal")
+    acc_from_teacher: MeanStdField = Field(alias="acc_from_nasty")
+    immunity: Finite  # from reference - from teacher
+    immunity_std: Optional[Finite] = None
+    below_scratch: Finite  # scratch - from teacher
+    below_label_smoothing: Optional[Finite] = None
+
+
+class WorstCase(_Lenient):
+    """Per student, the attack that gets most from the teacher."""
+
+    student: str
+    attack: str
+    acc_from_teacher: MeanStdField = Field(alias="acc_from_nasty")
+    immunity: Finite
+    immunity_std: Optional[Finite] = None
+    below_scratch: Finite
+    below_label_smoothing: Optional[Finite] = None
+
+
+class Best(_Lenient):
+    attack: str
+    accuracy: Finite
+
+
+class BeyondSide(_Lenient):
+    outputs: Best  # the strongest thief that reads the side's outputs
+    labels: Best  # the best student from labels alone
+    adds: Finite
+
+
+class BeyondLabels(_Lenient):
+    student: str
+    teacher: BeyondSide
+    reference: BeyondSide
+
+
+class ReportSettings(_Lenient):
+    students: list[str] = []
+    epochs: Optional[int] = None
+    steps: Optional[int] = None  # audits before the step budget recorded epochs alone
+    student_epochs: Optional[int] = None
+    samples: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[Finite] = None
+    alpha: Optional[Finite] = None
+    tau: Optional[Finite] = None
+    attacks: dict[str, dict] = {}
+
+
+class CellCount(_Lenient):
+    done: int
+    total: int
+    failed: int = 0
+
+
+class FailedCell(_Lenient):
+    cell: str
+    error: str
+
+
+class AuditReport(_Lenient):
+    """``report.json``: what :func:`attacks.audit.audit` writes and its readers read (the same dict
+    that it returns). The four sections every audit has ever written are required; the rest defaults."""
+
+    nasty_version: Optional[str] = None
+    dataset: Optional[str] = None
+    train_fraction: Optional[Finite] = None
+    teachers: ReportTeachers
+    teacher_cost: Optional[Finite] = None  # reference accuracy - teacher accuracy
+    settings: ReportSettings
+    seconds: Optional[Finite] = None
+    runs: list[Run]
+    summary: list[SummaryRow]
+    worst_case: list[WorstCase] = []
+    beyond_labels: list[BeyondLabels] = []
+    notes: dict[str, dict] = {}
+    cells: Optional[CellCount] = None  # audits before partial reports: none
+    failed: list[FailedCell] = []
+
+
 class PartialCell(BaseModel):
     """``cells/<cell>.partial.pt``: the state of a cell in training."""
 

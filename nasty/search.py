@@ -157,6 +157,37 @@ def _cached(path: Path, compute):
     return result
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Search:
+    """What every run of one search shares: the adversary and its architecture, the validation split
+    every run trains and is measured on, the hardening schedule and objective, the probe's."""
+
+    adversary: nn.Module
+    arch: str
+    val: TensorData
+    num_classes: int
+    config: TrainConfig
+    tau: float
+    method: str
+    key: str  # the name of the method's strength (omega, cmi_weight)
+    budget: Budget
+    probe_arch: str
+    probe_cfg: TrainConfig
+    out: Path
+    device: object
+    quiet: bool
+
+    @property
+    def probe_card(self) -> dict:
+        return {"kind": "probe", "arch": self.probe_arch}
+
+    def probe(self, folder: Path, *, objective=None, reference=None, card: dict, desc: str) -> dict:
+        """A probe student's run on the validation split (the probe's architecture and schedule)."""
+        return _run(folder, _model(self.probe_arch, self.val, self.config.seed), self.val, config=self.probe_cfg,
+                    objective=objective, reference=reference, device=self.device, card={**self.probe_card, **card},
+                    desc=desc, quiet=self.quiet)
+
+
 def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config: TrainConfig, tau: float,
                     omega0: float, budget: Budget, students: tuple[str, ...], out, device, quiet: bool = True,
                     echo=None, method: str = "nasty") -> dict:
@@ -173,96 +204,114 @@ def search_strength(adversary: nn.Module, *, arch: str, data: TensorData, config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fit_data, val = data.split_validation(budget.validation, seed=config.seed)
-    probe_arch = budget.probe or students[0]
     probe_cfg = TrainConfig(epochs=budget.probe_epochs or max(1, config.epochs // 2), batch_size=config.batch_size,
                             lr=config.lr, seed=config.seed)
-    probe_card = {"kind": "probe", "arch": probe_arch}
+    search = _Search(adversary=adversary, arch=arch, val=val, num_classes=data.num_classes, config=config, tau=tau,
+                     method=method, key=key, budget=budget, probe_arch=budget.probe or students[0],
+                     probe_cfg=probe_cfg, out=out, device=device, quiet=quiet)
     say = echo if (echo and not quiet) else (lambda *_: None)
-
-    def plain():
-        card = _run(out / "plain", _model(arch, val, config.seed), val, config=config, device=device,
-                    card={"kind": "normal", "arch": arch}, desc=f"search: plain {arch}", quiet=quiet)
-        scratch = _run(out / "probe-scratch", _model(probe_arch, val, config.seed), val, config=probe_cfg,
-                       device=device, card=probe_card, desc=f"search: probe {probe_arch}", quiet=quiet)
-        return {"val_accuracy": card["accuracy"], "probe_scratch": scratch["accuracy"],
-                "seconds": round(card["seconds"] + scratch["seconds"], 2)}  # training time, across resumes
-
-    base = _cached(out / "baseline.json", plain)
-    if budget.select == "value":  # the labels-only baseline the probe family adds: label smoothing, once
-        base = {**base, **_cached(out / "labels.json", lambda: {"probe_label_smoothing": _run(
-            out / "probe-label-smoothing", _model(probe_arch, val, config.seed), val, config=probe_cfg,
-            objective=_smoothed, device=device, card={**probe_card, "label_smoothing": SMOOTHING},
-            desc=f"search: probe {probe_arch} label smoothing", quiet=quiet)["accuracy"]})}
-    say(f"search: plain {arch} {base['val_accuracy']:.2f}% on validation, probe {probe_arch} from scratch "
+    base = _baseline(search)
+    say(f"search: plain {arch} {base['val_accuracy']:.2f}% on validation, probe {search.probe_arch} from scratch "
         f"{base['probe_scratch']:.2f}%")
-    # a trial far below the plain run once the first LR drop is past has collapsed: too strong, not worth finishing
-    guard_margin = max(20.0, 5 * budget.max_cost)
-    warm = max(1, round(min(config.milestones) * config.epochs)) + 1
-
-    def trial(k: int, omega: float) -> dict:
-        folder = out / f"trial-{k}"
-        model = _model(arch, val, config.seed)
-        row = {"trial": k, key: omega, "tau": tau, **({} if method == "nasty" else {"method": method})}
-        try:
-            card = _run(folder, model, val, config=config, objective=hardening_objective(method, omega, tau=tau),
-                        reference=adversary, eval_tau=tau, device=device,
-                        guard=Guard(reference_accuracy=base["val_accuracy"], margin=guard_margin, start=warm,
-                                    chance=100.0 / data.num_classes, early_start=warm, hint="too strong"),
-                        card={"kind": "nasty", "arch": arch, key: omega, "tau": tau,
-                              **({} if method == "nasty" else {"method": method})},
-                        desc=f"search: trial {k} {key} {omega:g}", quiet=quiet)
-        except TrainingStopped as e:
-            done = ckpt.read_card(folder) if (folder / ckpt.CARD).exists() else {}
-            return {**row, "val_accuracy": None, "val_cost": None, "affordable": False, "collapsed": str(e),
-                    "seconds": done.get("seconds", 0.0)}
-        cost = base["val_accuracy"] - card["accuracy"]
-        row.update(val_accuracy=card["accuracy"], val_cost=round(cost, 4), kl=card.get("kl_to_adversary"),
-                   affordable=cost <= budget.max_cost + 1e-9)
-        if row["affordable"]:  # damage is only worth measuring for a strength the user can afford
-            probe = _run(folder / "probe", _model(probe_arch, val, config.seed), val, config=probe_cfg,
-                         objective=objective_for("kd", alpha=budget.probe_alpha, tau=tau), reference=model,
-                         device=device, card={**probe_card, f"teacher_{key}": omega},
-                         desc=f"search: probe from trial {k}", quiet=quiet)
-            row.update(probe_accuracy=probe["accuracy"], damage=round(base["probe_scratch"] - probe["accuracy"], 4))
-            if budget.select == "value":
-                more = {name: _run(folder / f"probe-{name}", _model(probe_arch, val, config.seed), val,
-                                   config=probe_cfg, objective=objective, reference=model, device=device,
-                                   card={**probe_card, f"teacher_{key}": omega, "probe": name},
-                                   desc=f"search: probe {name} from trial {k}", quiet=quiet)
-                        for name, objective in (("kd-tau1", objective_for("kd", alpha=budget.probe_alpha, tau=1.0)),
-                                                ("top1-thief", _top1_thief))}
-                row.update(_beyond_labels(base, {f"kd-tau{tau:g}": probe["accuracy"], "kd-tau1": more["kd-tau1"]["accuracy"]},
-                                          more["top1-thief"]["accuracy"]))
-                probe = {"seconds": probe["seconds"] + sum(c["seconds"] for c in more.values())}
-        row["seconds"] = round(card["seconds"] + (probe["seconds"] if row["affordable"] else 0.0), 2)
-        return row
-
     trials: list[dict] = []
     for k in range(budget.max_trials):
         omega = next_omega(trials, omega0, key=key)
         if omega is None:
             break
-        row = _cached(out / f"trial-{k}.json", lambda k=k, omega=omega: trial(k, omega))
+        row = _cached(out / f"trial-{k}.json", lambda k=k, omega=omega: _trial(search, base, k, omega))
         if (row.get(key) != omega or row.get("method", "nasty") != method
                 or (budget.select == "value" and row["affordable"] and "value" not in row)):
             raise NastyError(f"{out} holds a search with other settings (trial {k}: "
                              f"{row.get('method', 'nasty')} {key} {row.get(key, float('nan')):g}, not {method} {omega:g}); "
                              f"use another output folder or start over")
         trials.append(row)
-        say(f"search: trial {k} {key} {omega:g}: " + (
-            "collapsed" if row.get("collapsed") else
-            f"validation cost {row['val_cost']:+.2f} points" + (
-                f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")
-            + (f", outputs add {row['value']:+.2f} points to labels" if "value" in row else "")))
-    affordable = [t for t in trials if t["affordable"]]
-    if budget.select == "value":  # the least a thief's best response gets beyond labels; the stronger on a tie
-        chosen = max(affordable, key=lambda t: (-t["value"], t[key])) if affordable else None
-    else:
-        chosen = max(affordable, key=lambda t: (t["damage"], t[key])) if affordable else None
+        say(_trial_line(k, row, key=key, omega=omega))
+    chosen = _choose(trials, select=budget.select, key=key)
     return {"max_cost": budget.max_cost, "validation": fit_data.validation, "budget": asdict(budget),
-            "probe": {"student": probe_arch, "epochs": probe_cfg.epochs, "alpha": budget.probe_alpha, "tau": tau},
+            "probe": {"student": search.probe_arch, "epochs": probe_cfg.epochs, "alpha": budget.probe_alpha, "tau": tau},
             "baseline": base, "trials": trials, "chosen": None if chosen is None else chosen["trial"],
             key: None if chosen is None else chosen[key], "method": method, "strength_name": key,
             "strength": None if chosen is None else chosen[key],
             "seconds": round(sum(t["seconds"] for t in trials) + base["seconds"], 2),
             "wall_seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def _baseline(search: _Search) -> dict:
+    """The plain run of the architecture and the probe from scratch (and with smoothed labels, where the
+    search selects by value) on the validation split, each cached in the search's folder."""
+    out, arch, val, config = search.out, search.arch, search.val, search.config
+
+    def plain():
+        card = _run(out / "plain", _model(arch, val, config.seed), val, config=config, device=search.device,
+                    card={"kind": "normal", "arch": arch}, desc=f"search: plain {arch}", quiet=search.quiet)
+        scratch = search.probe(out / "probe-scratch", card={}, desc=f"search: probe {search.probe_arch}")
+        return {"val_accuracy": card["accuracy"], "probe_scratch": scratch["accuracy"],
+                "seconds": round(card["seconds"] + scratch["seconds"], 2)}  # training time, across resumes
+
+    base = _cached(out / "baseline.json", plain)
+    if search.budget.select == "value":  # the labels-only baseline the probe family adds: label smoothing, once
+        base = {**base, **_cached(out / "labels.json", lambda: {"probe_label_smoothing": search.probe(
+            out / "probe-label-smoothing", objective=_smoothed, card={"label_smoothing": SMOOTHING},
+            desc=f"search: probe {search.probe_arch} label smoothing")["accuracy"]})}
+    return base
+
+
+def _trial(search: _Search, base: dict, k: int, omega: float) -> dict:
+    """Trial ``k``: harden at strength ``omega`` on the validation split; where its cost is within the
+    budget, the probe's damage (and, selecting by value, what the probe family gets beyond labels)."""
+    key, method, tau, budget = search.key, search.method, search.tau, search.budget
+    folder = search.out / f"trial-{k}"
+    model = _model(search.arch, search.val, search.config.seed)
+    row = {"trial": k, key: omega, "tau": tau, **({} if method == "nasty" else {"method": method})}
+    # a trial far below the plain run once the first LR drop is past has collapsed: too strong, not worth finishing
+    warm = max(1, round(min(search.config.milestones) * search.config.epochs)) + 1
+    try:
+        card = _run(folder, model, search.val, config=search.config,
+                    objective=hardening_objective(method, omega, tau=tau), reference=search.adversary, eval_tau=tau,
+                    device=search.device,
+                    guard=Guard(reference_accuracy=base["val_accuracy"], margin=max(20.0, 5 * budget.max_cost),
+                                start=warm, chance=100.0 / search.num_classes, early_start=warm, hint="too strong"),
+                    card={"kind": "nasty", "arch": search.arch, key: omega, "tau": tau,
+                          **({} if method == "nasty" else {"method": method})},
+                    desc=f"search: trial {k} {key} {omega:g}", quiet=search.quiet)
+    except TrainingStopped as e:
+        done = ckpt.read_card(folder) if (folder / ckpt.CARD).exists() else {}
+        return {**row, "val_accuracy": None, "val_cost": None, "affordable": False, "collapsed": str(e),
+                "seconds": done.get("seconds", 0.0)}
+    cost = base["val_accuracy"] - card["accuracy"]
+    row.update(val_accuracy=card["accuracy"], val_cost=round(cost, 4), kl=card.get("kl_to_adversary"),
+               affordable=cost <= budget.max_cost + 1e-9)
+    if row["affordable"]:  # damage is only worth measuring for a strength the user can afford
+        probe = search.probe(folder / "probe", objective=objective_for("kd", alpha=budget.probe_alpha, tau=tau),
+                             reference=model, card={f"teacher_{key}": omega}, desc=f"search: probe from trial {k}")
+        row.update(probe_accuracy=probe["accuracy"], damage=round(base["probe_scratch"] - probe["accuracy"], 4))
+        if budget.select == "value":
+            more = {name: search.probe(folder / f"probe-{name}", objective=objective, reference=model,
+                                       card={f"teacher_{key}": omega, "probe": name},
+                                       desc=f"search: probe {name} from trial {k}")
+                    for name, objective in (("kd-tau1", objective_for("kd", alpha=budget.probe_alpha, tau=1.0)),
+                                            ("top1-thief", _top1_thief))}
+            row.update(_beyond_labels(base, {f"kd-tau{tau:g}": probe["accuracy"], "kd-tau1": more["kd-tau1"]["accuracy"]},
+                                      more["top1-thief"]["accuracy"]))
+            probe = {"seconds": probe["seconds"] + sum(c["seconds"] for c in more.values())}
+    row["seconds"] = round(card["seconds"] + (probe["seconds"] if row["affordable"] else 0.0), 2)
+    return row
+
+
+def _trial_line(k: int, row: dict, *, key: str, omega: float) -> str:
+    return f"search: trial {k} {key} {omega:g}: " + (
+        "collapsed" if row.get("collapsed") else
+        f"validation cost {row['val_cost']:+.2f} points" + (
+            f", probe {row['damage']:+.2f} points below scratch" if "damage" in row else " (over budget)")
+        + (f", outputs add {row['value']:+.2f} points to labels" if "value" in row else ""))
+
+
+def _choose(trials: list[dict], *, select: str, key: str) -> dict | None:
+    """The affordable trial the search keeps: by value, the least a thief's best response gets beyond
+    labels; by damage, the most damage; the stronger on a tie. ``None`` if none was affordable."""
+    affordable = [t for t in trials if t["affordable"]]
+    if not affordable:
+        return None
+    if select == "value":
+        return max(affordable, key=lambda t: (-t["value"], t[key]))
+    return max(affordable, key=lambda t: (t["damage"], t[key]))

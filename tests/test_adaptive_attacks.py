@@ -277,7 +277,7 @@ def test_a_default_audit_meets_the_thief_who_picks_its_own_temperature():
     from click.testing import CliRunner
 
     from attacks import DEFAULT_ATTACKS
-    from nasty.cli import main
+    from nasty.app.cli import main
 
     assert "kd-sweep" in DEFAULT_ATTACKS
     out = "".join(CliRunner().invoke(main, ["audit", "--help"], terminal_width=200).output.split())  # unwrapped

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS, DAFL, KD, DeepInversion, HardLabel, create_attack, run_students
-from attacks.base import Scratch, make_students
+from attacks.base import make_students
+from attacks.baselines import Scratch
 from attacks.dafl import Generator, dafl_generator_loss
 from attacks.deepinversion import BNStats, competition_loss, deepinversion_loss, synthesize, total_variation
 from nasty.checkpoint import load_model

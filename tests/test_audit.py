@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 import attacks.audit as audit_mod
 from attacks.audit import audit
-from nasty.cli import main
-from nasty.demo import QUICK
+from nasty.app.cli import main
+from nasty.app.demo import QUICK
 from nasty.errors import NastyError
 
 ATTACK_NAMES = ["kd", "hard-label", "dafl", "deepinversion"]  # the default's, less kd-sweep (its own tests)
@@ -103,6 +103,22 @@ def test_html_report_has_every_section_with_images_embedded(tiny_audit):
     assert set(json.loads((out / "logits.json").read_text())["teachers"]) == {"normal", "nasty"}
 
 
+def test_the_report_templates_are_installed_with_the_package():
+    """report.md and report.html come from attacks/templates/: package data, found from an installed copy too."""
+    import fnmatch
+    import sys
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["attacks"]
+    templates = [p.relative_to(root / "attacks").as_posix() for p in (root / "attacks" / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates), (templates, globs)
+
+
 def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_audit):
     from attacks.audit import format_html, format_markdown, format_table
 
@@ -118,6 +134,30 @@ def test_a_report_written_before_the_label_smoothing_baseline_still_prints(tiny_
     worst = [line for line in table.splitlines() if line.startswith("| tiny-cnn |")]
     assert len(worst) == 1 and worst[0].endswith("| - |")  # no label-smoothing margin to show
     assert "| kd | tiny-cnn |" in format_markdown(old) and "worst-case" in format_html(old, {})
+
+
+def test_report_json_reads_as_its_model_with_sides_named_and_old_reports_defaulted(tiny_audit, tmp_path):
+    """report.json through nasty.schema.AuditReport: normal/nasty read as reference/teacher, the same dict
+    written back, and an older report's missing fields at their defaults; one that does not fit is one line."""
+    from attacks.audit import read_report
+
+    out, report = tiny_audit
+    on_disk = json.loads((out / "report.json").read_text())
+    model = read_report(out / "report.json")
+    assert model.teachers.reference.accuracy == on_disk["teachers"]["normal"]["accuracy"]
+    assert model.teachers.teacher.omega == on_disk["teachers"]["nasty"]["omega"]
+    assert model.summary[0].acc_from_teacher.mean == on_disk["summary"][0]["acc_from_nasty"]["mean"]
+    assert model.model_dump(by_alias=True, exclude_unset=True) == on_disk
+    old = {k: v for k, v in on_disk.items() if k not in ("worst_case", "beyond_labels", "cells", "notes")}
+    old["summary"] = [{k: v for k, v in r.items() if k not in ("acc_label_smoothing", "immunity_std")}
+                      for r in on_disk["summary"]]
+    (tmp_path / "report.json").write_text(json.dumps({**old, "added_later": 1}))
+    model = read_report(tmp_path / "report.json")
+    assert model.worst_case == [] and model.cells is None and model.summary[0].acc_label_smoothing is None
+    (tmp_path / "report.json").write_text(json.dumps({**old, "summary": [{"attack": "kd"}]}))
+    with pytest.raises(NastyError, match="report.json: field summary.0.student") as e:
+        read_report(tmp_path / "report.json")
+    assert "\n" not in str(e.value)
 
 
 def test_the_report_gives_each_teachers_served_utility_and_old_reports_still_print(tiny_audit):
@@ -415,7 +455,7 @@ def test_the_report_says_what_the_tuning_thief_chose_and_when_it_saw_nothing(tin
 
 
 def test_a_kd_sweep_cell_from_before_search_steps_is_read_as_the_search_it_ran(tmp_path):
-    from attacks.audit import _rename_settings, _same_key
+    from attacks._cells import _rename_settings, _same_key
 
     key = {"attack": "kd-sweep", "settings": {"taus": [1.0], "search_epochs": 5}}
     _rename_settings(key)
@@ -450,7 +490,7 @@ def test_force_redoes_a_partial_cell_of_other_settings_and_goes_on_with_one_of_t
 
 def test_the_demo_redoes_audit_cells_that_an_older_version_left_with_other_settings(tmp_path, monkeypatch):
     """An upgraded user's runs/demo: a kd-sweep cell from before ``search_steps`` is redone, not refused."""
-    import nasty.demo as demo
+    import nasty.app.demo as demo
 
     calls = []
     monkeypatch.setattr(demo, "train", lambda **k: {"accuracy": 99.0})

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nasty.cli import main
+from nasty.app.cli import main
 
 
 class Payload:
@@ -450,7 +450,7 @@ def test_small_hostile_files_cannot_take_memory(teachers, files, hostile, tmp_pa
     1.5 GB, so the bound is relative)."""
     import zipfile
 
-    baseline = _peak([], code="import torch, torchvision, matplotlib.pyplot, sklearn.datasets, nasty.cli, nasty.data, "
+    baseline = _peak([], code="import torch, torchvision, matplotlib.pyplot, sklearn.datasets, nasty.app.cli, nasty.data, "
                               "nasty.models, attacks")[2]
 
     d = hostile

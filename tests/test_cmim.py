@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.defences import defence_of
 
 SMALL = ["--arch", "tiny-cnn", "--epochs", "3", "--device", "cpu"]

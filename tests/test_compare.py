@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from attacks.compare import pareto_front
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import NastyError
 
 SETTINGS = ["--attacks", "kd,hard-label", "--students", "mlp", "--seeds", "1,", "--epochs", "2", "--device", "cpu",

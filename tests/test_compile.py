@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
+from nasty.app.cli import main
 
 
 @pytest.mark.slow

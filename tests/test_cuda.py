@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
-from nasty.demo import QUICK
+from nasty.app.cli import main
+from nasty.app.demo import QUICK
 
 pytestmark = pytest.mark.cuda
 

@@ -89,7 +89,7 @@ def test_defend_then_export_serves_what_load_model_answers(tmp_path):
     from click.testing import CliRunner
 
     from nasty.checkpoint import load_model
-    from nasty.cli import main
+    from nasty.app.cli import main
     from nasty.data import load_dataset
     from nasty.export import load_exported
 

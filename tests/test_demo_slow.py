@@ -5,7 +5,7 @@ import pytest
 
 @pytest.mark.slow
 def test_full_demo_holds_what_the_readme_reports(tmp_path):
-    from nasty.demo import ATTACKS, run_demo
+    from nasty.app.demo import ATTACKS, run_demo
 
     report = run_demo(out=tmp_path, quiet=True, device="cpu")
     assert report["teachers"]["normal"]["accuracy"] >= 98.0

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from attacks import DAFL, DeepInversion
 from nasty.checkpoint import load_model
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.diagnostics import (count_peaks, peak_summary, plot_images, plot_logits, plot_omega_curve, plot_tsne,
                                save_figure, softened)
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from attacks import create_attack
 from attacks._ensemble import Ensemble
-from attacks.base import Scratch, batchable, graphs_for, run_cells, run_students
+from attacks.base import batchable, graphs_for, run_cells, run_students
+from attacks.baselines import Scratch
 from nasty.checkpoint import load_model
 from nasty.errors import NastyError
 from nasty.models import create_model

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import CheckpointError, Diverged, NastyError, NastyWarning
 
 FEW = settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

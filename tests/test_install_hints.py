@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import NastyError
 
 

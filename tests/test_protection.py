@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from attacks.audit import audit, schedule_text, student_schedule
-from attacks.base import Scratch, run_students
+from attacks.base import run_students
+from attacks.baselines import Scratch
 from conftest import bench_script
 from nasty.data import load_dataset
 from nasty.errors import NastyError

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import NastyError, NastyWarning
 
 README = Path(__file__).resolve().parent.parent / "README.md"

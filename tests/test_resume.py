@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def stalling(path, write):
         time.sleep(600)
     return real(path, half)
 ckpt.atomic_write = stalling
-from nasty.cli import main
+from nasty.app.cli import main
 main(sys.argv[1:], prog_name="nasty")
 """
 

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.search import Budget, next_omega, search_strength
 from nasty.trainer import TrainConfig
 

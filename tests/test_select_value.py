@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from nasty import checkpoint as ckpt
-from nasty.cli import main
+from nasty.app.cli import main
 from nasty.errors import NastyError
 from nasty.search import Budget, _beyond_labels
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import BudgetNotMet
-from .runs import harden, train
+from nasty.errors import BudgetNotMet
+from nasty.runs import harden, train
 
 ATTACKS = ("kd", "hard-label", "kd-sweep", "hard-label-sweep")
 # --quick checks that every step runs, the data-free attacks (and their images in the report) included
