@@ -66,7 +66,7 @@ def rank_device(device: torch.device, w: World) -> torch.device:
         return device
     if w.local_rank >= torch.cuda.device_count():
         raise NastyError(f"LOCAL_RANK {w.local_rank}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                         f"start at most that many processes per machine (torchrun --nproc-per-node)")
+                         f"start at most that many processes per machine (torchrun's nproc-per-node)")
     device = torch.device("cuda", w.local_rank)
     torch.cuda.set_device(device)
     return device
