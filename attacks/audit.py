@@ -40,7 +40,7 @@ from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 from nasty.utility import UTILITY_HEADER, utility, utility_cells
 
-from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress
+from . import ATTACKS, DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress, scale
 from .base import LabelSmoothing, Scratch, batchable, run_cells
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def default_tau(num_classes: int) -> float:
 def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
           student_steps: int | None = None, alpha: float = 0.9, tau: float | None = None, device="auto", out="runs/audit", force: bool = False,
           quiet: bool = False, attack_options: dict | None = None, plots: bool = True,
-          checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None,
+          checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None, devices=None,
           **brought: Unpack[Brought]) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
@@ -99,7 +99,14 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     are trained; the reference's students are that cell's (the cell records ``reference_from``).
     An audit of a model against itself (the same sha256, answering the same way: the row of no
     defence in a comparison) trains one side and records it as both (the cell records ``mirrored``).
+
+    ``devices`` (``"cuda:0,cuda:1"``, or a list; ``"cpu,cpu"`` works too): one worker process per device
+    trains the cells, then this one writes the report. Under ``torchrun`` each rank trains cells and
+    rank 0 writes it. Either way the numbers are those of one process (:mod:`attacks.scale`).
     """
+    if devices is not None:  # one worker per device shares out the cells; then this process writes the report
+        args = {k: v for k, v in locals().items() if k != "brought"}
+        return scale.spread(audit, {**args, **brought}, devices=devices)
     attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
                                                      seeds=seeds, checkpoint_seconds=checkpoint_seconds,
                                                      students=students, epochs=epochs)
@@ -117,7 +124,7 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
             for a in attacks}
     _preflight(attacks, opts, data=data, models=models, students=students, epochs=schedule.epochs)
-    dev = resolve_device(device)
+    dev = scale.device(resolve_device(device))
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
     served = {k: utility(m, data, device=dev) for k, m in models.items()}  # what an honest user gets (served)
 
@@ -136,20 +143,32 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
     train = dict(models=models, students=students, data=data, schedule=schedule, device=dev, quiet=quiet,
                  checkpoint_seconds=checkpoint_seconds)
+
+    def train_group(group: list[_Cell]) -> dict:
+        try:
+            return _train_cells(group, ensemble=bool(ensemble) and batchable(group[0].attack), **train)
+        except Diverged as e:  # one thief that failed: recorded in the report, the others go on
+            return progress.failed_cells(group, e)
+
+    share = scale.current()  # several processes: each trains what no other holds, then all are done
+    if share is not None:
+        trained = any(c.done is None for c in todo)
+        todo = share.run(todo, group=lambda t, i: _group(t, i, ensemble=ensemble, device=dev), train=train_group,
+                         refresh=lambda c: _refresh(c, force=force))
+    writes = share is None or share.writer
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
-            group = _group(todo, i, ensemble=ensemble, device=dev)
-            try:
-                finished.update(_train_cells(group, ensemble=bool(ensemble) and batchable(c.attack), **train))
-            except Diverged as e:  # one thief that failed: recorded in the report, the others go on
-                finished.update(progress.failed_cells(group, e))
+            finished.update(train_group(_group(todo, i, ensemble=ensemble, device=dev)))
             trained = True
         cells.append(c.done or finished[c.path])
         report = progress.annotate(_report(cells, attacks, data, accuracy, cards["nasty"], cards["normal"], alpha,
                                            tau, schedule, train_fraction, common["teachers"], served, epochs=epochs),
                                    cells, len(todo))
-        ckpt.write_json(out / "report.json", report)
-        ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+        if writes:
+            ckpt.write_json(out / "report.json", report)
+            ckpt.atomic_write(out / "report.md", lambda p, r=report: Path(p).write_text(format_markdown(r)))
+    if not writes:
+        return report
     if plots and (trained or not (out / "report.html").exists()):
         grids = {}  # the first seed's images of each data-free attack, as its cell saved them
         for a in attacks:
@@ -608,6 +627,14 @@ def _rename_settings(key: dict | None) -> None:
             settings.setdefault(name, before)
 
 
+def _refresh(c: _Cell, *, force: bool) -> _Cell:
+    """``c`` as its files say now (another process may have finished it, or saved its state, since the plan)."""
+    done = _load_cell(c.path, c.key, force=force)
+    if done is not None:
+        return c._replace(done=done, resume=None)
+    return c._replace(resume=_load_partial(c.partial, c.key, force=force))
+
+
 def _load_partial(path: Path, key: dict, *, force: bool):
     """The saved state of an unfinished cell with the same settings, or ``None``. One of another
     audit (or one that cannot be read) is refused, or with ``force`` dropped: ``force`` redoes
@@ -649,15 +676,7 @@ def _same_key(saved: dict | None, key: dict, path: Path, *, force: bool) -> bool
         return True
     if force:
         return False
-    saved, now, name = saved or {}, key, ""
-    while True:  # descend to the first setting that differs (e.g. settings.pool_size)
-        diff = next((k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)), None)
-        if diff is None:
-            break
-        name = f"{name}.{diff}" if name else diff
-        saved, now = saved.get(diff), now.get(diff)
-        if not (isinstance(saved, dict) and isinstance(now, dict)):
-            break
+    name, saved, now = scale.first_difference(saved or {}, key)  # e.g. settings.pool_size
     raise NastyError(f"`out` {one_line(path.parent.parent)} holds results of another audit ({one_line(name)[:80]} "
                      f"differs: {one_line(repr(saved))[:80]} there, {now!r} now); use another `out` or `force` to redo them")
 

@@ -328,6 +328,10 @@ def _audit_options(fn):
                      help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048, "
                           "kd-topk.k=1, skeptical.delay=5."),
         _device_option,
+        click.option("--devices", default=None, callback=lambda ctx, param, v: v and _names(ctx, param, v),
+                     metavar="DEV[,DEV,...]",
+                     help="Spread the cells over one worker process per device (cuda:0,cuda:1,...; cpu,cpu works "
+                          "too); under torchrun leave it out: each rank takes cells (docs/scale.md)."),
         click.option("--ensemble", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      callback=lambda ctx, param, v: {"auto": None, "on": True, "off": False}[v],
                      help="on: train each architecture's students of every seed and teacher as one batched "
@@ -385,7 +389,8 @@ def audit(**kw):
     from attacks.audit import audit as run_audit
 
     report = run_audit(**kw)
-    _print_summary(report, kw["out"])
+    if _main_rank():  # under torchrun, rank 0 writes and prints the report
+        _print_summary(report, kw["out"])
 
 
 def _print_summary(report: dict, out) -> None:
@@ -479,6 +484,8 @@ def compare(reference, teachers, attacks, out, **kw):
     from attacks.compare import format_compare
 
     result = run_compare(reference=reference, teachers=teachers, attacks=attacks, out=out, echo=click.echo, **kw)
+    if not _main_rank():
+        return
     click.echo(format_compare(result))
     click.echo(f"compared {len(result['rows'])} teachers -> {out}/compare.json, compare.md"
                + (", compare.png" if kw["plots"] else ""))
