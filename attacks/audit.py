@@ -104,13 +104,13 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     trains the cells, then this one writes the report. Under ``torchrun`` each rank trains cells and
     rank 0 writes it. Either way the numbers are those of one process (:mod:`attacks.scale`).
     """
-    if devices is not None:  # one worker per device shares out the cells; then this process writes the report
-        args = {k: v for k, v in locals().items() if k != "brought"}
-        return scale.spread(audit, {**args, **brought}, devices=devices)
+    given = {k: v for k, v in locals().items() if k != "brought"}  # for the workers of ``devices``
     attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
                                                      seeds=seeds, checkpoint_seconds=checkpoint_seconds,
                                                      students=students, epochs=epochs)
     progress.check_out(out, force=force)
+    if devices is not None:  # one worker per device shares out the cells; then this process writes the report
+        return scale.spread(audit, {**given, **brought}, devices=devices)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
     train_fraction = brought.get("train_fraction", 1.0)

@@ -128,9 +128,10 @@ class Share:
             record = json.loads(_failed_path(cell.path).read_text()[:CLAIM_BYTES])
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("key") != cell.key or not isinstance(record.get("failed"), str):
+        if not (isinstance(record, dict) and record.get("key") == cell.key and isinstance(record.get("failed"), str)
+                and isinstance(record.get("time"), (int, float))):
             return None
-        if not float(record.get("time") or 0) >= self.since:  # an earlier run's: this one tries again
+        if not record["time"] >= self.since:  # an earlier run's: this one tries again
             return None
         return {"key": cell.key, "seconds": 0.0, "runs": [], "failed": record["failed"]}
 

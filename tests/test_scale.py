@@ -386,3 +386,16 @@ def test_compare_over_two_workers_is_the_comparison_of_one_process(teachers, tmp
     two = compare(out=tmp_path / "two", devices="cpu,cpu", **kw)
     assert json.loads((tmp_path / "two" / "compare.json").read_text())["rows"] == json.loads(json.dumps(one["rows"]))
     assert two["rows"] == one["rows"]
+
+
+def test_a_failure_record_that_is_not_one_is_ignored(tmp_path):
+    todo = grid(tmp_path, 1)
+    for text in ("", "[]", '{"key": 1}', json.dumps({"key": todo[0].key, "failed": "x", "time": "soon"})):
+        (tmp_path / "kd-seed0.failed").write_text(text)
+        assert scale.Share(writer=True, since=0)._failure(todo[0]) is None
+
+
+def test_bad_settings_fail_before_any_worker_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale, "spread", lambda *a, **k: pytest.fail("workers started"))
+    with pytest.raises(NastyError, match="`alpha` must be in"):
+        audit(teacher=tmp_path / "t", reference=tmp_path / "r", out=tmp_path / "out", devices="cpu,cpu", alpha=2)
