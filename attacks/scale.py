@@ -207,7 +207,7 @@ class Claims:
 
     def _take(self, cell) -> Path | None:
         gens = _generations(cell.path)
-        n = 1
+        n, stale = 1, None
         if gens:
             top = _claim_path(cell.path, gens[-1])
             info = _read_claim(top)
@@ -228,7 +228,7 @@ class Claims:
             os.fsync(fd)
         finally:
             os.close(fd)
-        if gens:
+        if stale:  # not one released while we looked
             note(f"{_cell_name(cell.path)}: took over the claim of {stale}; it goes on from its saved state, if any")
         return mine
 
@@ -238,13 +238,14 @@ class Claims:
                 "by": self.share.label, "key": cell.key}
 
     def _stale(self, info: dict | None, path: Path) -> str | None:
-        """Why the claim ``info`` at ``path`` is stale (its holder, in words), or ``None`` if it is alive."""
+        """Why the claim ``info`` at ``path`` is stale (its holder, in words; empty: released since it
+        was listed), or ``None`` if it is alive."""
         now = time.time()
         if info is None:  # being written, or broken: judged by its age
             try:
                 age = now - path.stat().st_mtime
-            except FileNotFoundError:
-                return "a claim that is gone"
+            except FileNotFoundError:  # released while we looked: free, nothing taken over
+                return ""
             return f"an unreadable claim {age:.0f} s old" if age > self.timeout else None
         who = f"pid {info['pid']} on {info['host']}"
         age = now - info["heartbeat"]

@@ -399,3 +399,17 @@ def test_bad_settings_fail_before_any_worker_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(scale, "spread", lambda *a, **k: pytest.fail("workers started"))
     with pytest.raises(NastyError, match="`alpha` must be in"):
         audit(teacher=tmp_path / "t", reference=tmp_path / "r", out=tmp_path / "out", devices="cpu,cpu", alpha=2)
+
+
+def test_a_claim_released_while_it_is_looked_at_is_free_and_nothing_is_said(tmp_path, monkeypatch):
+    import warnings
+
+    cell = grid(tmp_path, 1)[0]
+    claim = write_claim(cell)
+    real = scale._read_claim
+    monkeypatch.setattr(scale, "_read_claim", lambda p: claim.unlink(missing_ok=True) or real(p))  # its holder lets go now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        held = scale.Claims(scale.Share(writer=True)).take([cell])
+    assert held is not None
+    held.release()
