@@ -349,6 +349,8 @@ def spread(fn, kwargs: dict, *, devices) -> dict:
     or a comma-separated string), sharing ``out``'s cells; then here, on the first device, as the
     writer of the report (it trains only what a worker that died left). On the CPU each worker takes
     an equal share of this process's threads (the numbers are those of one process with that many)."""
+    from multiprocessing.connection import wait
+
     import torch
     import torch.multiprocessing as mp
 
@@ -372,8 +374,10 @@ def spread(fn, kwargs: dict, *, devices) -> dict:
                                                   threads if d == "cpu" else None, answers), daemon=False)
             p.start()
             workers.append((share.label, p))
-        for _, p in workers:
-            p.join()
+        running = {p.sentinel: p for _, p in workers}
+        while running:  # each reaped as it ends (a zombie would hold its claims until its turn came)
+            for ended in wait(list(running)):
+                running.pop(ended).join()
     except BaseException:  # Ctrl-C here: the workers got it too; none is left behind
         for _, p in workers:
             p.join(timeout=10)

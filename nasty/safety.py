@@ -205,7 +205,8 @@ def stale_temps(folder) -> list[Path]:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running)."""
+    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running; a
+    zombie, ended but not yet reaped by its parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -214,4 +215,8 @@ def alive(pid: int) -> bool:
         return False
     except OSError:
         return True
-    return True
+    try:  # Linux: the state field follows the command name in parentheses
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -329,10 +329,10 @@ def test_two_worker_processes_write_the_report_of_one(teachers, one_process, tmp
         f"{a}-seed{s}.json" for a in ("scratch", "label-smoothing", *SMALL["attacks"]) for s in SMALL["seeds"])
 
 
-@pytest.mark.slow
 def test_a_worker_killed_mid_grid_leaves_its_cells_to_the_other(teachers, one_process, tmp_path):
     """SIGKILL one of two workers as soon as it holds a claim: the other (or the writer) takes its cell
-    over, and the report is still that of one process."""
+    over at once (same machine, the pid gone, or a zombie its parent has not reaped yet: not after
+    NASTY_CLAIM_TIMEOUT), and the report is still that of one process."""
     out = tmp_path / "killed"
     killed = []
 
@@ -344,17 +344,22 @@ def test_a_worker_killed_mid_grid_leaves_its_cells_to_the_other(teachers, one_pr
                 except (OSError, ValueError, KeyError):
                     continue
                 if pid != os.getpid():
-                    os.kill(pid, signal.SIGKILL)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:  # it ended meanwhile: the next claim
+                        continue
                     killed.append(pid)
                     return
             time.sleep(0.01)
 
     watcher = threading.Thread(target=kill_first_worker, daemon=True)
     watcher.start()
+    t0 = time.perf_counter()
     with pytest.warns(NastyWarning, match="ended with exit code -9; its cells are taken over here"):
         report = audit(teacher=teachers["root"] / "nasty", reference=teachers["root"] / "normal", out=out,
                        devices="cpu,cpu", **SMALL)
     assert killed and numbers(report) == numbers(one_process)
+    assert time.perf_counter() - t0 < scale.claim_timeout()  # nobody waited for the dead one's heartbeat
     assert not list((out / "cells").glob("*.claim-*"))
 
 
@@ -413,3 +418,16 @@ def test_a_claim_released_while_it_is_looked_at_is_free_and_nothing_is_said(tmp_
         held = scale.Claims(scale.Share(writer=True)).take([cell])
     assert held is not None
     held.release()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
+def test_a_process_ended_but_not_reaped_is_not_alive():
+    """A worker SIGKILLed while its parent waits on another stays a zombie until reaped: its claim is stale."""
+    from nasty.safety import alive
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{p.pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z":
+        time.sleep(0.01)
+    assert not alive(p.pid)
+    p.wait()
+    assert not alive(p.pid) and alive(os.getpid())
