@@ -15,6 +15,7 @@ from nasty.safety import read_json
 from nasty.schema import AuditCell, PartialCell, validate
 
 from . import ATTACKS
+from .scale import first_difference
 from .summary import BASELINES, REFERENCE, SOURCES, TEACHER
 
 
@@ -181,14 +182,6 @@ def _same_key(saved: dict | None, key: dict, path: Path, *, force: bool) -> bool
         return True
     if force:
         return False
-    saved, now, name = saved or {}, key, ""
-    while True:  # descend to the first setting that differs (e.g. settings.pool_size)
-        diff = next((k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)), None)
-        if diff is None:
-            break
-        name = f"{name}.{diff}" if name else diff
-        saved, now = saved.get(diff), now.get(diff)
-        if not (isinstance(saved, dict) and isinstance(now, dict)):
-            break
+    name, saved, now = first_difference(saved or {}, key)  # e.g. settings.pool_size
     raise NastyError(f"`out` {one_line(path.parent.parent)} holds results of another audit ({one_line(name)[:80]} "
                      f"differs: {one_line(repr(saved))[:80]} there, {now!r} now); use another `out` or `force` to redo them")

@@ -33,7 +33,7 @@ from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 from nasty.utility import utility
 
-from . import DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress
+from . import DEFAULT_ATTACKS, IMAGE_TITLES, attack_names, attack_settings, create_attack, progress, scale
 from ._cells import (IMAGES_PER_CLASS, _cells_dir, _images_path, _load_cell, _load_images, _load_partial,
                      _partial_saver, _reference_cell, _reference_cells, _save_images)
 from .base import batchable, run_cells
@@ -63,7 +63,7 @@ def default_tau(num_classes: int, dataset: str = "imagefolder") -> float:
 def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
           student_steps: int | None = None, alpha: float = 0.9, tau: float | None = None, device="auto", out="runs/audit", force: bool = False,
           quiet: bool = False, attack_options: dict | None = None, plots: bool = True,
-          checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None,
+          checkpoint_seconds: float = 60.0, ensemble: bool | None = None, reference_from=None, devices=None,
           **brought: Unpack[Brought]) -> dict:
     """Run the grid and write ``report.json`` / ``report.md`` to ``out``; return the report dict.
 
@@ -76,10 +76,8 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     ``attack_options`` maps an attack name to constructor arguments (e.g. ``{"deepinversion": {"pool_size":
     2048}}``), over the dataset recipe's (:data:`nasty.recipes.RECIPES`). With ``plots``, ``report.html`` (one
     self-contained file) and the PNGs beside it show logit peaks, t-SNE and synthesised images.
-    A cell in training saves its state (students, optimizer, the attack's generator or image
-    pool) to ``cells/<cell>.partial.pt`` at the end of an epoch once ``checkpoint_seconds`` have
-    passed since the last save (0: every epoch); the next audit with the same settings goes on
-    from there.
+    A cell in training saves its state to ``cells/<cell>.partial.pt`` at an epoch's end once
+    ``checkpoint_seconds`` have passed (0: every epoch); the same audit run again goes on from there.
 
     ``teacher`` and ``reference`` may be run directories, weights files or ``nn.Module`` objects;
     ``brought`` says what they do not record and where the data is (:class:`nasty.released.Brought`:
@@ -87,25 +85,25 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     ``train_fraction`` is the thief's share of the training set. A warning (not an error) says when
     the reference is not the adversary the teacher's card records, or is itself hardened.
 
-    ``ensemble=True`` trains an attack's students of one architecture, every seed and both
-    teachers, as one batched ensemble (:func:`attacks.base.run_cells`). ``None`` (the default):
-    on a GPU an attack's seeds train together (one teacher forward per batch for all of them) and
-    their whole training step replays as one CUDA graph per epoch (docs/speed.md compares the ways);
-    on the CPU each cell trains alone. ``False``: each cell alone everywhere. An attack
-    that reads its students' features is trained eagerly, one cell at a time, either way. The
-    cells and their partial states have one format every way.
+    ``ensemble``: ``True`` trains an attack's students of one architecture, every seed and both teachers,
+    as one batched ensemble (:func:`attacks.base.run_cells`); ``None``: on a GPU an attack's seeds train
+    together as one CUDA graph, on the CPU each cell alone; ``False``: each cell alone (docs/speed.md).
 
-    ``reference_from``: the folder of another audit against the same reference (its ``out``;
-    :func:`attacks.compare.compare` passes its first audit's). Where it holds a finished cell of an
-    attack and seed with this audit's settings and reference, only the audited teacher's students
-    are trained; the reference's students are that cell's (the cell records ``reference_from``).
-    An audit of a model against itself (the same sha256, answering the same way: the row of no
-    defence in a comparison) trains one side and records it as both (the cell records ``mirrored``).
+    ``reference_from``: another audit's ``out`` against the same reference; its finished cells of these
+    settings give the reference's students (the cell records ``reference_from``). An audit of a model
+    against itself trains one side and records it as both (``mirrored``).
+
+    ``devices`` (``"cuda:0,cuda:1"``, a list, or ``"cpu,cpu"``): one worker process per device trains
+    cells, then this one writes the report; under ``torchrun`` each rank trains and rank 0 writes.
+    Either way the numbers are those of one process (:mod:`attacks.scale`).
     """
+    given = {k: v for k, v in locals().items() if k != "brought"}  # for the workers of ``devices``
     attacks, seeds, attack_options = _check_settings(attacks, attack_options=attack_options, alpha=alpha, tau=tau,
                                                      seeds=seeds, checkpoint_seconds=checkpoint_seconds,
                                                      students=students, epochs=epochs)
     progress.check_out(out, force=force)
+    if devices is not None:  # one worker per device shares out the cells; then this process writes the report
+        return scale.spread(audit, {**given, **brought}, devices=devices)
     reference_cells = _reference_cells(reference_from)
     models, cards, data = _teachers(teacher, reference, **brought)
     grid = _prepare(models, cards, data, attacks=attacks, attack_options=attack_options, students=students,
@@ -115,7 +113,9 @@ def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(
     cells_dir = _cells_dir(out)
     todo = _plan(attacks, seeds, grid.opts, common=grid.common, cells_dir=cells_dir, force=force,
                  reference_cells=reference_cells)
-    report, trained = _run_grid(todo, grid, out=out, ensemble=ensemble)
+    report, trained = _run_grid(todo, grid, out=out, ensemble=ensemble, force=force)
+    if not scale.writes():  # a worker of several: the writer makes the report's figures
+        return report
     if plots and (trained or not (out / "report.html").exists()):
         _write_figures(report, out, grid, cells_dir=cells_dir, seed=seeds[0])
     progress.raise_if_failed(report, out)
@@ -162,7 +162,7 @@ def _prepare(models: dict, cards: dict, data: TensorData, *, attacks: list[str],
     opts = {a: {**recipe.attack_options.get(a, {}), "alpha": alpha, "tau": tau, **(attack_options or {}).get(a, {})}
             for a in attacks}
     _preflight(attacks, opts, data=data, models=models, students=students, epochs=schedule.epochs)
-    dev = resolve_device(device)
+    dev = scale.device(resolve_device(device))
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
     served = {k: utility(m, data, device=dev) for k, m in models.items()}  # what an honest user gets (served)
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
@@ -182,23 +182,44 @@ def _prepare(models: dict, cards: dict, data: TensorData, *, attacks: list[str],
     return _Grid(training=training, opts=opts, common=common, facts=facts)
 
 
-def _run_grid(todo: list[_Cell], grid: _Grid, *, out: Path, ensemble: bool | None) -> tuple[dict, bool]:
+def _run_grid(todo: list[_Cell], grid: _Grid, *, out: Path, ensemble: bool | None,
+              force: bool = False) -> tuple[dict, bool]:
     """Train what ``todo`` has not finished, cell by cell (or a group of seeds at once), rewriting the
     report after each; return the last report and whether anything was trained."""
     cells, trained, report = [], False, None
     finished = {}  # cells trained by this run, by path (a group of seeds finishes several at once)
+    training = grid.training
+
+    def train_group(group: list[_Cell]) -> dict:
+        try:
+            return _train_cells(group, training, ensemble=bool(ensemble) and batchable(group[0].attack))
+        except Diverged as e:  # one thief that failed: recorded in the report, the others go on
+            return progress.failed_cells(group, e)
+
+    def group_at(cells: list[_Cell], i: int) -> list[_Cell]:
+        return _group(cells, i, ensemble=ensemble, device=training.device)
+
+    share = scale.current()  # several processes: each trains what no other holds, then all are done
+    if share is not None:
+        trained = any(c.done is None for c in todo)
+        todo = share.run(todo, group=group_at, train=train_group, refresh=lambda c: _refresh(c, force=force))
     for i, c in enumerate(todo):
         if c.done is None and c.path not in finished:
-            group = _group(todo, i, ensemble=ensemble, device=grid.training.device)
-            try:
-                finished.update(_train_cells(group, grid.training, ensemble=bool(ensemble) and batchable(c.attack)))
-            except Diverged as e:  # one thief that failed: recorded in the report, the others go on
-                finished.update(progress.failed_cells(group, e))
+            finished.update(train_group(group_at(todo, i)))
             trained = True
         cells.append(c.done or finished[c.path])
         report = progress.annotate(build_report(cells, grid.facts), cells, len(todo))
-        write_report(out, report)
+        if scale.writes():
+            write_report(out, report)
     return report, trained
+
+
+def _refresh(c: _Cell, *, force: bool) -> _Cell:
+    """``c`` as its files say now (another process may have finished it, or saved its state, since the plan)."""
+    done = _load_cell(c.path, c.key, force=force)
+    if done is not None:
+        return c._replace(done=done, resume=None)
+    return c._replace(resume=_load_partial(c.partial, c.key, force=force))
 
 
 def _write_figures(report: dict, out: Path, grid: _Grid, *, cells_dir: Path, seed: int) -> None:

@@ -34,6 +34,7 @@ from nasty.safety import md_text as md
 from nasty.safety import plot_text
 from nasty.utility import UTILITY_HEADER, utility_cells
 
+from . import scale
 from .audit import BASELINES, audit, beyond_labels
 from .summary import REFERENCE, TEACHER
 
@@ -68,10 +69,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2), epochs: int | None = None,
             student_steps: int | None = None, alpha: float = 0.9, tau: float | None = None, out="runs/compare", device="auto", quiet: bool = False,
             force: bool = False, attack_options: dict | None = None, plots: bool = True, echo=None,
-            ensemble: bool | None = None, **brought: Unpack[Brought]) -> dict:
+            ensemble: bool | None = None, devices=None, **brought: Unpack[Brought]) -> dict:
     """Audit each of ``teachers`` against ``reference`` (see the module doc); return compare.json's dict.
     ``brought`` goes to every audit as it is (:class:`nasty.released.Brought`: ``train_fraction``, the
-    thief's share of the training set; ``data_root`` and ``download``, where the teachers' dataset is; ...)."""
+    thief's share of the training set; ``data_root`` and ``download``, where the teachers' dataset is; ...).
+    ``devices``: one worker process per device shares out every audit's cells, as :func:`attacks.audit.audit`'s."""
+    if devices is not None:  # the workers run the whole comparison; this process then writes it
+        args = {k: v for k, v in locals().items() if k != "brought"}
+        return scale.spread(compare, {**args, **brought}, devices=devices)
     teachers = [Path(t).expanduser() for t in teachers]
     if not teachers:
         raise NastyError("`teachers`: give at least one teacher to compare")
@@ -90,7 +95,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
             (folder / "cells").mkdir(parents=True, exist_ok=True)
             for cell in (first / "cells").glob("*.json"):
                 if cell.name.startswith(tuple(BASELINES)) and not (folder / "cells" / cell.name).exists():
-                    shutil.copyfile(cell, folder / "cells" / cell.name)
+                    # whole or not at all: other processes of a shared run may read it at once
+                    ckpt.atomic_write(folder / "cells" / cell.name, lambda p, c=cell: shutil.copyfile(c, p))
         report = audit(teacher=teacher, out=folder, reference_from=first, **kwargs)
         first = first or folder
         audited, released = report["teachers"][TEACHER], report["teachers"][REFERENCE]
@@ -103,7 +109,7 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                            for s, w in worst.items()},
             "summary": report["summary"],
         })
-        if echo and not quiet:
+        if echo and not quiet and scale.writes():
             echo(f"{name} ({rows[-1]['defence']}): accuracy {rows[-1]['accuracy']:.2f}%, worst case " + ", ".join(
                 f"{s} {w['acc_from_teacher']:.2f}% ({w['attack']})" for s, w in rows[-1]["worst_case"].items()))
     result = {"reference": str(reference), "rows": rows,
@@ -111,6 +117,8 @@ def compare(*, reference, teachers, attacks=None, students=None, seeds=(0, 1, 2)
                                                                     "alpha", "tau", "attacks")}}
     result["settings"]["train_fraction"] = brought.get("train_fraction", 1.0)
     result["settings"]["seeds"] = list(seeds)
+    if not scale.writes():  # another process of a shared run writes it
+        return result
     ckpt.write_json(out / "compare.json", result)
     ckpt.atomic_write(out / "compare.md", lambda p: Path(p).write_text(format_compare(result) + "\n"))
     if plots:

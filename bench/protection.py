@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from attacks.scale import writes  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
 
@@ -127,14 +128,18 @@ def _key(setting: Setting) -> str:
     return hashlib.sha256(json.dumps(asdict(setting), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def run_setting(setting: Setting, out: Path, *, device: str, quiet: bool, data_root=None) -> tuple[dict, dict]:
+def run_setting(setting: Setting, out: Path, *, device: str, quiet: bool, data_root=None,
+                devices=None) -> tuple[dict, dict]:
     """Train (or reuse) the normal teacher, harden it with the defaults, audit both: the audit's
-    report and the hardened teacher's card. Every step resumes from what ``out`` holds."""
+    report and the hardened teacher's card. Every step resumes from what ``out`` holds. ``devices``:
+    the audit's cells spread over one worker per device (the teachers train here, on the first)."""
     from attacks.audit import audit
     from nasty.runs import harden, train
 
     teacher = f"{setting.dataset}-{setting.teacher_arch}-{setting.teacher_epochs or 'recipe'}epochs"
     normal_dir, nasty_dir = out / "teachers" / teacher, out / "hardened" / teacher
+    if devices:
+        device = devices.split(",")[0] if isinstance(devices, str) else devices[0]
     train(dataset=setting.dataset, arch=setting.teacher_arch, epochs=setting.teacher_epochs, data_root=data_root,
           out=normal_dir, resume=True, device=device, quiet=quiet)
     try:
@@ -145,8 +150,9 @@ def run_setting(setting: Setting, out: Path, *, device: str, quiet: bool, data_r
     report = audit(teacher=nasty_dir, reference=normal_dir, attacks=list(setting.attacks),
                    students=list(setting.students), seeds=tuple(range(setting.seeds)),
                    student_steps=setting.student_steps, attack_options=setting.attack_options,
-                   train_fraction=setting.share, data_root=data_root, device=device, quiet=quiet, plots=False,
-                   out=out / "audits" / f"{setting.name}-{_key(setting)}")
+                   train_fraction=setting.share, data_root=data_root, quiet=quiet, plots=False,
+                   out=out / "audits" / f"{setting.name}-{_key(setting)}",
+                   **({"devices": devices} if devices else {"device": device}))
     return report, card
 
 
@@ -218,8 +224,10 @@ def _check(settings: list[Setting], *, data_root) -> None:
 @click.option("--student-steps", type=int, default=None, help="Optimizer steps of every student, in place of the suite's.")
 @click.option("--data-root", default=None, help="Where the datasets are (the gpu suite's CIFAR-10).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--devices", default=None, help="Spread each audit's cells over one worker per device: cuda:0,cuda:1 "
+                                              "(cpu,cpu works too; under torchrun leave it out: docs/scale.md).")
 @click.option("--quiet", is_flag=True)
-def main(suite, out, shares, seeds, student_steps, data_root, device, quiet):
+def main(suite, out, shares, seeds, student_steps, data_root, device, devices, quiet):
     """Run a suite; write protection.json, protection.md and protection.png in --out."""
     from dataclasses import replace
 
@@ -231,6 +239,10 @@ def main(suite, out, shares, seeds, student_steps, data_root, device, quiet):
         if seeds is not None and not 1 <= seeds <= 100:
             raise NastyError(f"--seeds must be from 1 to 100, got {seeds}")
         settings = SUITES[suite]
+        if devices is not None:  # every device there, before any teacher is trained
+            from attacks.scale import parse_devices
+
+            devices = parse_devices(devices)
         if shares is not None:
             try:
                 values = [float(v) for v in shares.split(",") if v.strip()]
@@ -244,18 +256,22 @@ def main(suite, out, shares, seeds, student_steps, data_root, device, quiet):
         rows, t0 = [], time.perf_counter()
         for setting in settings:
             t1 = time.perf_counter()
-            report, card = run_setting(setting, out, device=device, quiet=quiet, data_root=data_root)
+            report, card = run_setting(setting, out, device=device, quiet=quiet, data_root=data_root, devices=devices)
             rows += [{**r, "seconds": round(time.perf_counter() - t1, 1)} for r in rows_of(setting, report, card)]
+            if not writes():  # under torchrun, rank 0 writes the results
+                continue
             ckpt.write_json(out / "protection.json", rows)  # after every setting: a killed run leaves what it finished
             ckpt.atomic_write(out / "protection.md", lambda p: Path(p).write_text(format_markdown(rows) + "\n"))
             if not quiet:
                 print(format_markdown(rows[-len(setting.students):]), flush=True)
+        if not writes():
+            return
         plot(rows, out / "protection.png")
         print(format_markdown(rows))
         print(f"{suite}: {len(settings)} settings in {time.perf_counter() - t0:.1f} s -> {out}/protection.json, "
               f"protection.md, protection.png")
     except NastyError as e:
-        raise click.ClickException(one_line(str(e))) from None
+        raise click.ClickException(one_line(str(e).replace("`devices`", "--devices"))) from None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from . import accel
 from .errors import DataError, first_line, one_line
-from .safety import limit, open_regular, over_limit, read_bytes, read_text
+from ._images import IMAGE_EXTS, _check_decoded, _open_image, _pixels  # noqa: F401 (bench/fuzz.py reads them here)
+from .safety import read_bytes, read_text
 
 __all__ = ["TensorData", "load_dataset", "DATASETS", "augment", "mix_seed"]
 
@@ -389,9 +390,6 @@ def _svhn(root=None, download=False):
     return (*x[:4], tuple(str(c) for c in range(10)))
 
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
 def _imagefolder(root=None, download=False, image_size: int | None = None):
     """``root/train/<class>/**/image`` and ``root/val`` as either ``<class>/**/image`` or
     Tiny-ImageNet's ``images/`` + ``val_annotations.txt``. Decoded once into memory."""
@@ -434,46 +432,6 @@ def _imagefolder(root=None, download=False, image_size: int | None = None):
         return x, np.array([c for _, c in items], dtype=np.int64)
 
     return (*decode(train, "train"), *decode(val, "val"), tuple(classes))
-
-
-def _check_decoded(what: str, images: int, channels: int, size: int) -> None:
-    """Refuse, before allocating, uint8 images that would exceed the decoded-data limit."""
-    total = images * channels * size * size
-    if total > limit("DATA_BYTES"):
-        raise DataError(over_limit(what, total, "DATA_BYTES"))
-
-
-def _pixels(im, size: int) -> np.ndarray:
-    from PIL import Image
-
-    im = im.convert("RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    return np.asarray(im).transpose(2, 0, 1)
-
-
-def _open_image(path: Path, use):
-    """``use(image)`` for the image at ``path``: only a regular file, its pixel count (from the
-    header) within the limit before it is decoded; anything undecodable is one line."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = limit("IMAGE_PIXELS")  # PIL's own bomb check, at our limit, as an error
-    with open_regular(path, limit_name="DATA_BYTES", error=DataError) as f, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(f) as im:
-                w, h = im.size
-                if w * h > limit("IMAGE_PIXELS"):
-                    raise DataError(over_limit(f"{one_line(path)} ({w}x{h})", w * h, "IMAGE_PIXELS", "pixels"))
-                if w < 1 or h < 1:
-                    raise DataError(f"{one_line(path)}: an empty image")
-                return use(im)
-        except DataError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DataError(f"{one_line(path)}: {first_line(e)} (set NASTY_MAX_IMAGE_PIXELS to raise the limit)") from None
-        except (OSError, ValueError, SyntaxError, MemoryError) as e:
-            raise DataError(f"{one_line(path)}: not a readable image ({first_line(e)})") from None
 
 
 # name -> (loader, crop padding, horizontal flip)

@@ -48,9 +48,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     w = world()
     if not w.active:
         return w, device
-    if device.type == "cuda":
-        device = torch.device("cuda", w.local_rank)
-        torch.cuda.set_device(device)
+    device = rank_device(device, w)
     if not dist.is_initialized():
         # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when it is
         # first imported, which DDP does lazily: imported after the group exists, it would keep the
@@ -60,6 +58,18 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
 
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return w, device
+
+
+def rank_device(device: torch.device, w: World) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` where ``device`` is a GPU, else ``device``."""
+    if not w.active or device.type != "cuda":
+        return device
+    if w.local_rank >= torch.cuda.device_count():
+        raise NastyError(f"LOCAL_RANK {w.local_rank}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                         f"start at most that many processes per machine (torchrun's nproc-per-node)")
+    device = torch.device("cuda", w.local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def check_batch(batch_size: int, w: World) -> None:

@@ -158,25 +158,49 @@ def read_json(path, *, error=CheckpointError):
 def temp_beside(path: Path) -> tuple[int, Path]:
     """A new, empty temporary file in ``path``'s folder: random name, created with
     ``O_EXCL|O_NOFOLLOW`` (so never a file or link that was there). Named
-    ``.NAME.tmp<pid>.<random>`` so that :func:`stale_temps` can tell whose it is."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp{os.getpid()}.", dir=path.parent)
+    ``.NAME.tmp<pid>-<host>.<random>`` so that :func:`stale_temps` can tell whose it is."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp{os.getpid()}-{host_tag()}.", dir=path.parent)
     mask = os.umask(0)
     os.umask(mask)
     os.fchmod(fd, 0o666 & ~mask)  # the permissions open() would give, not mkstemp's 0600
     return fd, Path(name)
 
 
+OTHER_HOST_TEMP_SECONDS = 3600.0  # a temporary of another machine (a shared folder) is dead once this old
+
+
+def host_tag() -> str:
+    """8 hex digits of this machine's name (a process id means something on its own machine only)."""
+    import hashlib
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def stale_temps(folder) -> list[Path]:
-    """Temporaries of :func:`temp_beside` in ``folder`` whose writer is no longer running."""
-    out = []
+    """Temporaries of :func:`temp_beside` in ``folder`` whose writer is no longer running: on this
+    machine, its process is gone; on another one sharing the folder, it is an hour old."""
+    import time
+
+    out, here = [], host_tag()
     for tmp in Path(folder).glob(".*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2].partition(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid, _, host = tmp.name.rpartition(".tmp")[2].partition(".")[0].partition("-")
+        if not pid.isdigit():
+            continue
+        if host and host != here:
+            try:
+                if time.time() - os.lstat(tmp).st_mtime > OTHER_HOST_TEMP_SECONDS:
+                    out.append(tmp)
+            except FileNotFoundError:
+                pass
+        elif not alive(int(pid)):
             out.append(tmp)
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running; a
+    zombie, ended but not yet reaped by its parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -185,4 +209,8 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:
         return True
-    return True
+    try:  # Linux: the state field follows the command name in parentheses
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -104,19 +104,20 @@ def make_optimizer(params, config: TrainConfig):
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=config.gamma)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", *, option: str = "`device`") -> torch.device:
+    """``device`` as a torch device that exists here; ``option`` names it in the one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise NastyError(f"`device` {device!r} is not a device; use auto, cpu or cuda") from None
+        raise NastyError(f"{option} {device!r} is not a device; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NastyError(f"`device` {device}: no CUDA device is available here; use `device` cpu (or auto)")
+        raise NastyError(f"{option} {device}: no CUDA device is available here; use cpu (or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise NastyError(f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
+        raise NastyError(f"{option} {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..)")
     if dev.type not in ("cpu", "cuda"):
-        raise NastyError(f"`device` {device}: only cpu and cuda are supported")
+        raise NastyError(f"{option} {device}: only cpu and cuda are supported")
     return dev
 
 

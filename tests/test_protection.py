@@ -141,6 +141,7 @@ def test_adds_is_the_best_thief_minus_the_best_labels_student_per_seed():
     (["--suite", "digits-quick", "--shares", "0.001"], "fewer than its 100 classes"),
     (["--suite", "digits-quick", "--student-steps", "0"], "--student-steps must be >= 1"),
     (["--suite", "digits-quick", "--shares", "x"], "--shares"),
+    (["--suite", "digits-quick", "--devices", "cuda:99"], "--devices cuda:99"),  # no such GPU, or none at all
 ])
 def test_bad_benchmark_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     protection = bench_script("protection")
@@ -169,3 +170,19 @@ def test_the_audits_kd_temperature_is_the_recipes_and_the_papers_rule_for_a_fold
     assert default_tau(100, "digitpairs") == 4.0 and default_tau(100, "cifar100") == 20.0
     assert default_tau(10, "cifar10") == 4.0 and default_tau(100, "imagefolder") == 20.0
     assert default_tau(10, "imagefolder") == 4.0 and default_tau(200, "nonesuch") == 20.0
+
+
+def test_devices_spread_the_audit_and_the_teachers_train_on_the_first(tmp_path, monkeypatch):
+    """--devices: the teachers train here on the first device; the audit gets the devices (and no --device)."""
+    import attacks.audit
+    import nasty.runs
+
+    protection = bench_script("protection")
+    calls = {}
+    monkeypatch.setattr(nasty.runs, "train", lambda **kw: calls.setdefault("train", kw))
+    monkeypatch.setattr(nasty.runs, "harden", lambda **kw: calls.setdefault("harden", kw) and {})
+    monkeypatch.setattr(attacks.audit, "audit", lambda **kw: calls.setdefault("audit", kw))
+    setting = protection.Setting("digits", "small-cnn", 1.0, ("mlp",), seeds=1)
+    protection.run_setting(setting, tmp_path, device="auto", quiet=True, devices=["cpu", "cpu"])
+    assert calls["train"]["device"] == calls["harden"]["device"] == "cpu"
+    assert calls["audit"]["devices"] == ["cpu", "cpu"] and "device" not in calls["audit"]

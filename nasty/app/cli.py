@@ -136,7 +136,8 @@ def audit(**kw):
     from attacks.audit import audit as run_audit
 
     report = run_audit(**kw)
-    _print_summary(report, kw["out"])
+    if _main_rank():  # under torchrun, rank 0 writes and prints the report
+        _print_summary(report, kw["out"])
 
 
 def _print_summary(report: dict, out) -> None:
@@ -230,6 +231,8 @@ def compare(reference, teachers, attacks, out, **kw):
     from attacks.compare import format_compare
 
     result = run_compare(reference=reference, teachers=teachers, attacks=attacks, out=out, echo=click.echo, **kw)
+    if not _main_rank():
+        return
     click.echo(format_compare(result))
     click.echo(f"compared {len(result['rows'])} teachers -> {out}/compare.json, compare.md"
                + (", compare.png" if kw["plots"] else ""))

@@ -186,6 +186,10 @@ def audit_options(fn):
                      help="An attack's own setting, repeatable: dafl.lr_g=0.01, deepinversion.pool_size=2048, "
                           "kd-topk.k=1, skeptical.delay=5."),
         device_option,
+        click.option("--devices", default=None, callback=lambda ctx, param, v: v and comma_list(ctx, param, v),
+                     metavar="DEV[,DEV,...]",
+                     help="Spread the cells over one worker process per device (cuda:0,cuda:1,...; cpu,cpu works "
+                          "too); under torchrun leave it out: each rank takes cells (docs/scale.md)."),
         click.option("--ensemble", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      callback=lambda ctx, param, v: {"auto": None, "on": True, "off": False}[v],
                      help="on: train each architecture's students of every seed and teacher as one batched "
