@@ -1,12 +1,13 @@
 """Is there value in a teacher's outputs on digit pairs? Plain PyTorch, no audit machinery.
 
-    python bench/digit_pairs_value.py small-cnn 0.1,0.05 tiny-cnn,mlp [ce,kd4,kd1,hl16] [STEPS]
+    python bench/digit_pairs_value.py small-cnn 0.1,0.05 tiny-cnn,mlp [ce,kd4,kd1,hl16] [STEPS] [SEEDS]
 
 Trains the teacher on all 6,000 pairs (20 epochs of batch 64: 1,860 steps), then students on a
 share of the pairs for the same 1,860 steps (equal steps whatever the share; or STEPS), one per kind:
 ``ce`` from the labels (cross-entropy); ``kd<T>`` KD (alpha 0.9) at tau T on the teacher's
 outputs; ``hl<T>`` the same on its top-1 answers alone (one-hot targets: a labels-only thief).
-Seeds 0 and 1; prints one line per (share, student) with each seed's final test accuracy.
+Seeds 0 and 1 (or SEEDS of them); prints one line per (share, student) with each seed's final test
+accuracy, and the mean and std over seeds of KD's best minus the best labels-only kind.
 """
 
 import math
@@ -54,7 +55,7 @@ def fit(arch, data, steps, seed, teacher=None, tau=4.0, alpha=0.9, lr=0.05, batc
     return model, evaluate(model, data, device="cpu")["accuracy"]
 
 
-def main(teacher_arch="small-cnn", shares="0.1,0.05", students="tiny-cnn,mlp", kinds="ce,kd4,kd1", student_steps=""):
+def main(teacher_arch="small-cnn", shares="0.1,0.05", students="tiny-cnn,mlp", kinds="ce,kd4,kd1", student_steps="", seeds="2"):
     torch.set_num_threads(1)
     data = load_dataset("digit-pairs")
     steps = 20 * (len(data.train_y) // 64)
@@ -67,9 +68,24 @@ def main(teacher_arch="small-cnn", shares="0.1,0.05", students="tiny-cnn,mlp", k
         for student in students.split(","):
             row = {kind: [fit(student, part, student_steps, seed, None if kind == "ce" else teacher,
                               tau=float(kind[2:]) if kind != "ce" else 1.0, top1=kind.startswith("hl"))[1]
-                          for seed in (0, 1)]
+                          for seed in range(int(seeds))]
                    for kind in kinds.split(",")}
             print(share, student, {k: (round(sum(v) / len(v), 2), v) for k, v in row.items()}, flush=True)
+            print(share, student, "outputs add", value(row), flush=True)
+
+
+def value(row: dict) -> str:
+    """The best kd kind minus the best labels-only kind (ce, hl), picked by their means; mean and
+    std over seeds of the per-seed difference."""
+    mean = {k: sum(v) / len(v) for k, v in row.items()}
+    outputs = max((k for k in row if k.startswith("kd")), key=mean.get, default=None)
+    labels = max((k for k in row if not k.startswith("kd")), key=mean.get, default=None)
+    if outputs is None or labels is None:
+        return "-"
+    diffs = [a - b for a, b in zip(row[outputs], row[labels])]
+    m = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else 0.0
+    return f"{m:+.2f} +- {sd:.2f} ({outputs} vs {labels})"
 
 
 if __name__ == "__main__":

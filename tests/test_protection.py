@@ -186,3 +186,19 @@ def test_devices_spread_the_audit_and_the_teachers_train_on_the_first(tmp_path, 
     protection.run_setting(setting, tmp_path, device="auto", quiet=True, devices=["cpu", "cpu"])
     assert calls["train"]["device"] == calls["harden"]["device"] == "cpu"
     assert calls["audit"]["devices"] == ["cpu", "cpu"] and "device" not in calls["audit"]
+
+
+def test_the_defences_table_names_valid_transforms_and_refuses_an_unknown_setting(tmp_path):
+    from nasty.defences import create_transform
+
+    defences = bench_script("defences")
+    assert all(create_transform(t) is not None for t in defences.SERVED.values())
+    setting = defences.SUITES["digits-quick"][0]
+    row = {"defence": "stingy-top1", "served": "top-1", "student": "tiny-cnn", "accuracy": 98.7, "cost": 0.0,
+           "utility": {"nll": 2.5, "ece": 0.01, "top5": 98.7}, "worst_case": {"attack": "kd", "acc_from_teacher": 80.0},
+           "teacher_adds": {"mean": -0.5, "std": 1.25, "outputs": "kd", "labels": "hard-label-sweep"}}
+    line = defences.format_markdown([row], setting).splitlines()[-1]
+    assert "| stingy-top1 | top-1 | tiny-cnn | 98.70 | +0.00 | 2.500 | 0.010 | 98.70 | -0.50 ± 1.25 (kd vs" in line
+    result = CliRunner().invoke(defences.main, ["--setting", "nope", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "unknown suite 'nope'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -1,0 +1,139 @@
+"""The defences side by side on a protection-benchmark setting where the outputs carry value.
+
+    python bench/defences.py --out runs/defences [--seeds 3] [--setting digits-quick]
+
+On the setting of ``bench/protection.py``'s suite (its first; digit pairs, a thief holding 10% of
+the pairs, tiny-cnn students at the recipe's 1,860 steps), with its normal teacher (trained or
+reused under ``out/teachers``), this makes:
+
+- the nasty teacher (``nasty harden``'s defaults: the budgeted search) and the CMIM teacher
+  (``--method cmim``, the same search); where no strength meets the budget, the cheapest tried;
+- serving-time defences of the normal teacher (``nasty defend``): stingy top-1 and top-2,
+  reverse-sigmoid (beta 1, gamma 0.1), probabilities rounded to 1 decimal;
+- one combination: the nasty teacher served top-2;
+
+then audits each against the normal teacher with the setting's thieves (``attacks.compare``;
+the normal teacher against itself is the row of no defence). Per defence: what its outputs add
+beyond labels under the best response (mean and std over seeds of the per-seed difference,
+:func:`protection.adds`), its cost, and what an honest user gets (served NLL, ECE, top-5).
+Writes ``defences.json`` and ``defences.md`` in ``out``; everything resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import click
+
+BENCH = Path(__file__).resolve().parent
+for p in (BENCH.parent, BENCH):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from protection import SUITES, Setting, adds  # noqa: E402
+
+from nasty import checkpoint as ckpt  # noqa: E402
+from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
+
+SERVED = {  # name -> output transform of the normal (or nasty) teacher
+    "stingy-top1": {"name": "topk", "k": 1},
+    "stingy-top2": {"name": "topk", "k": 2},
+    "reverse-sigmoid": {"name": "reverse-sigmoid", "beta": 1.0, "gamma": 0.1},
+    "round1": {"name": "round", "decimals": 1},
+}
+
+
+def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[Path, dict[str, Path]]:
+    """The normal teacher and the defended ones, by name (each trained, hardened or served once)."""
+    from nasty.runs import defend, harden, train
+
+    name = f"{setting.dataset}-{setting.teacher_arch}-{setting.teacher_epochs or 'recipe'}epochs"
+    normal = out / "teachers" / name
+    train(dataset=setting.dataset, arch=setting.teacher_arch, epochs=setting.teacher_epochs, out=normal,
+          resume=True, device=device, quiet=quiet)
+    made = {"none": normal}
+    for method in ("nasty", "cmim"):
+        made[method] = out / "hardened" / f"{name}-{method}"
+        try:
+            harden(teacher=normal, method=method, out=made[method], epochs=setting.teacher_epochs, resume=True,
+                   device=device, quiet=quiet, echo=None if quiet else print)
+        except BudgetNotMet:  # the cheapest strength tried is kept: what the defaults give
+            pass
+    for served, transform in SERVED.items():
+        made[served] = out / "served" / f"{name}-{served}"
+        if not (made[served] / "card.json").exists():
+            defend(teacher=normal, transform=transform, out=made[served])
+    made["nasty+top2"] = out / "served" / f"{name}-nasty-top2"
+    if not (made["nasty+top2"] / "card.json").exists():
+        defend(teacher=made["nasty"], transform=SERVED["stingy-top2"], out=made["nasty+top2"])
+    return normal, made
+
+
+def rows_of(result: dict, names: list[str], setting: Setting, out: Path) -> list[dict]:
+    """One row per defence and student: value beyond labels (mean, std over seeds), cost, utility."""
+    from nasty.safety import read_json
+
+    rows = []
+    for name, row in zip(names, result["rows"]):
+        report = read_json(out / "compare" / "audits" / row["name"] / "report.json")
+        for student in setting.students:
+            rows.append({"defence": name, "served": row["defence"] or "none", "student": student,
+                         "accuracy": row["accuracy"], "cost": row["cost"], "utility": row.get("utility"),
+                         "teacher_adds": adds(report, student, "teacher"),
+                         "worst_case": row["worst_case"][student]})
+    return rows
+
+
+def format_markdown(rows: list[dict], setting: Setting) -> str:
+    head = ["defence", "served as", "student", "accuracy", "cost", "served NLL", "ECE", "top-5",
+            "outputs add beyond labels (best response)", "worst case"]
+    lines = [f"{setting.name}, {setting.seeds} seeds, attacks {', '.join(setting.attacks)}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        u, a, w = r["utility"] or {}, r["teacher_adds"], r["worst_case"]
+        lines.append("| " + " | ".join([
+            r["defence"], r["served"], r["student"], f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
+            *(f"{u[k]:.3f}" if k in u else "-" for k in ("nll", "ece")), f"{u['top5']:.2f}" if "top5" in u else "-",
+            "-" if a is None else f"{a['mean']:+.2f} ± {a['std']:.2f} ({a['outputs']} vs {a['labels']})",
+            f"{w['acc_from_teacher']:.2f} ({w['attack']})"]) + " |")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the runs and the table.")
+@click.option("--setting", "suite", default="digits-quick", show_default=True,
+              help="The suite of bench/protection.py whose first setting is used.")
+@click.option("--seeds", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def main(out, suite, seeds, device, quiet):
+    """Every defence on one setting where the outputs carry value; defences.json and defences.md."""
+    from attacks.compare import compare
+
+    if suite not in SUITES:
+        raise click.ClickException(f"--setting: unknown suite {one_line(suite)[:40]!r}; choose one of {', '.join(SUITES)}")
+    setting = dataclasses.replace(SUITES[suite][0], seeds=seeds)
+    out = Path(out).expanduser()
+    t0 = time.perf_counter()
+    try:
+        normal, made = teachers(setting, out, device=device, quiet=quiet)
+        result = compare(reference=normal, teachers=list(made.values()), attacks=list(setting.attacks),
+                         students=list(setting.students), seeds=tuple(range(seeds)),
+                         student_steps=setting.student_steps, attack_options=setting.attack_options,
+                         train_fraction=setting.share, out=out / "compare", device=device, quiet=quiet, plots=True)
+        rows = rows_of(result, list(made), setting, out)
+    except NastyError as e:
+        raise click.ClickException(one_line(e)) from None
+    ckpt.write_json(out / "defences.json", {"setting": dataclasses.asdict(setting), "rows": rows,
+                                            "seconds": round(time.perf_counter() - t0, 1)})
+    text = format_markdown(rows, setting)
+    ckpt.atomic_write(out / "defences.md", lambda p: Path(p).write_text(text + "\n"))
+    click.echo(text)
+    click.echo(f"{len(made)} defences in {time.perf_counter() - t0:.1f} s -> {out}/defences.json, defences.md")
+
+
+if __name__ == "__main__":
+    main()
