@@ -7,12 +7,15 @@ the pairs, tiny-cnn students at the recipe's 1,860 steps), with its normal teach
 reused under ``out/teachers``), this makes:
 
 - the nasty teacher (``nasty harden``'s defaults: the budgeted search) and the CMIM teacher
-  (``--method cmim``, the same search); where no strength meets the budget, the cheapest tried;
+  (``--method cmim``, the same search), and the nasty teacher chosen by the audit's measure
+  (``--select value``); where no strength meets the budget, the cheapest tried; and nasty
+  teachers of a fixed omega beyond the budget (0.05, 0.1), for the frontier of cost and value;
 - serving-time defences of the normal teacher (``nasty defend``): stingy top-1 and top-2,
   reverse-sigmoid (beta 1, gamma 0.1), probabilities rounded to 1 decimal;
 - one combination: the nasty teacher served top-2;
 
-then audits each against the normal teacher with the setting's thieves (``attacks.compare``;
+then audits each against the normal teacher with the setting's thieves and our breaker
+(``recalibrate``) (``attacks.compare``;
 the normal teacher against itself is the row of no defence). Per defence: what its outputs add
 beyond labels under the best response (mean and std over seeds of the per-seed difference,
 :func:`protection.adds`), its cost, and what an honest user gets (served NLL, ECE, top-5).
@@ -38,6 +41,8 @@ from protection import SUITES, Setting, adds  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
 
+BREAKERS = ("recalibrate",)  # our breaker of hardened teachers (attacks/recalibrate.py), beside the setting's thieves
+FIXED_OMEGAS = (0.05, 0.1)  # nasty teachers of a fixed strength, beyond the 1-point budget
 SERVED = {  # name -> output transform of the normal (or nasty) teacher
     "stingy-top1": {"name": "topk", "k": 1},
     "stingy-top2": {"name": "topk", "k": 2},
@@ -49,19 +54,31 @@ SERVED = {  # name -> output transform of the normal (or nasty) teacher
 def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[Path, dict[str, Path]]:
     """The normal teacher and the defended ones, by name (each trained, hardened or served once)."""
     from nasty.runs import defend, harden, train
+    from nasty.search import Budget
 
     name = f"{setting.dataset}-{setting.teacher_arch}-{setting.teacher_epochs or 'recipe'}epochs"
     normal = out / "teachers" / name
     train(dataset=setting.dataset, arch=setting.teacher_arch, epochs=setting.teacher_epochs, out=normal,
           resume=True, device=device, quiet=quiet)
     made = {"none": normal}
-    for method in ("nasty", "cmim"):
-        made[method] = out / "hardened" / f"{name}-{method}"
+    for label, method, select in (("nasty", "nasty", "damage"), ("cmim", "cmim", "damage"),
+                                  ("nasty-value", "nasty", "value")):
+        made[label] = out / "hardened" / f"{name}-{label}"
         try:
-            harden(teacher=normal, method=method, out=made[method], epochs=setting.teacher_epochs, resume=True,
-                   device=device, quiet=quiet, echo=None if quiet else print)
+            harden(teacher=normal, method=method, budget=Budget(select=select), out=made[label],
+                   epochs=setting.teacher_epochs, resume=True, device=device, quiet=quiet,
+                   echo=None if quiet else print)
         except BudgetNotMet:  # the cheapest strength tried is kept: what the defaults give
             pass
+    for omega in FIXED_OMEGAS:  # past the budget: where the frontier goes at a higher cost
+        run = out / "hardened" / f"{name}-nasty-omega{omega:g}"
+        try:
+            harden(teacher=normal, omega=omega, out=run, epochs=setting.teacher_epochs, resume=True, device=device,
+                   quiet=quiet)
+        except NastyError as e:  # a strength that collapses is a point the frontier does not have
+            print(f"nasty omega {omega:g}: left out ({one_line(e)})")
+            continue
+        made[f"nasty-omega{omega:g}"] = run
     for served, transform in SERVED.items():
         made[served] = out / "served" / f"{name}-{served}"
         if not (made[served] / "card.json").exists():
@@ -83,14 +100,17 @@ def rows_of(result: dict, names: list[str], setting: Setting, out: Path) -> list
             rows.append({"defence": name, "served": row["defence"] or "none", "student": student,
                          "accuracy": row["accuracy"], "cost": row["cost"], "utility": row.get("utility"),
                          "teacher_adds": adds(report, student, "teacher"),
+                         "breakers": {r["attack"]: r["acc_from_nasty"] for r in report["summary"]
+                                      if r["student"] == student and r["attack"] in BREAKERS},
                          "worst_case": row["worst_case"][student]})
     return rows
 
 
 def format_markdown(rows: list[dict], setting: Setting) -> str:
     head = ["defence", "served as", "student", "accuracy", "cost", "served NLL", "ECE", "top-5",
-            "outputs add beyond labels (best response)", "worst case"]
-    lines = [f"{setting.name}, {setting.seeds} seeds, attacks {', '.join(setting.attacks)}", "",
+            "outputs add beyond labels (best response)", "worst case", *BREAKERS]
+    attacks = list(setting.attacks) + [a for a in BREAKERS if a not in setting.attacks]
+    lines = [f"{setting.name}, {setting.seeds} seeds, attacks {', '.join(attacks)}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         u, a, w = r["utility"] or {}, r["teacher_adds"], r["worst_case"]
@@ -98,7 +118,8 @@ def format_markdown(rows: list[dict], setting: Setting) -> str:
             r["defence"], r["served"], r["student"], f"{r['accuracy']:.2f}", f"{r['cost']:+.2f}",
             *(f"{u[k]:.3f}" if k in u else "-" for k in ("nll", "ece")), f"{u['top5']:.2f}" if "top5" in u else "-",
             "-" if a is None else f"{a['mean']:+.2f} ± {a['std']:.2f} ({a['outputs']} vs {a['labels']})",
-            f"{w['acc_from_teacher']:.2f} ({w['attack']})"]) + " |")
+            f"{w['acc_from_teacher']:.2f} ({w['attack']})",
+            *(f"{r['breakers'][b]['mean']:.2f}" if b in r.get("breakers", {}) else "-" for b in BREAKERS)]) + " |")
     return "\n".join(lines)
 
 
@@ -120,7 +141,8 @@ def main(out, suite, seeds, device, quiet):
     t0 = time.perf_counter()
     try:
         normal, made = teachers(setting, out, device=device, quiet=quiet)
-        result = compare(reference=normal, teachers=list(made.values()), attacks=list(setting.attacks),
+        attacks = list(setting.attacks) + [a for a in BREAKERS if a not in setting.attacks]
+        result = compare(reference=normal, teachers=list(made.values()), attacks=attacks,
                          students=list(setting.students), seeds=tuple(range(seeds)),
                          student_steps=setting.student_steps, attack_options=setting.attack_options,
                          train_fraction=setting.share, out=out / "compare", device=device, quiet=quiet, plots=True)
