@@ -70,6 +70,10 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
                    echo=None if quiet else print)
         except BudgetNotMet:  # the cheapest strength tried is kept: what the defaults give
             pass
+    if _strength(made["nasty-value"]) == _strength(made["nasty"]):  # the same settings: nothing new to audit
+        print(f"nasty-value: the search kept omega {_strength(made['nasty'])[1]:g}, as nasty's did (the same settings): "
+              "audited once")
+        del made["nasty-value"]
     for omega in FIXED_OMEGAS:  # past the budget: where the frontier goes at a higher cost
         run = out / "hardened" / f"{name}-nasty-omega{omega:g}"
         try:
@@ -87,6 +91,13 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
     if not (made["nasty+top2"] / "card.json").exists():
         defend(teacher=made["nasty"], transform=SERVED["stingy-top2"], out=made["nasty+top2"])
     return normal, made
+
+
+def _strength(run: Path) -> tuple:
+    from nasty.safety import read_json
+
+    card = read_json(run / "card.json")
+    return card.get("method", "nasty"), card.get("omega"), card.get("cmi_weight"), card.get("tau")
 
 
 def rows_of(result: dict, names: list[str], setting: Setting, out: Path) -> list[dict]:
@@ -129,8 +140,9 @@ def format_markdown(rows: list[dict], setting: Setting) -> str:
               help="The suite of bench/protection.py whose first setting is used.")
 @click.option("--seeds", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--devices", default=None, help="The audits' cells over one worker per device (cpu,cpu: 2 processes).")
 @click.option("--quiet", is_flag=True)
-def main(out, suite, seeds, device, quiet):
+def main(out, suite, seeds, device, devices, quiet):
     """Every defence on one setting where the outputs carry value; defences.json and defences.md."""
     from attacks.compare import compare
 
@@ -145,7 +157,8 @@ def main(out, suite, seeds, device, quiet):
         result = compare(reference=normal, teachers=list(made.values()), attacks=attacks,
                          students=list(setting.students), seeds=tuple(range(seeds)),
                          student_steps=setting.student_steps, attack_options=setting.attack_options,
-                         train_fraction=setting.share, out=out / "compare", device=device, quiet=quiet, plots=True)
+                         train_fraction=setting.share, out=out / "compare", quiet=quiet, plots=True,
+                         **({"devices": devices} if devices else {"device": device}))
         rows = rows_of(result, list(made), setting, out)
     except NastyError as e:
         raise click.ClickException(one_line(e)) from None

@@ -94,12 +94,14 @@ def _saved(kind, out: Path) -> int:
     return ckpt.load_state(out)["epoch"] if (out / ckpt.STATE).exists() else 0
 
 
-def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, first: int) -> dict:
+def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, first: int,
+                    upto: int | None = None) -> dict:
     """Start the command, let it reach a random number of units of work (>= ``first`` and what is
-    already saved, <= units - 2), then SIGKILL it at a random moment of the next unit (which may
-    fall in a checkpoint write). With nothing to wait for, the moment may fall in the start-up."""
+    already saved, <= units - 2 and <= ``upto``), then SIGKILL it at a random moment of the next unit
+    (which may fall in a checkpoint write). With nothing to wait for, the moment may fall in the start-up."""
     now = _progress(kind, out)
-    target = rng.randint(max(first, now), timing["units"] - 2)
+    low = max(first, now)
+    target = rng.randint(low, max(low, min(timing["units"] - 2, timing["units"] if upto is None else upto)))
     if target > now:  # wait for the target, then kill within the next unit
         span = timing["unit_seconds"]
     else:  # nothing to wait for: kill in the start-up, or in the first unit if 2 more would still be left
@@ -306,8 +308,13 @@ def test_five_kills_at_any_moment_then_the_same_result(kind, reference, tmp_path
     out = tmp_path / kind
     args, resume = _command(kind, reference, out)
     timing, kills = reference["timing"][kind], []
-    while len(kills) < 5 and _progress(kind, out) <= timing["units"] - 2:  # start-up included (first=0)
-        kills.append(_kill_at_random(kind, args + (resume if kills else []), out, rng=rng, timing=timing, first=0))
+    while len(kills) < 5 and (now := _progress(kind, out)) <= timing["units"] - 2:  # start-up included (first=0)
+        # each kill's target within its share of the units left, so that the chain has its kills however
+        # fast the machine runs (one draw near the end, on a machine faster than the reference run, had
+        # ended the chain after 2 kills)
+        upto = now + max(1, (timing["units"] - 2 - now) // (5 - len(kills)))
+        kills.append(_kill_at_random(kind, args + (resume if kills else []), out, rng=rng, timing=timing, first=0,
+                                     upto=upto))
     print(kind, "kills:", kills)
     assert len(kills) >= 3 and kills[-1]["saved"] >= 1
     _run([*args, *resume])
