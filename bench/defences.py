@@ -1,10 +1,10 @@
 """The defences side by side on a protection-benchmark setting where the outputs carry value.
 
-    python bench/defences.py --out runs/defences [--seeds 3] [--setting digits-quick]
+    python bench/defences.py --out runs/defences [--seeds 3] [--setting digits-quick] [--index 0]
 
-On the setting of ``bench/protection.py``'s suite (its first; digit pairs, a thief holding 10% of
-the pairs, tiny-cnn students at the recipe's 1,860 steps), with its normal teacher (trained or
-reused under ``out/teachers``), this makes:
+On a setting of ``bench/protection.py``'s suite (its first, or the one ``--index`` names; by default
+digit pairs, a thief holding 10% of the pairs, tiny-cnn students at the recipe's 1,860 steps), with
+its normal teacher (trained or reused under ``out/teachers``), this makes:
 
 - the nasty teacher (``nasty harden``'s defaults: the budgeted search) and the CMIM teacher
   (``--method cmim``, the same search), and the nasty teacher chosen by the audit's measure
@@ -137,18 +137,22 @@ def format_markdown(rows: list[dict], setting: Setting) -> str:
 @click.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder of the runs and the table.")
 @click.option("--setting", "suite", default="digits-quick", show_default=True,
-              help="The suite of bench/protection.py whose first setting is used.")
+              help="The suite of bench/protection.py whose setting is used.")
+@click.option("--index", type=click.IntRange(0), default=0, show_default=True,
+              help="Which of the suite's settings (0: the first).")
 @click.option("--seeds", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--devices", default=None, help="The audits' cells over one worker per device (cpu,cpu: 2 processes).")
 @click.option("--quiet", is_flag=True)
-def main(out, suite, seeds, device, devices, quiet):
+def main(out, suite, index, seeds, device, devices, quiet):
     """Every defence on one setting where the outputs carry value; defences.json and defences.md."""
     from attacks.compare import compare
 
     if suite not in SUITES:
         raise click.ClickException(f"--setting: unknown suite {one_line(suite)[:40]!r}; choose one of {', '.join(SUITES)}")
-    setting = dataclasses.replace(SUITES[suite][0], seeds=seeds)
+    if index >= len(SUITES[suite]):
+        raise click.ClickException(f"--index: {suite} has {len(SUITES[suite])} settings (0 to {len(SUITES[suite]) - 1})")
+    setting = dataclasses.replace(SUITES[suite][index], seeds=seeds)
     out = Path(out).expanduser()
     t0 = time.perf_counter()
     try:

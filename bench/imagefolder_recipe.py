@@ -1,6 +1,6 @@
 """What the image-folder defaults give on a small folder: 100 classes of 32x32 grey images.
 
-    python bench/imagefolder_recipe.py OUT [EPOCHS] [LR] [ARCH]
+    python bench/imagefolder_recipe.py OUT [EPOCHS] [LR] [ARCH] [noflip]
 
 Builds the folder from the embedded digit pairs (``train/<00..99>/*.png`` from the training pairs,
 ``val/<00..99>/*.png`` from the test pairs; each 8x16 pair scaled x2 and centred on a 32x32 black
@@ -8,7 +8,8 @@ canvas), then trains ``ARCH`` (default small-cnn: the recipe's resnet18 is too s
 with ``nasty train --dataset imagefolder`` and the recipe's other defaults (batch 128, lr 0.1 unless
 ``LR``; the crop padding an eighth of the image: 4 pixels). Prints the test accuracy and train loss
 per epoch, and the largest drop of test accuracy between consecutive epochs after the first quarter,
-and writes them to ``OUT/imagefolder_recipe.json``.
+and writes them to ``OUT/imagefolder_recipe.json``. ``noflip``: the same without the horizontal
+flips (no command has that option yet; the script swaps the folder's loader entry for the run).
 """
 
 from __future__ import annotations
@@ -45,29 +46,34 @@ def build_folder(root: Path) -> Path:
     return root
 
 
-def main(out: str, epochs: int = 20, lr: float | None = None, arch: str = "small-cnn") -> None:
+def main(out: str, epochs: int = 20, lr: float | None = None, arch: str = "small-cnn", flip: str = "") -> None:
+    from nasty import data
     from nasty.runs import train
+
+    if flip == "noflip":
+        loader, pad, _ = data.DATASETS["imagefolder"]
+        data.DATASETS["imagefolder"] = (loader, pad, False)
 
     out = Path(out)
     folder = build_folder(out / "folder")
-    run = out / f"{arch}-{epochs}epochs-lr{lr or 'recipe'}"
+    run = out / f"{arch}-{epochs}epochs-lr{lr or 'recipe'}{'-noflip' if flip == 'noflip' else ''}"
     t0 = time.perf_counter()
     train(dataset="imagefolder", data_root=folder, arch=arch, epochs=epochs, lr=lr, out=run, resume=True,
                   device="cpu", quiet=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     accs = [r["test_accuracy"] for r in rows]
     drops = [accs[i - 1] - accs[i] for i in range(max(1, len(accs) // 4), len(accs))]
-    result = {"arch": arch, "epochs": epochs, "lr": lr, "final": accs[-1],
+    result = {"arch": arch, "epochs": epochs, "lr": lr, "flip": flip != "noflip", "final": accs[-1],
               "per_epoch": [{"epoch": r["epoch"], "test_acc": r["test_accuracy"], "train_loss": r["train_loss"]} for r in rows],
               "largest_drop": max(drops) if drops else 0.0, "seconds": round(time.perf_counter() - t0, 1)}
     for r in result["per_epoch"]:
         print(f"epoch {r['epoch']}: test {r['test_acc']:.2f}  train loss {r['train_loss']:.3f}")
     print(f"{arch} {epochs} epochs lr {lr or 'recipe'}: final {result['final']}, largest drop after the first "
           f"quarter {result['largest_drop']:.2f} points, {result['seconds']} s")
-    (out / "imagefolder_recipe.json").write_text(json.dumps(result, indent=1))
+    (out / f"imagefolder_recipe{'_noflip' if flip == 'noflip' else ''}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     main(args[0], *(int(args[1]),) if len(args) > 1 else (),
-         *(float(args[2]),) if len(args) > 2 else (), *(args[3:4]))
+         *(float(args[2]),) if len(args) > 2 else (), *(args[3:5]))
