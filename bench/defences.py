@@ -70,9 +70,9 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
                    echo=None if quiet else print)
         except BudgetNotMet:  # the cheapest strength tried is kept: what the defaults give
             pass
-    if _strength(made["nasty-value"]) == _strength(made["nasty"]):  # the same settings: nothing new to audit
-        print(f"nasty-value: the search kept omega {_strength(made['nasty'])[1]:g}, as nasty's did (the same settings): "
-              "audited once")
+    kept = _strength(made["nasty"])
+    if _strength(made["nasty-value"]) == kept:  # the same settings: nothing new to audit
+        print(f"nasty-value: the search kept omega {kept[1]:g}, as nasty's did (the same settings): audited once")
         del made["nasty-value"]
     for omega in FIXED_OMEGAS:  # past the budget: where the frontier goes at a higher cost
         run = out / "hardened" / f"{name}-nasty-omega{omega:g}"
@@ -94,9 +94,7 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
 
 
 def _strength(run: Path) -> tuple:
-    from nasty.safety import read_json
-
-    card = read_json(run / "card.json")
+    card = ckpt.read_card(run)
     return card.get("method", "nasty"), card.get("omega"), card.get("cmi_weight"), card.get("tau")
 
 
@@ -117,11 +115,15 @@ def rows_of(result: dict, names: list[str], setting: Setting, out: Path) -> list
     return rows
 
 
+def attacks_of(setting: Setting) -> list[str]:
+    """The setting's thieves and the breakers."""
+    return list(setting.attacks) + [a for a in BREAKERS if a not in setting.attacks]
+
+
 def format_markdown(rows: list[dict], setting: Setting) -> str:
     head = ["defence", "served as", "student", "accuracy", "cost", "served NLL", "ECE", "top-5",
             "outputs add beyond labels (best response)", "worst case", *BREAKERS]
-    attacks = list(setting.attacks) + [a for a in BREAKERS if a not in setting.attacks]
-    lines = [f"{setting.name}, {setting.seeds} seeds, attacks {', '.join(attacks)}", "",
+    lines = [f"{setting.name}, {setting.seeds} seeds, attacks {', '.join(attacks_of(setting))}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         u, a, w = r["utility"] or {}, r["teacher_adds"], r["worst_case"]
@@ -157,8 +159,7 @@ def main(out, suite, index, seeds, device, devices, quiet):
     t0 = time.perf_counter()
     try:
         normal, made = teachers(setting, out, device=device, quiet=quiet)
-        attacks = list(setting.attacks) + [a for a in BREAKERS if a not in setting.attacks]
-        result = compare(reference=normal, teachers=list(made.values()), attacks=attacks,
+        result = compare(reference=normal, teachers=list(made.values()), attacks=attacks_of(setting),
                          students=list(setting.students), seeds=tuple(range(seeds)),
                          student_steps=setting.student_steps, attack_options=setting.attack_options,
                          train_fraction=setting.share, out=out / "compare", quiet=quiet, plots=True,

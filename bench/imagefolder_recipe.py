@@ -50,27 +50,28 @@ def main(out: str, epochs: int = 20, lr: float | None = None, arch: str = "small
     from nasty import data
     from nasty.runs import train
 
-    if flip == "noflip":
+    suffix = "noflip" if flip == "noflip" else ""
+    if suffix:
         loader, pad, _ = data.DATASETS["imagefolder"]
         data.DATASETS["imagefolder"] = (loader, pad, False)
 
     out = Path(out)
     folder = build_folder(out / "folder")
-    run = out / f"{arch}-{epochs}epochs-lr{lr or 'recipe'}{'-noflip' if flip == 'noflip' else ''}"
+    run = out / f"{arch}-{epochs}epochs-lr{lr or 'recipe'}{'-' + suffix if suffix else ''}"
     t0 = time.perf_counter()
     train(dataset="imagefolder", data_root=folder, arch=arch, epochs=epochs, lr=lr, out=run, resume=True,
-                  device="cpu", quiet=True)
+          device="cpu", quiet=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     accs = [r["test_accuracy"] for r in rows]
     drops = [accs[i - 1] - accs[i] for i in range(max(1, len(accs) // 4), len(accs))]
-    result = {"arch": arch, "epochs": epochs, "lr": lr, "flip": flip != "noflip", "final": accs[-1],
+    result = {"arch": arch, "epochs": epochs, "lr": lr, "flip": not suffix, "final": accs[-1],
               "per_epoch": [{"epoch": r["epoch"], "test_acc": r["test_accuracy"], "train_loss": r["train_loss"]} for r in rows],
               "largest_drop": max(drops) if drops else 0.0, "seconds": round(time.perf_counter() - t0, 1)}
     for r in result["per_epoch"]:
         print(f"epoch {r['epoch']}: test {r['test_acc']:.2f}  train loss {r['train_loss']:.3f}")
     print(f"{arch} {epochs} epochs lr {lr or 'recipe'}: final {result['final']}, largest drop after the first "
           f"quarter {result['largest_drop']:.2f} points, {result['seconds']} s")
-    (out / f"imagefolder_recipe{'_noflip' if flip == 'noflip' else ''}.json").write_text(json.dumps(result, indent=1))
+    (out / f"imagefolder_recipe{'_' + suffix if suffix else ''}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, 
     already saved, <= units - 2 and <= ``upto``), then SIGKILL it at a random moment of the next unit
     (which may fall in a checkpoint write). With nothing to wait for, the moment may fall in the start-up."""
     now = _progress(kind, out)
-    low = max(first, now)
-    target = rng.randint(low, max(low, min(timing["units"] - 2, timing["units"] if upto is None else upto)))
+    low, high = max(first, now), timing["units"] - 2 if upto is None else min(upto, timing["units"] - 2)
+    target = rng.randint(low, max(low, high))
     if target > now:  # wait for the target, then kill within the next unit
         span = timing["unit_seconds"]
     else:  # nothing to wait for: kill in the start-up, or in the first unit if 2 more would still be left
