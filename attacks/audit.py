@@ -28,7 +28,7 @@ from nasty import checkpoint as ckpt
 from nasty.data import TensorData
 from nasty.errors import Diverged, NastyError, NastyWarning
 from nasty.models import create_model
-from nasty.recipes import RECIPES
+from nasty.recipes import RECIPES, recipe_for
 from nasty.released import Brought, is_adversary, label, open_models
 from nasty.trainer import TrainConfig, evaluate, resolve_device
 from nasty.utility import utility
@@ -53,11 +53,10 @@ __all__ = ["audit", "summarize", "worst_case", "beyond_labels", "format_table", 
 
 def default_tau(num_classes: int, dataset: str = "imagefolder") -> float:
     """The KD attack's temperature: the dataset recipe's (the paper's for CIFAR), and for a user's
-    image folder the paper's rule, 4, and 20 for 100 classes or more (digit pairs have 100 classes
-    and tau 4: at 1,860 steps KD at tau 4 and 16 reached 92.45 and 89.72, bench/digit_pairs_value.py)."""
-    if dataset != "imagefolder" and dataset in RECIPES:
-        return RECIPES[dataset].tau
-    return 20.0 if num_classes >= 100 else 4.0
+    image folder the paper's rule, 4, and 20 for 100 classes or more (:func:`nasty.recipes.recipe_for`;
+    digit pairs have 100 classes and tau 4: at 1,860 steps KD at tau 4 and 16 reached 92.45 and 89.72,
+    bench/digit_pairs_value.py)."""
+    return recipe_for(dataset if dataset in RECIPES else "imagefolder", num_classes).tau
 
 
 def audit(*, teacher, reference, attacks=DEFAULT_ATTACKS, students=None, seeds=(0, 1, 2), epochs: int | None = None,
@@ -152,7 +151,7 @@ def _prepare(models: dict, cards: dict, data: TensorData, *, attacks: list[str],
              train_fraction: float) -> _Grid:
     """The settings of every cell, checked against the teachers, students and data (before any
     training), and both teachers measured as served: test accuracy and utility."""
-    recipe = RECIPES[data.name]
+    recipe = recipe_for(data.name, data.num_classes)
     students = list(dict.fromkeys(students or recipe.students))  # each architecture once
     tau = default_tau(data.num_classes, data.name) if tau is None else tau
     epochs = epochs or recipe.epochs
@@ -166,7 +165,7 @@ def _prepare(models: dict, cards: dict, data: TensorData, *, attacks: list[str],
     accuracy = {k: evaluate(m.to(dev), data, device=dev)["accuracy"] for k, m in models.items()}
     served = {k: utility(m, data, device=dev) for k, m in models.items()}  # what an honest user gets (served)
     common = {"dataset": data.name, "train_fraction": train_fraction, "students": students, "epochs": epochs,
-              "batch_size": recipe.batch_size, "lr": recipe.lr,
+              "batch_size": recipe.batch_size, "lr": recipe.lr, **data.flip_choice(),
               # a step budget other than the share's own epochs (cells from before it trained epochs * an epoch's steps)
               **({"steps": schedule.steps} if schedule.steps != epochs * schedule.epoch_steps(len(data.train_y)) else {}),
               "teachers": {src: cards[src].get("sha256") for src in SOURCES},

@@ -8,8 +8,8 @@ canvas), then trains ``ARCH`` (default small-cnn: the recipe's resnet18 is too s
 with ``nasty train --dataset imagefolder`` and the recipe's other defaults (batch 128, lr 0.1 unless
 ``LR``; the crop padding an eighth of the image: 4 pixels). Prints the test accuracy and train loss
 per epoch, and the largest drop of test accuracy between consecutive epochs after the first quarter,
-and writes them to ``OUT/imagefolder_recipe.json``. ``noflip``: the same without the horizontal
-flips (no command has that option yet; the script swaps the folder's loader entry for the run).
+and writes them to ``OUT/imagefolder_recipe_ARCH_EPOCHSepochs[_noflip].json``. ``noflip``: the same without the horizontal
+flips (``nasty train --no-flip``).
 """
 
 from __future__ import annotations
@@ -47,20 +47,15 @@ def build_folder(root: Path) -> Path:
 
 
 def main(out: str, epochs: int = 20, lr: float | None = None, arch: str = "small-cnn", flip: str = "") -> None:
-    from nasty import data
     from nasty.runs import train
 
     suffix = "noflip" if flip == "noflip" else ""
-    if suffix:
-        loader, pad, _ = data.DATASETS["imagefolder"]
-        data.DATASETS["imagefolder"] = (loader, pad, False)
-
     out = Path(out)
     folder = build_folder(out / "folder")
     run = out / f"{arch}-{epochs}epochs-lr{lr or 'recipe'}{'-' + suffix if suffix else ''}"
     t0 = time.perf_counter()
-    train(dataset="imagefolder", data_root=folder, arch=arch, epochs=epochs, lr=lr, out=run, resume=True,
-          device="cpu", quiet=True)
+    train(dataset="imagefolder", data_root=folder, arch=arch, epochs=epochs, lr=lr, flip=not suffix, out=run,
+          resume=True, device="cpu", quiet=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     accs = [r["test_accuracy"] for r in rows]
     drops = [accs[i - 1] - accs[i] for i in range(max(1, len(accs) // 4), len(accs))]
@@ -71,7 +66,7 @@ def main(out: str, epochs: int = 20, lr: float | None = None, arch: str = "small
         print(f"epoch {r['epoch']}: test {r['test_acc']:.2f}  train loss {r['train_loss']:.3f}")
     print(f"{arch} {epochs} epochs lr {lr or 'recipe'}: final {result['final']}, largest drop after the first "
           f"quarter {result['largest_drop']:.2f} points, {result['seconds']} s")
-    (out / f"imagefolder_recipe{'_' + suffix if suffix else ''}.json").write_text(json.dumps(result, indent=1))
+    (out / f"imagefolder_recipe_{arch}_{epochs}epochs{'_' + suffix if suffix else ''}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -68,12 +68,19 @@ class TensorData:
             "classes": list(self.classes),
             "input_shape": list(self.input_shape),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "flip": self.flip,
             "train_fraction": self.train_fraction,
             "train_size": len(self.train_y),
             "test_size": len(self.test_y),
             **({"validation": self.validation} if self.validation else {}),
             **({"input": self.input} if self.input else {}),
         }
+
+    def flip_choice(self) -> dict:
+        """``{"flip": ...}`` where the flips differ from the dataset's own choice, else ``{}``: what a
+        resumed run must repeat (runs made before the option hold the dataset's choice)."""
+        default = DATASETS[self.name][2] if self.name in DATASETS else self.flip
+        return {} if self.flip == default else {"flip": self.flip}
 
     def adapted(self, spec: dict | None) -> "TensorData":
         """The images as a model expects them: ``spec`` = ``{size, channels, channel_order}`` (each
@@ -460,14 +467,16 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096):
 
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, download: bool = False,
-                 train_fraction: float = 1.0) -> TensorData:
-    """Load a dataset by name into memory. See :data:`DATASETS` for the names."""
+                 train_fraction: float = 1.0, flip: bool | None = None) -> TensorData:
+    """Load a dataset by name into memory. See :data:`DATASETS` for the names. ``flip``: random
+    horizontal flips in training (``None``: the dataset's own choice; off for digits and text)."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     if not 0.0 < train_fraction <= 1.0:
         raise DataError(f"`train_fraction` must be in (0, 1], got {train_fraction}")
-    loader, pad, flip = DATASETS[key]
+    loader, pad, default_flip = DATASETS[key]
+    flip = default_flip if flip is None else bool(flip)
     xtr, ytr, xte, yte, classes, *groups = loader(root=root, download=download)  # groups: digit pairs' folds
     if key == "imagefolder":  # an eighth of the image, as Tiny-ImageNet's 8 of 64 and CIFAR's 4 of 32
         pad = max(1, round(xtr.shape[-1] / 8))

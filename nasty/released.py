@@ -255,17 +255,22 @@ def require_options(items: list[tuple[str, object, dict]], *, dataset: str | Non
 
 
 def data_for(items: list[tuple[str, object, dict]], *, dataset: str | None = None, data: TensorData | None = None,
-             data_root=None, download: bool = False, train_fraction: float = 1.0) -> TensorData:
+             data_root=None, download: bool = False, train_fraction: float = 1.0,
+             flip: bool | None = None) -> TensorData:
     """The dataset the models of ``items`` (``(option, source, card)``) are used on: ``data`` as given,
     else ``dataset`` or the one their cards record; normalised as they expect: the normalisation their
     cards state (they must agree), else the dataset's own statistics (with a warning that it is
-    assumed). Class names a card states are kept."""
+    assumed). Class names a card states are kept. Training on it flips images as ``flip`` says, else
+    as the first card that records it (a run trained without flips is hardened and audited without)."""
     cards = [c for _, _, c in items]
     if data is None:
         name = dataset or next(c["dataset"] for c in cards if c.get("dataset"))
         data = load_dataset(name, root=data_root, download=download, train_fraction=train_fraction)
     elif train_fraction != 1.0:
         data = data.subset(train_fraction)
+    flip = next((c["flip"] for c in cards if c.get("flip") is not None), None) if flip is None else flip
+    if flip is not None and bool(flip) != data.flip:
+        data = replace(data, flip=bool(flip), _device_cache={})
     specs = [(f"{o} {label(s)}", c["input"]) for o, s, c in items if c.get("input")]
     for other, spec in specs[1:]:
         if spec != specs[0][1]:
@@ -330,6 +335,8 @@ class Brought(TypedDict, total=False):
       :class:`~nasty.data.TensorData`), ``data_root``, ``download``: the data; by default the
       dataset the model's card records.
     - ``train_fraction``: the share of the training set used (stratified).
+    - ``flip``: random horizontal flips when training on the data (students, a hardened model); by
+      default what the model's card records, else the dataset's choice.
     """
 
     arch: str
@@ -344,13 +351,14 @@ class Brought(TypedDict, total=False):
     data_root: object
     download: bool
     train_fraction: float
+    flip: bool
 
 
 def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *, arch: str | None = None,
                 mean=None, std=None, normalization: str | None = None, inputs: dict | None = None, classes=None,
                 unsafe_pickle: bool = False, dataset: str | None = None, data: TensorData | None = None,
-                data_root=None, download: bool = False, train_fraction: float = 1.0, served: bool = False,
-                check=None) -> tuple[list[Opened], TensorData]:
+                data_root=None, download: bool = False, train_fraction: float = 1.0, flip: bool | None = None,
+                served: bool = False, check=None) -> tuple[list[Opened], TensorData]:
     """Every model of ``sources`` and the data they are used on, in the module doc's steps.
     ``sources``: ``{name: source}`` or ``(name, source)`` pairs, a name being the keyword the
     source came from (``teacher``); their preprocessing must agree (a mismatch names the first).
@@ -372,7 +380,7 @@ def open_models(sources: Mapping[str, object] | Iterable[tuple[str, object]], *,
     if check is not None:
         check(items)
     data = data_for(items, dataset=dataset, data=data, data_root=data_root, download=download,
-                    train_fraction=train_fraction)
+                    train_fraction=train_fraction, flip=flip)
     fit = {"num_classes": data.num_classes, "in_chans": data.input_shape[0]}  # a mismatch fails here, named
     opened = [Opened(option, source, card, ckpt.build_model(sd, card, source=f"{option} {label(source)}",
                                                             served=served, **fit).eval())

@@ -22,7 +22,7 @@ from . import distributed
 from .data import TensorData, load_dataset
 from .errors import BudgetNotMet, NastyError, TrainingStopped, one_line
 from .models import create_model
-from .recipes import RECIPES
+from .recipes import recipe_for
 from .released import Brought, check_accuracy, label, open_models
 from .safety import temp_beside
 from .search import METHODS, Budget, hardening_objective, search_strength
@@ -81,14 +81,16 @@ def _seeded_model(arch, data, seed):
 
 
 def train(*, dataset: str = "digits", data_root=None, download: bool = False, train_fraction: float = 1.0,
-          arch: str | None = None, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          flip: bool | None = None, arch: str | None = None, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           seed: int = 0, device: str = "auto", out="runs/normal", resume: bool = False, force: bool = False,
           quiet: bool = False, compile: bool = False) -> dict:
     """Train a normal teacher (cross-entropy only) and write its run directory.
 
+    ``flip``: random horizontal flips (``None``: the dataset's choice); the card records it, and
+    ``harden`` and the audit train on the data as it says.
     Under ``torchrun`` this is one rank of a DistributedDataParallel run (:mod:`nasty.distributed`)."""
-    data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction)
-    recipe = RECIPES[data.name]
+    data = load_dataset(dataset, root=data_root, download=download, train_fraction=train_fraction, flip=flip)
+    recipe = recipe_for(data.name, data.num_classes)
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     arch = arch or recipe.arch
     with distributed.joined(resolve_device(device)) as (w, dev):
@@ -135,7 +137,7 @@ def harden(*, teacher, expect_accuracy: float | None = None, epochs: int | None 
         raise NastyError(f"give either `{key}` (a fixed strength) or `max_cost` (a budget to search within), not both")
     [(_, _, known, adversary)], data = open_models({"teacher": teacher}, **brought)
     arch = known["arch"]
-    recipe = RECIPES[data.name]
+    recipe = recipe_for(data.name, data.num_classes)
     cfg = _config(recipe, epochs, batch_size, lr, seed)
     tau = recipe.tau if tau is None else tau
     if strength is not None and not strength >= 0:
@@ -248,8 +250,8 @@ def import_weights(*, weights, expect_accuracy: float | None = None, device: str
     out = prepare_out(out, resume=None, force=force)
     card = {"nasty_version": __version__, "kind": "imported", "arch": known["arch"], **data.describe(),
             "accuracy": round(acc, 4), "source": {"path": label(weights), "sha256": known.get("sha256")}}
-    for key in ("train_fraction", "train_size"):  # nothing was trained here
-        card.pop(key, None)
+    for key in ("train_fraction", "train_size", *(("flip",) if brought.get("flip") is None else ())):
+        card.pop(key, None)  # nothing was trained here (flips only where the user stated them)
     return ckpt.save_release(out, model, card)
 
 

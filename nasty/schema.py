@@ -94,6 +94,7 @@ class Card(_Strict):
     lr: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
     seed: Optional[int] = None
     seconds: Optional[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = None
+    flip: Optional[bool] = None  # random horizontal flips in training (absent: the dataset's choice)
     train_fraction: Optional[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]] = None
     train_size: Optional[Annotated[int, Field(ge=0)]] = None
     test_size: Optional[Annotated[int, Field(ge=0)]] = None

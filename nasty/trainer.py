@@ -202,7 +202,7 @@ def fit(model: nn.Module, data: TensorData, *, config: TrainConfig, objective: C
         prepare(reference, device).eval().requires_grad_(False)
 
     opt, sched = make_optimizer(model.parameters(), config)
-    run_config = _run_config(config, card)
+    run_config = _run_config(config, {**(card or {}), **data.flip_choice()})
     start, seconds, last = 0, 0.0, None
     out = Path(out) if out else None
     writes = out is not None and w.main  # only rank 0 writes
@@ -402,7 +402,8 @@ def _check_same_run(saved: dict, now: dict, out) -> None:
             if isinstance(va, (list, tuple)) or isinstance(vb, (list, tuple)):
                 va, vb = list(va or []), list(vb or [])
             if not _equal(va, vb):
-                raise NastyError(f"`resume`: the run in {out} was made with {key}={one_line(repr(va))[:80]}, not {vb!r}; "
+                now_ = "not given now" if vb is None else f"not {one_line(repr(vb))[:80]}"
+                raise NastyError(f"`resume`: the run in {out} was made with {key}={one_line(repr(va))[:80]}, {now_}; "
                                  f"repeat its options or choose another `out`")
 
 

@@ -11,7 +11,7 @@ from nasty import __version__
 
 from .cli_errors import fail_cleanly
 from .options import (arch_option, audit_options, bring_options, comma_list, data_options, data_root_option,
-                      dataset_option, device_option, download_option, released_options, report_quiet_option,
+                      dataset_option, device_option, download_option, flip_option, released_options, report_quiet_option,
                       run_options, thief_fraction_option, unsafe_pickle_option)
 
 
@@ -118,6 +118,7 @@ def _search_line(card: dict) -> str:
 @data_root_option
 @download_option
 @thief_fraction_option
+@flip_option
 @click.option("--out", type=click.Path(), default="runs/audit", show_default=True, help="Report directory.")
 @click.option("--force", is_flag=True, help="Redo cells that an audit with other settings left in --out, and replace "
                                            "report files there that no audit wrote.")
@@ -220,6 +221,7 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 @data_root_option
 @download_option
 @thief_fraction_option
+@flip_option
 @click.option("--out", type=click.Path(file_okay=False), default="runs/compare", show_default=True)
 @click.option("--force", is_flag=True, help="Redo cells of another comparison in --out.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write compare.png.")

@@ -18,6 +18,9 @@ download_option = click.option("--download", is_flag=True,
                                help="Download the dataset into --data-root if it is missing.")
 thief_fraction_option = click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
                                      show_default=True, help="The attacker's share of the training set (stratified).")
+flip_option = click.option("--flip/--no-flip", default=None,
+                           help="Random horizontal flips when training on the data (--no-flip for digits, text, "
+                                "anything a mirror changes) [a run's recorded choice, else the dataset's].")
 unsafe_pickle_option = click.option(
     "--unsafe-pickle", is_flag=True,
     help="Allow full unpickling of .pt/.pth weights. Runs code from the file: only for files you trust.")
@@ -103,6 +106,7 @@ def data_options(fn):
         download_option,
         click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
                      help="Stratified fraction of the training set to use."),
+        flip_option,
     ]):
         fn = opt(fn)
     return fn
