@@ -8,8 +8,9 @@ its normal teacher (trained or reused under ``out/teachers``), this makes:
 
 - the nasty teacher (``nasty harden``'s defaults: the budgeted search) and the CMIM teacher
   (``--method cmim``, the same search), and the nasty teacher chosen by the audit's measure
-  (``--select value``); where no strength meets the budget, the cheapest tried; and nasty
-  teachers of a fixed omega beyond the budget (0.05, 0.1), for the frontier of cost and value;
+  (``--select value``); where no strength meets the budget, the cheapest tried; and
+  teachers of a fixed strength beyond the budget (nasty omega 0.05, 0.1; CMIM weight 160, 640), for the
+  frontier of cost and value;
 - serving-time defences of the normal teacher (``nasty defend``): stingy top-1 and top-2,
   reverse-sigmoid (beta 1, gamma 0.1), probabilities rounded to 1 decimal;
 - one combination: the nasty teacher served top-2;
@@ -42,7 +43,10 @@ from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
 
 BREAKERS = ("recalibrate",)  # our breaker of hardened teachers (attacks/recalibrate.py), beside the setting's thieves
-FIXED_OMEGAS = (0.05, 0.1)  # nasty teachers of a fixed strength, beyond the 1-point budget
+# teachers of a fixed strength beyond the 1-point budget: (method, strength, name); the search from CMIM's
+# start (10) stops at its third trial, 40, still affordable, so CMIM's frontier is 4x and 16x that
+FIXED = (("nasty", 0.05, "nasty-omega0.05"), ("nasty", 0.1, "nasty-omega0.1"),
+         ("cmim", 160.0, "cmim-weight160"), ("cmim", 640.0, "cmim-weight640"))
 SERVED = {  # name -> output transform of the normal (or nasty) teacher
     "stingy-top1": {"name": "topk", "k": 1},
     "stingy-top2": {"name": "topk", "k": 2},
@@ -74,15 +78,16 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
     if _strength(made["nasty-value"]) == kept:  # the same settings: nothing new to audit
         print(f"nasty-value: the search kept omega {kept[1]:g}, as nasty's did (the same settings): audited once")
         del made["nasty-value"]
-    for omega in FIXED_OMEGAS:  # past the budget: where the frontier goes at a higher cost
-        run = out / "hardened" / f"{name}-nasty-omega{omega:g}"
+    for method, strength, label in FIXED:  # past the budget: where the frontier goes at a higher cost
+        run = out / "hardened" / f"{name}-{label}"
+        key = "omega" if method == "nasty" else "cmi_weight"
         try:
-            harden(teacher=normal, omega=omega, out=run, epochs=setting.teacher_epochs, resume=True, device=device,
-                   quiet=quiet)
+            harden(teacher=normal, method=method, **{key: strength}, out=run, epochs=setting.teacher_epochs,
+                   resume=True, device=device, quiet=quiet)
         except NastyError as e:  # a strength that collapses is a point the frontier does not have
-            print(f"nasty omega {omega:g}: left out ({one_line(e)})")
+            print(f"{label}: left out ({one_line(e)})")
             continue
-        made[f"nasty-omega{omega:g}"] = run
+        made[label] = run
     for served, transform in SERVED.items():
         made[served] = out / "served" / f"{name}-{served}"
         if not (made[served] / "card.json").exists():
