@@ -58,7 +58,7 @@ SERVED = {  # name -> output transform of the normal (or nasty) teacher
 def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[Path, dict[str, Path]]:
     """The normal teacher and the defended ones, by name (each trained, hardened or served once)."""
     from nasty.runs import defend, harden, train
-    from nasty.search import Budget
+    from nasty.search import METHODS, Budget
 
     name = f"{setting.dataset}-{setting.teacher_arch}-{setting.teacher_epochs or 'recipe'}epochs"
     normal = out / "teachers" / name
@@ -80,9 +80,8 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
         del made["nasty-value"]
     for method, strength, label in FIXED:  # past the budget: where the frontier goes at a higher cost
         run = out / "hardened" / f"{name}-{label}"
-        key = "omega" if method == "nasty" else "cmi_weight"
         try:
-            harden(teacher=normal, method=method, **{key: strength}, out=run, epochs=setting.teacher_epochs,
+            harden(teacher=normal, method=method, **{METHODS[method]: strength}, out=run, epochs=setting.teacher_epochs,
                    resume=True, device=device, quiet=quiet)
         except NastyError as e:  # a strength that collapses is a point the frontier does not have
             print(f"{label}: left out ({one_line(e)})")
