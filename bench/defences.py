@@ -12,7 +12,8 @@ its normal teacher (trained or reused under ``out/teachers``), this makes:
   teachers of a fixed strength beyond the budget (nasty omega 0.05, 0.1; CMIM weight 160, 640), for the
   frontier of cost and value;
 - serving-time defences of the normal teacher (``nasty defend``): stingy top-1 and top-2,
-  reverse-sigmoid (beta 1, gamma 0.1), probabilities rounded to 1 decimal;
+  reverse-sigmoid (beta 1, gamma 0.1), probabilities rounded to 1 decimal, and the two stacked (the
+  top two probabilities, rounded to 1 decimal);
 - one combination: the nasty teacher served top-2;
 
 then audits each against the normal teacher with the setting's thieves and our breaker
@@ -52,6 +53,7 @@ SERVED = {  # name -> output transform of the normal (or nasty) teacher
     "stingy-top2": {"name": "topk", "k": 2},
     "reverse-sigmoid": {"name": "reverse-sigmoid", "beta": 1.0, "gamma": 0.1},
     "round1": {"name": "round", "decimals": 1},
+    "top2+round1": {"name": "chain", "steps": [{"name": "topk", "k": 2}, {"name": "round", "decimals": 1}]},
 }
 
 

@@ -14,6 +14,10 @@ diagnostics and ``nasty export``. So what is served is what was audited.
 | ``reverse-sigmoid`` | ``beta``, ``gamma`` | probabilities perturbed by ``beta * (sigmoid(gamma * logit(p)) - 1/2)``, renormalised (Lee et al. 2019, as in IBM ART) | not always |
 | ``round`` | ``decimals`` | probabilities rounded to ``decimals`` places | not on ties |
 | ``temperature`` | ``t`` | softmax(z / t) | yes |
+| ``chain`` | ``steps`` | the steps in order, each on the one before's answer | where every step keeps it |
+
+A chain stacks defences: ``{"name": "chain", "steps": [{"name": "topk", "k": 2}, {"name": "round",
+"decimals": 1}]}`` serves the two largest probabilities, rounded to one decimal.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from torch import nn
 
 from .errors import NastyError
 
-__all__ = ["Transform", "TopK", "ReverseSigmoid", "Round", "Temperature", "TRANSFORMS", "create_transform",
+__all__ = ["Transform", "TopK", "ReverseSigmoid", "Round", "Temperature", "Chain", "TRANSFORMS", "create_transform",
            "Defended", "describe", "defence_of"]
 
 _FLOOR = 1e-12  # log of a probability rounded or clipped to zero
@@ -105,7 +109,30 @@ class Temperature(Transform):
         return z / self.t
 
 
-TRANSFORMS: dict[str, type[Transform]] = {c.name: c for c in (TopK, ReverseSigmoid, Round, Temperature)}
+class Chain(Transform):
+    """Several transforms, each applied to the answer of the one before (a stack of defences)."""
+
+    name = "chain"
+
+    def __init__(self, *, steps: list):
+        super().__init__()
+        if not (isinstance(steps, (list, tuple)) and len(steps) >= 2):
+            raise NastyError(f"chain: steps must be a list of at least 2 transforms, got {str(steps)[:80]!r}")
+        if any(isinstance(step, dict) and step.get("name") == self.name for step in steps):
+            raise NastyError("chain: a step cannot itself be a chain; list its steps instead")
+        self.steps = nn.ModuleList(create_transform(step) for step in steps)
+        self.keeps_argmax = all(step.keeps_argmax for step in self.steps)
+
+    def spec(self) -> dict:
+        return {"name": self.name, "steps": [step.spec() for step in self.steps]}
+
+    def forward(self, z):
+        for step in self.steps:
+            z = step(z)
+        return z
+
+
+TRANSFORMS: dict[str, type[Transform]] = {c.name: c for c in (TopK, ReverseSigmoid, Round, Temperature, Chain)}
 
 
 def create_transform(spec: dict | None) -> Transform | None:
@@ -132,6 +159,8 @@ def describe(spec: dict | None) -> str:
     """``topk k=2`` / ``none``: a defence's transform in a few words (reports, plots)."""
     if not spec:
         return "none"
+    if spec.get("name") == Chain.name:
+        return " then ".join(describe(step) for step in spec.get("steps", ()))
     return " ".join([spec["name"], *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in spec.items() if k != "name")])
 

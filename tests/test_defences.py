@@ -54,7 +54,24 @@ def test_spec_round_trips_and_describes():
     assert create_transform(None) is None
 
 
+def test_chain_applies_its_steps_in_order():
+    z = torch.tensor([[3.0, 2.5, 0.0, 1.0]])
+    spec = {"name": "chain", "steps": [{"name": "topk", "k": 2}, {"name": "round", "decimals": 1}]}
+    chain = create_transform(spec)
+    by_hand = create_transform(spec["steps"][1])(create_transform(spec["steps"][0])(z))
+    assert torch.equal(chain(z), by_hand)
+    assert torch.allclose(chain(z).exp(), torch.tensor([[0.6, 0.4, 1e-12, 1e-12]]))  # 0.62, 0.38 of the top two
+    assert chain.spec() == spec and create_transform(chain.spec()).spec() == spec
+    assert describe(spec) == "topk k=2 then round decimals=1" and not chain.keeps_argmax
+    assert create_transform({"name": "chain", "steps": [{"name": "temperature", "t": 2.0},
+                                                        {"name": "topk", "k": 1}]}).keeps_argmax
+
+
 @pytest.mark.parametrize("spec, words", [
+    ({"name": "chain", "steps": [{"name": "topk", "k": 2}]}, "at least 2 transforms"),
+    ({"name": "chain", "steps": "topk"}, "at least 2 transforms"),
+    ({"name": "chain", "steps": [{"name": "chain", "steps": []}, {"name": "topk", "k": 1}]}, "cannot itself be a chain"),
+    ({"name": "chain", "steps": [{"name": "topk", "k": 0}, {"name": "round"}]}, "k must be a whole number"),
     ("topk", "an object with a 'name'"),
     ({"k": 2}, "an object with a 'name'"),
     ({"name": "blur"}, "unknown transform 'blur'"),
@@ -122,6 +139,15 @@ def test_defend_then_export_serves_what_load_model_answers(tmp_path):
         session = onnxruntime.InferenceSession(str(tmp_path / "k2.onnx"), providers=["CPUExecutionProvider"])
         (answer,) = session.run(None, {"x": x.numpy()})
         assert np.allclose(answer, served.numpy(), atol=1e-5)
+    # options stack: the top two, rounded to one decimal (applied in that order, whatever the order given)
+    r = run("defend", "--teacher", tmp_path / "n", "--round", 1, "--topk", 2, "--out", tmp_path / "k2r")
+    assert r.exit_code == 0 and "served with topk k=2 then round decimals=1" in r.output, r.output
+    stacked, _ = load_model(tmp_path / "k2r")
+    with torch.no_grad():
+        p = stacked(x).exp()
+    assert ((p > 0.01).sum(-1) <= 2).all() and torch.allclose(p * 10, (p * 10).round(), atol=1e-4)
+    r = run("defend", "--teacher", tmp_path / "n", "--out", tmp_path / "none")
+    assert r.exit_code == 2 and "at least one of --topk" in r.output
     # a card with a transform this version does not know is one line, not a traceback
     card["output_transform"] = {"name": "blur", "sigma": 2}
     (tmp_path / "k2" / "card.json").write_text(json.dumps(card))

@@ -196,16 +196,20 @@ def demo(out, quick, device, quiet):
 @fail_cleanly
 def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe_pickle, max_cost, data_root, download,
            device):
-    """Serve a run with an output transform (no retraining): same weights, transform in its card."""
+    """Serve a run with an output transform (no retraining): same weights, transform in its card.
+
+    Several options stack, applied in the order --temperature, --topk, --reverse-sigmoid, --round
+    (e.g. --topk 2 --round 1: the two largest probabilities, rounded to one decimal)."""
     from nasty.runs import defend as run_defend
 
-    chosen = [spec for spec in ({"name": "topk", "k": topk} if topk is not None else None,
+    chosen = [spec for spec in ({"name": "temperature", "t": temperature} if temperature is not None else None,
+                                {"name": "topk", "k": topk} if topk is not None else None,
                                 {"name": "reverse-sigmoid", "beta": beta, "gamma": gamma} if beta is not None else None,
-                                {"name": "round", "decimals": decimals} if decimals is not None else None,
-                                {"name": "temperature", "t": temperature} if temperature is not None else None) if spec]
-    if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --topk, --reverse-sigmoid, --round, --temperature")
-    card = run_defend(teacher=teacher, transform=chosen[0], out=out, force=force, unsafe_pickle=unsafe_pickle,
+                                {"name": "round", "decimals": decimals} if decimals is not None else None) if spec]
+    if not chosen:
+        raise click.UsageError("give at least one of --topk, --reverse-sigmoid, --round, --temperature")
+    transform = chosen[0] if len(chosen) == 1 else {"name": "chain", "steps": chosen}
+    card = run_defend(teacher=teacher, transform=transform, out=out, force=force, unsafe_pickle=unsafe_pickle,
                       max_cost=max_cost, data_root=data_root, download=download, device=device)
     click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']}: test accuracy "
                f"{card['accuracy']:.2f}% served ({card['accuracy_unserved']:.2f}% unserved) -> {out}")
