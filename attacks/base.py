@@ -73,6 +73,9 @@ class Attack:
     data_free = False
     labels_only = False  # reads nothing of the teacher but its top-1 answers: no defence of the outputs can act on it
     sample_mean = False  # loss() is a mean over samples, each sample's term its own: an ensemble scores all in one call
+    # the rough time of one cell (one seed, both sides) against a KD cell's; a grid shared by several
+    # processes is claimed costliest first (attacks.scale), so that no process ends it alone on a long cell
+    cost = 1.0
 
     def check(self, teacher: nn.Module) -> None:
         """Raise a clear error if this attack cannot run against ``teacher`` (called before any training)."""

@@ -94,6 +94,7 @@ class DeepInversion(Attack):
     the current student (the first of the audit's students) disagrees with the teacher."""
 
     name = "deepinversion"
+    cost = 12.0  # images synthesised by optimisation (12x a KD cell on digits)
     sample_mean = True
     data_free = True
 

@@ -15,6 +15,7 @@ from .base import Attack, register
 @register
 class HardLabel(Attack):
     name = "hard-label"
+    cost = 0.85
     sample_mean = True
     labels_only = True
 

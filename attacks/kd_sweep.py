@@ -37,6 +37,7 @@ top1_answers = TopK(k=1)
 @register
 class KDSweep(Attack):
     name = "kd-sweep"
+    cost = 2.5  # its candidates on a split, then the final run (2.3-2.5x a KD cell on digit pairs, 5x on digits)
     # cells from before a setting: the search ran search_epochs alone, on one split
     added = {"search_steps": 0, "val_images": 0, "match_steps": False}
     max_splits = 5

@@ -20,6 +20,10 @@ live claim with other settings is another audit in the same ``out``: an error na
 A cell whose thief diverged is recorded beside it (``cells/<cell>.failed``): the other processes of
 the same run count it as failed instead of training it again; a later run tries it again.
 
+The cells are claimed costliest first (:func:`cell_cost`, from each attack's rough ``cost``): a
+sweep's cell before a KD cell, a KD cell before a baseline's, so the grid does not end with one
+process training a long cell while the others wait.
+
 When every cell is finished (or failed), each process has the whole grid; only the writer (rank 0,
 or the process that started the ``devices`` workers, after they ended) writes the report. No
 process group is needed: the files are the barrier (a ``torch.distributed`` barrier follows where a
@@ -43,7 +47,7 @@ from nasty import distributed
 from nasty.errors import NastyError, NastyWarning, first_line, one_line
 from nasty.safety import alive
 
-__all__ = ["Share", "current", "writes", "spread", "device", "first_difference"]
+__all__ = ["Share", "current", "writes", "spread", "device", "first_difference", "cell_cost"]
 
 STARTED = time.time()  # this process's start (a failure recorded since then is this run's, under torchrun)
 CLAIM_BYTES = 1 << 16
@@ -99,7 +103,7 @@ class Share:
             for path, cell in cells.items():
                 todo[where[path]] = todo[where[path]]._replace(done=cell)
 
-        while left := [i for i, c in enumerate(todo) if c.done is None]:
+        while left := sorted((i for i, c in enumerate(todo) if c.done is None), key=lambda i: -cell_cost(todo[i])):
             trained = False
             for i in left:
                 if todo[i].done is not None:  # finished with an earlier group of this pass
@@ -143,6 +147,15 @@ class Share:
             else:
                 _failed_path(path).unlink(missing_ok=True)
         return cells
+
+
+def cell_cost(cell) -> float:
+    """A cell's rough time against a KD cell of both sides (:attr:`attacks.base.Attack.cost`), halved
+    where one side is trained (the reference taken from another audit, or the teacher is the reference).
+    The processes that share a grid claim its cells costliest first, the plan's order on a tie: the
+    longest-processing-time rule, which keeps the last cells short so the processes end together."""
+    cost = float(getattr(getattr(cell, "attack", None), "cost", 1.0))
+    return cost / 2 if getattr(cell, "reference", None) is not None or getattr(cell, "mirror", False) else cost
 
 
 def _failed_path(cell: Path) -> Path:

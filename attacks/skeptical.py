@@ -78,6 +78,7 @@ def skeptical_losses(final, middle, shallow, teacher_logits, y, *, alpha: float,
 @register
 class Skeptical(Attack):
     name = "skeptical"
+    cost = 1.3  # its auxiliary heads (1.1x a KD cell on digit pairs, 2x on digits)
 
     def __init__(self, *, alpha: float = 0.9, tau: float = 4.0, delay: int = 2, shallow: int = 0, middle: int = -1,
                  middle_kl: float = 0.3):

@@ -229,6 +229,39 @@ def test_a_group_is_trained_with_the_cells_the_files_say_now(tmp_path):
     assert calls == [[0, 2]] and [c.done["by"] for c in done] == ["me", "other", "me"]
 
 
+class CostlyCell(NamedTuple):  # a Cell with the attack (and the one-sided flags) that cell_cost reads
+    name: str
+    seed: int
+    key: dict
+    path: Path
+    attack: object
+    done: dict | None = None
+    reference: tuple | None = None
+    mirror: bool = False
+
+
+def test_shared_cells_are_claimed_costliest_first_the_plan_order_on_a_tie(tmp_path):
+    from attacks import create_attack
+    from attacks.baselines import Scratch
+
+    plan = [("scratch", Scratch(), {}), ("kd", create_attack("kd"), {}), ("kd-sweep", create_attack("kd-sweep"), {}),
+            ("kd", create_attack("kd"), {"mirror": True}), ("hard-label", create_attack("hard-label"), {}),
+            ("kd-sweep", create_attack("kd-sweep"), {})]
+    todo = [CostlyCell(name, s, {"attack": name, "seed": s}, tmp_path / f"{name}-{s}.json", attack, **one_sided)
+            for s, (name, attack, one_sided) in enumerate(plan)]
+    costs = [scale.cell_cost(c) for c in todo]
+    assert costs[2] == costs[5] > costs[1] > costs[0] and costs[3] == costs[1] / 2
+    order = []
+
+    def train(cells):
+        order.extend(c.seed for c in cells)
+        return {c.path: {"seed": c.seed} for c in cells}
+
+    done = scale.Share(writer=True).run(todo, group=alone, train=train, refresh=lambda c: c)
+    assert order == sorted(range(6), key=lambda s: -costs[s])  # stable: the two sweeps in the plan's order
+    assert [c.done["seed"] for c in done] == list(range(6))  # returned in the plan's order, every cell done
+
+
 def test_a_failure_is_recorded_for_the_run_and_tried_again_by_the_next(tmp_path):
     todo = grid(tmp_path, 1)
     failed = lambda cells: {c.path: {"key": c.key, "seconds": 0.0, "runs": [], "failed": "diverged"} for c in cells}
