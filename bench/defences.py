@@ -1,6 +1,6 @@
 """The defences side by side on a protection-benchmark setting where the outputs carry value.
 
-    python bench/defences.py --out runs/defences [--seeds 3] [--setting digits-quick] [--index 0]
+    python bench/defences.py --out runs/defences [--seeds 3] [--setting digits-quick] [--index 0] [--only none,round1]
 
 On a setting of ``bench/protection.py``'s suite (its first, or the one ``--index`` names; by default
 digit pairs, a thief holding 10% of the pairs, tiny-cnn students at the recipe's 1,860 steps), with
@@ -151,8 +151,11 @@ def format_markdown(rows: list[dict], setting: Setting) -> str:
 @click.option("--seeds", type=click.IntRange(1, 10), default=3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--devices", default=None, help="The audits' cells over one worker per device (cpu,cpu: 2 processes).")
+@click.option("--only", default=None,
+              help="Comma-separated defences to audit (e.g. none,round1 with more --seeds); their table goes to "
+                   "defences-only.json and .md, beside the full one.")
 @click.option("--quiet", is_flag=True)
-def main(out, suite, index, seeds, device, devices, quiet):
+def main(out, suite, index, seeds, device, devices, only, quiet):
     """Every defence on one setting where the outputs carry value; defences.json and defences.md."""
     from attacks.compare import compare
 
@@ -165,6 +168,12 @@ def main(out, suite, index, seeds, device, devices, quiet):
     t0 = time.perf_counter()
     try:
         normal, made = teachers(setting, out, device=device, quiet=quiet)
+        if only:
+            names = only.split(",")
+            unknown = [n for n in names if n not in made]
+            if unknown:
+                raise click.ClickException(f"--only: no defence {one_line(unknown[0])[:40]!r}; choose from {', '.join(made)}")
+            made = {n: made[n] for n in made if n in names}
         result = compare(reference=normal, teachers=list(made.values()), attacks=attacks_of(setting),
                          students=list(setting.students), seeds=tuple(range(seeds)),
                          student_steps=setting.student_steps, attack_options=setting.attack_options,
@@ -173,12 +182,13 @@ def main(out, suite, index, seeds, device, devices, quiet):
         rows = rows_of(result, list(made), setting, out)
     except NastyError as e:
         raise click.ClickException(one_line(e)) from None
-    ckpt.write_json(out / "defences.json", {"setting": dataclasses.asdict(setting), "rows": rows,
-                                            "seconds": round(time.perf_counter() - t0, 1)})
+    stem = "defences-only" if only else "defences"
+    ckpt.write_json(out / f"{stem}.json", {"setting": dataclasses.asdict(setting), "rows": rows,
+                                           "seconds": round(time.perf_counter() - t0, 1)})
     text = format_markdown(rows, setting)
-    ckpt.atomic_write(out / "defences.md", lambda p: Path(p).write_text(text + "\n"))
+    ckpt.atomic_write(out / f"{stem}.md", lambda p: Path(p).write_text(text + "\n"))
     click.echo(text)
-    click.echo(f"{len(made)} defences in {time.perf_counter() - t0:.1f} s -> {out}/defences.json, defences.md")
+    click.echo(f"{len(made)} defences in {time.perf_counter() - t0:.1f} s -> {out}/{stem}.json, {stem}.md")
 
 
 if __name__ == "__main__":
