@@ -120,6 +120,8 @@ class Chain(Transform):
             raise NastyError(f"chain: steps must be a list of at least 2 transforms, got {str(steps)[:80]!r}")
         if any(isinstance(step, dict) and step.get("name") == self.name for step in steps):
             raise NastyError("chain: a step cannot itself be a chain; list its steps instead")
+        if any(step is None for step in steps):
+            raise NastyError("chain: every step must be a transform, got none (null) among them")
         self.steps = nn.ModuleList(create_transform(step) for step in steps)
         self.keeps_argmax = all(step.keeps_argmax for step in self.steps)
 

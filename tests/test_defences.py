@@ -72,6 +72,8 @@ def test_chain_applies_its_steps_in_order():
     ({"name": "chain", "steps": "topk"}, "at least 2 transforms"),
     ({"name": "chain", "steps": [{"name": "chain", "steps": []}, {"name": "topk", "k": 1}]}, "cannot itself be a chain"),
     ({"name": "chain", "steps": [{"name": "topk", "k": 0}, {"name": "round"}]}, "k must be a whole number"),
+    ({"name": "chain", "steps": [None, {"name": "round"}]}, "every step must be a transform"),
+    ({"name": "chain", "steps": [3, {"name": "round"}]}, "an object with a 'name'"),
     ("topk", "an object with a 'name'"),
     ({"k": 2}, "an object with a 'name'"),
     ({"name": "blur"}, "unknown transform 'blur'"),
