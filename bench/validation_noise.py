@@ -32,13 +32,15 @@ def main() -> None:
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--omega", type=float, default=0.05)
     ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--epochs", type=int, default=None, help="hardening epochs [the recipe's]")
     ap.add_argument("--out", default="runs/validation-noise")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows, t0 = [], time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
         try:
-            card = harden(teacher=args.teacher, budget=Budget(max_trials=1), seed=seed, resume=True, quiet=True,
+            card = harden(teacher=args.teacher, budget=Budget(max_trials=1), seed=seed, epochs=args.epochs,
+                          resume=True, quiet=True,
                           out=Path(args.out) / f"seed{seed}", device="cpu")
         except BudgetNotMet as e:  # over budget on validation: the cheapest (the only) trial is kept all the same
             card = e.card
@@ -52,7 +54,7 @@ def main() -> None:
     summary = {k: {"mean": round(statistics.mean(r[k] for r in rows), 3),
                    "std": round(statistics.stdev(r[k] for r in rows), 3) if len(rows) > 1 else 0.0}
                for k in ("val_cost", "test_cost")}
-    result = {"teacher": args.teacher, "omega": args.omega, "rows": rows, **summary,
+    result = {"teacher": args.teacher, "omega": args.omega, "epochs": args.epochs, "rows": rows, **summary,
               "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(summary))
     if args.json:
