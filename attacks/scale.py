@@ -154,8 +154,7 @@ def cell_cost(cell) -> float:
     where one side is trained (the reference taken from another audit, or the teacher is the reference).
     The processes that share a grid claim its cells costliest first, the plan's order on a tie: the
     longest-processing-time rule, which keeps the last cells short so the processes end together."""
-    cost = float(getattr(getattr(cell, "attack", None), "cost", 1.0))
-    return cost / 2 if getattr(cell, "reference", None) is not None or getattr(cell, "mirror", False) else cost
+    return cell.attack.cost / 2 if cell.reference is not None or cell.mirror else cell.attack.cost
 
 
 def _failed_path(cell: Path) -> Path:

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 import attacks.audit as audit_mod
 from attacks import scale
+from attacks.kd import KD
 from attacks.audit import audit
 from nasty.app.cli import main
 from nasty.errors import NastyError, NastyWarning
@@ -43,6 +44,9 @@ class Cell(NamedTuple):  # what Share.run needs of the audit's _Cell
     key: dict
     path: Path
     done: dict | None = None
+    attack: object = KD()  # its cost orders the claims
+    reference: tuple | None = None  # the one-sided flags halve it
+    mirror: bool = False
 
 
 def grid(folder: Path, n: int = 6, **key) -> list[Cell]:
@@ -229,17 +233,6 @@ def test_a_group_is_trained_with_the_cells_the_files_say_now(tmp_path):
     assert calls == [[0, 2]] and [c.done["by"] for c in done] == ["me", "other", "me"]
 
 
-class CostlyCell(NamedTuple):  # a Cell with the attack (and the one-sided flags) that cell_cost reads
-    name: str
-    seed: int
-    key: dict
-    path: Path
-    attack: object
-    done: dict | None = None
-    reference: tuple | None = None
-    mirror: bool = False
-
-
 def test_shared_cells_are_claimed_costliest_first_the_plan_order_on_a_tie(tmp_path):
     from attacks import create_attack
     from attacks.baselines import Scratch
@@ -247,7 +240,7 @@ def test_shared_cells_are_claimed_costliest_first_the_plan_order_on_a_tie(tmp_pa
     plan = [("scratch", Scratch(), {}), ("kd", create_attack("kd"), {}), ("kd-sweep", create_attack("kd-sweep"), {}),
             ("kd", create_attack("kd"), {"mirror": True}), ("hard-label", create_attack("hard-label"), {}),
             ("kd-sweep", create_attack("kd-sweep"), {})]
-    todo = [CostlyCell(name, s, {"attack": name, "seed": s}, tmp_path / f"{name}-{s}.json", attack, **one_sided)
+    todo = [Cell(name, s, {"attack": name, "seed": s}, tmp_path / f"{name}-{s}.json", attack=attack, **one_sided)
             for s, (name, attack, one_sided) in enumerate(plan)]
     costs = [scale.cell_cost(c) for c in todo]
     assert costs[2] == costs[5] > costs[1] > costs[0] and costs[3] == costs[1] / 2
