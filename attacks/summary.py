@@ -29,7 +29,8 @@ SIDE_NAMES = {REFERENCE: "reference", TEACHER: "teacher"}  # as the reports say 
 BASELINES = {"scratch": Scratch, "label-smoothing": LabelSmoothing}  # trained once per seed, no teacher
 
 
-def _mean_std(xs):
+def mean_std(xs) -> dict:
+    """``{"mean", "std"}`` of ``xs``, rounded to 4 places (std 0 for one value): every spread a report states."""
     return {"mean": round(statistics.mean(xs), 4), "std": round(statistics.stdev(xs), 4) if len(xs) > 1 else 0.0}
 
 
@@ -46,8 +47,8 @@ def summarize(runs: list[dict], attacks, students) -> list[dict]:
             reference, teacher = acc[REFERENCE], acc[TEACHER]
             if not (acc["scratch"] and reference and teacher):
                 continue
-            m = {src: _mean_std(list(v.values())) if v else None for src, v in acc.items()}
-            paired = _mean_std([reference[seed] - a for seed, a in teacher.items() if seed in reference])
+            m = {src: mean_std(list(v.values())) if v else None for src, v in acc.items()}
+            paired = mean_std([reference[seed] - a for seed, a in teacher.items() if seed in reference])
             smooth, from_teacher = m["label-smoothing"], m[TEACHER]["mean"]
             rows.append({"attack": attack, "student": student, "seeds": len(teacher),
                          "acc_scratch": m["scratch"], "acc_label_smoothing": smooth, "acc_from_normal": m[REFERENCE],

@@ -22,7 +22,6 @@ finished and goes on with what is not (the audit's own cells). It writes ``prote
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +99,7 @@ def adds(report: dict, student: str, side: str) -> dict | None:
     the audit's :func:`~attacks.audit.beyond_labels` pair (picked by their means), as the mean and
     std over seeds of the per-seed difference. ``None`` where the audit has no thief of the outputs."""
     from attacks.audit import beyond_labels
+    from attacks.summary import mean_std
 
     row = next((r for r in beyond_labels(report["summary"]) if r["student"] == student), None)
     if row is None:
@@ -108,8 +108,7 @@ def adds(report: dict, student: str, side: str) -> dict | None:
     best, labels = row[side]["outputs"]["attack"], row[side]["labels"]["attack"]
     a, b = accuracies(report, best, student, source), accuracies(report, labels, student, source)
     diffs = [a[seed] - b[seed] for seed in a if seed in b]
-    return {"mean": round(statistics.mean(diffs), 4), "std": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else 0.0,
-            "outputs": best, "labels": labels}
+    return {**mean_std(diffs), "outputs": best, "labels": labels}
 
 
 def rows_of(setting: Setting, report: dict, hardened: dict) -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ if str(ROOT) not in sys.path:
 
 
 def main() -> None:
+    from attacks.summary import mean_std
+    from nasty import checkpoint as ckpt
     from nasty.errors import BudgetNotMet
     from nasty.runs import harden
     from nasty.search import Budget
@@ -51,14 +52,12 @@ def main() -> None:
         rows.append({"seed": seed, "val_cost": trial["val_cost"], "test_cost": round(card["teacher_cost"], 4),
                      "val_images": (card["search"]["validation"] or {}).get("size")})
         print(json.dumps(rows[-1]), flush=True)
-    summary = {k: {"mean": round(statistics.mean(r[k] for r in rows), 3),
-                   "std": round(statistics.stdev(r[k] for r in rows), 3) if len(rows) > 1 else 0.0}
-               for k in ("val_cost", "test_cost")}
+    summary = {k: mean_std([r[k] for r in rows]) for k in ("val_cost", "test_cost")}
     result = {"teacher": args.teacher, "omega": args.omega, "epochs": args.epochs, "rows": rows, **summary,
               "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        ckpt.write_json(Path(args.json), result)
 
 
 if __name__ == "__main__":
