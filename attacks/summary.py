@@ -102,6 +102,29 @@ def beyond_labels(summary: list[dict], labels_only=None) -> list[dict]:
     return rows
 
 
+
+def seed_accuracies(report: dict, attack: str, student: str, source: str) -> dict[int, float]:
+    """Per seed, the accuracy of ``student`` taught by ``attack`` from ``source`` (:data:`REFERENCE`
+    or :data:`TEACHER`) in ``report``; a baseline (scratch, label smoothing) has no teacher: its own runs."""
+    if attack in BASELINES:
+        return {r["seed"]: r["accuracy"] for r in report["runs"] if r["student"] == student and r["source"] == attack}
+    return {r["seed"]: r["accuracy"] for r in report["runs"]
+            if r["student"] == student and r["attack"] == attack and r["source"] == source}
+
+
+def value_beyond_labels(report: dict, student: str, side: str) -> dict | None:
+    """What ``side``'s (``"teacher"`` or ``"reference"``) outputs add beyond its labels for ``student``:
+    the :func:`beyond_labels` pair (the strongest thief of the outputs and the best labels-only
+    student, picked by their means), as the mean and std over seeds of the per-seed difference, with
+    the two attacks (``outputs``, ``labels``). ``None`` where the report has no thief of the outputs."""
+    row = next((r for r in beyond_labels(report["summary"]) if r["student"] == student), None)
+    if row is None:
+        return None
+    source = {"teacher": TEACHER, "reference": REFERENCE}[side]
+    best, labels = row[side]["outputs"]["attack"], row[side]["labels"]["attack"]
+    a, b = (seed_accuracies(report, attack, student, source) for attack in (best, labels))
+    return {**mean_std([a[seed] - b[seed] for seed in a if seed in b]), "outputs": best, "labels": labels}
+
 @dataclass(frozen=True, kw_only=True)
 class Side:
     """What the report says of one teacher: its card, test accuracy (%) as served, the sha256 of its

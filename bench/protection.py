@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from attacks.scale import writes  # noqa: E402
+from attacks.summary import value_beyond_labels  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
 
@@ -82,35 +83,6 @@ SUITES: dict[str, list[Setting]] = {
 }
 
 
-BASELINES = ("scratch", "label-smoothing")
-
-
-def accuracies(report: dict, attack: str, student: str, source: str) -> dict[int, float]:
-    """Per seed, the accuracy of ``student`` taught by ``attack`` from ``source`` (``normal`` or
-    ``nasty``); a baseline (scratch, label smoothing) has no teacher: its own runs."""
-    if attack in BASELINES:
-        return {r["seed"]: r["accuracy"] for r in report["runs"] if r["student"] == student and r["source"] == attack}
-    return {r["seed"]: r["accuracy"] for r in report["runs"]
-            if r["student"] == student and r["attack"] == attack and r["source"] == source}
-
-
-def adds(report: dict, student: str, side: str) -> dict | None:
-    """What ``side``'s (``teacher`` or ``reference``) outputs add beyond its labels for ``student``:
-    the audit's :func:`~attacks.audit.beyond_labels` pair (picked by their means), as the mean and
-    std over seeds of the per-seed difference. ``None`` where the audit has no thief of the outputs."""
-    from attacks.audit import beyond_labels
-    from attacks.summary import mean_std
-
-    row = next((r for r in beyond_labels(report["summary"]) if r["student"] == student), None)
-    if row is None:
-        return None
-    source = {"teacher": "nasty", "reference": "normal"}[side]
-    best, labels = row[side]["outputs"]["attack"], row[side]["labels"]["attack"]
-    a, b = accuracies(report, best, student, source), accuracies(report, labels, student, source)
-    diffs = [a[seed] - b[seed] for seed in a if seed in b]
-    return {**mean_std(diffs), "outputs": best, "labels": labels}
-
-
 def rows_of(setting: Setting, report: dict, hardened: dict) -> list[dict]:
     """protection.json's rows for one setting: one per student."""
     worst = {w["student"]: w["attack"] for w in report["worst_case"]}
@@ -118,7 +90,8 @@ def rows_of(setting: Setting, report: dict, hardened: dict) -> list[dict]:
     return [{"setting": setting.name, "dataset": report["dataset"], "teacher_arch": setting.teacher_arch,
              "share": setting.share, "student": student, "seeds": setting.seeds,
              "steps": report["settings"].get("steps"), "samples": report["settings"].get("samples"),
-             "reference_adds": adds(report, student, "reference"), "teacher_adds": adds(report, student, "teacher"),
+             "reference_adds": value_beyond_labels(report, student, "reference"),
+             "teacher_adds": value_beyond_labels(report, student, "teacher"),
              "cost": report["teacher_cost"], "reference_accuracy": report["teachers"]["normal"]["accuracy"],
              "teacher_accuracy": report["teachers"]["nasty"]["accuracy"], "omega": hardened.get("omega"),
              "worst_attack": worst.get(student), "kd_below_scratch": kd.get(student)}

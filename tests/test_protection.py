@@ -123,15 +123,16 @@ def _report(acc):
     return {"runs": runs, "summary": summarize(runs, attacks, ["s"])}
 
 
-def test_adds_is_the_best_thief_minus_the_best_labels_student_per_seed():
-    protection = bench_script("protection")
+def test_value_beyond_labels_is_the_best_thief_minus_the_best_labels_student_per_seed():
+    from attacks.summary import value_beyond_labels
+
     report = _report({("scratch", "scratch"): [60, 62], ("label-smoothing", "label-smoothing"): [61, 65],
                       ("kd", "normal"): [90, 94], ("kd", "nasty"): [50, 56],
                       ("hard-label-sweep", "normal"): [70, 72], ("hard-label-sweep", "nasty"): [70, 72]})
-    ref = protection.adds(report, "s", "reference")
+    ref = value_beyond_labels(report, "s", "reference")
     assert (ref["outputs"], ref["labels"], ref["mean"]) == ("kd", "hard-label-sweep", 21.0)
     assert ref["std"] == pytest.approx(1.4142, abs=1e-4)  # per seed 20 and 22
-    mine = protection.adds(report, "s", "teacher")
+    mine = value_beyond_labels(report, "s", "teacher")
     assert (mine["outputs"], mine["labels"]) == ("kd", "hard-label-sweep") and mine["mean"] == -18.0
     assert mine["std"] == pytest.approx(float(np.std([-20, -16], ddof=1)), abs=1e-4)
 
@@ -201,4 +202,23 @@ def test_the_defences_table_names_valid_transforms_and_refuses_an_unknown_settin
     assert "| stingy-top1 | top-1 | tiny-cnn | 98.70 | +0.00 | 2.500 | 0.010 | 98.70 | -0.50 ± 1.25 (kd vs" in line
     result = CliRunner().invoke(defences.main, ["--setting", "nope", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "unknown suite 'nope'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_defences_subset_makes_only_what_it_audits(tmp_path, monkeypatch):
+    """`--only` hardens or serves only the defences it names (and what they are made from)."""
+    import nasty.runs
+
+    defences = bench_script("defences")
+    made = []
+    monkeypatch.setattr(nasty.runs, "train", lambda **kw: made.append(("train", kw["out"].name)))
+    monkeypatch.setattr(nasty.runs, "harden", lambda **kw: made.append(("harden", kw["out"].name)))
+    monkeypatch.setattr(nasty.runs, "defend", lambda **kw: made.append(("defend", kw["out"].name)))
+    setting = defences.SUITES["digits-quick"][0]
+    _, got = defences.teachers(setting, tmp_path, device="cpu", quiet=True, only=["none", "round1", "nasty+top2"])
+    assert list(got) == ["none", "round1", "nasty+top2"]
+    assert [kind for kind, _ in made] == ["train", "harden", "defend", "defend"]  # nasty, for nasty+top2
+    assert made[1][1].endswith("-nasty") and made[2][1].endswith("-round1") and made[3][1].endswith("-nasty-top2")
+    result = CliRunner().invoke(defences.main, ["--only", "none,bogus", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "--only: no defence 'bogus'; choose from none, nasty" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
