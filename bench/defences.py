@@ -20,7 +20,7 @@ then audits each against the normal teacher with the setting's thieves and our b
 (``recalibrate``) (``attacks.compare``;
 the normal teacher against itself is the row of no defence). Per defence: what its outputs add
 beyond labels under the best response (mean and std over seeds of the per-seed difference,
-:func:`protection.adds`), its cost, and what an honest user gets (served NLL, ECE, top-5).
+:func:`attacks.summary.value_beyond_labels`), its cost, and what an honest user gets (served NLL, ECE, top-5).
 Writes ``defences.json`` and ``defences.md`` in ``out``; everything resumes.
 """
 
@@ -38,8 +38,9 @@ for p in (BENCH.parent, BENCH):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from protection import SUITES, Setting, adds  # noqa: E402
+from protection import SUITES, Setting  # noqa: E402
 
+from attacks.summary import value_beyond_labels  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
 
@@ -57,18 +58,27 @@ SERVED = {  # name -> output transform of the normal (or nasty) teacher
 }
 
 
-def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[Path, dict[str, Path]]:
-    """The normal teacher and the defended ones, by name (each trained, hardened or served once)."""
+HARDENED = (("nasty", "nasty", "damage"), ("cmim", "cmim", "damage"), ("nasty-value", "nasty", "value"))
+NAMES = ("none", *(h[0] for h in HARDENED), *(f[2] for f in FIXED), *SERVED, "nasty+top2")  # every defence
+
+
+def teachers(setting: Setting, out: Path, *, device: str, quiet: bool,
+             only: list[str] | None = None) -> tuple[Path, dict[str, Path]]:
+    """The normal teacher and the defended ones, by name (each trained, hardened or served once);
+    ``only``: those named (and what they are made from), not the others."""
     from nasty.runs import defend, harden, train
     from nasty.search import METHODS, Budget
+
+    def wanted(label):
+        needs = {"nasty": ("nasty", "nasty-value", "nasty+top2")}.get(label, (label,))
+        return only is None or any(n in only for n in needs)
 
     name = f"{setting.dataset}-{setting.teacher_arch}-{setting.teacher_epochs or 'recipe'}epochs"
     normal = out / "teachers" / name
     train(dataset=setting.dataset, arch=setting.teacher_arch, epochs=setting.teacher_epochs, out=normal,
           resume=True, device=device, quiet=quiet)
     made = {"none": normal}
-    for label, method, select in (("nasty", "nasty", "damage"), ("cmim", "cmim", "damage"),
-                                  ("nasty-value", "nasty", "value")):
+    for label, method, select in (h for h in HARDENED if wanted(h[0])):
         made[label] = out / "hardened" / f"{name}-{label}"
         try:
             harden(teacher=normal, method=method, budget=Budget(select=select), out=made[label],
@@ -76,11 +86,11 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
                    echo=None if quiet else print)
         except BudgetNotMet:  # the cheapest strength tried is kept: what the defaults give
             pass
-    kept = _strength(made["nasty"])
-    if _strength(made["nasty-value"]) == kept:  # the same settings: nothing new to audit
+    if only is None and "nasty-value" in made and _strength(made["nasty-value"]) == _strength(made["nasty"]):
+        kept = _strength(made["nasty"])  # the same settings: nothing new to audit
         print(f"nasty-value: the search kept omega {kept[1]:g}, as nasty's did (the same settings): audited once")
         del made["nasty-value"]
-    for method, strength, label in FIXED:  # past the budget: where the frontier goes at a higher cost
+    for method, strength, label in (f for f in FIXED if wanted(f[2])):  # past the budget: where the frontier goes at a higher cost
         run = out / "hardened" / f"{name}-{label}"
         try:
             harden(teacher=normal, method=method, **{METHODS[method]: strength}, out=run, epochs=setting.teacher_epochs,
@@ -89,13 +99,16 @@ def teachers(setting: Setting, out: Path, *, device: str, quiet: bool) -> tuple[
             print(f"{label}: left out ({one_line(e)})")
             continue
         made[label] = run
-    for served, transform in SERVED.items():
+    for served, transform in ((k, v) for k, v in SERVED.items() if wanted(k)):
         made[served] = out / "served" / f"{name}-{served}"
         if not (made[served] / "card.json").exists():
             defend(teacher=normal, transform=transform, out=made[served])
-    made["nasty+top2"] = out / "served" / f"{name}-nasty-top2"
-    if not (made["nasty+top2"] / "card.json").exists():
-        defend(teacher=made["nasty"], transform=SERVED["stingy-top2"], out=made["nasty+top2"])
+    if wanted("nasty+top2"):
+        made["nasty+top2"] = out / "served" / f"{name}-nasty-top2"
+        if not (made["nasty+top2"] / "card.json").exists():
+            defend(teacher=made["nasty"], transform=SERVED["stingy-top2"], out=made["nasty+top2"])
+    if only is not None:
+        made = {n: made[n] for n in made if n in only}
     return normal, made
 
 
@@ -114,7 +127,7 @@ def rows_of(result: dict, names: list[str], setting: Setting, out: Path) -> list
         for student in setting.students:
             rows.append({"defence": name, "served": row["defence"] or "none", "student": student,
                          "accuracy": row["accuracy"], "cost": row["cost"], "utility": row.get("utility"),
-                         "teacher_adds": adds(report, student, "teacher"),
+                         "teacher_adds": value_beyond_labels(report, student, "teacher"),
                          "breakers": {r["attack"]: r["acc_from_nasty"] for r in report["summary"]
                                       if r["student"] == student and r["attack"] in BREAKERS},
                          "worst_case": row["worst_case"][student]})
@@ -167,13 +180,11 @@ def main(out, suite, index, seeds, device, devices, only, quiet):
     out = Path(out).expanduser()
     t0 = time.perf_counter()
     try:
-        normal, made = teachers(setting, out, device=device, quiet=quiet)
-        if only:
-            names = only.split(",")
-            unknown = [n for n in names if n not in made]
-            if unknown:
-                raise click.ClickException(f"--only: no defence {one_line(unknown[0])[:40]!r}; choose from {', '.join(made)}")
-            made = {n: made[n] for n in made if n in names}
+        names = only.split(",") if only else None
+        unknown = [n for n in names or () if n not in NAMES]
+        if unknown:
+            raise click.ClickException(f"--only: no defence {one_line(unknown[0])[:40]!r}; choose from {', '.join(NAMES)}")
+        normal, made = teachers(setting, out, device=device, quiet=quiet, only=names)
         result = compare(reference=normal, teachers=list(made.values()), attacks=attacks_of(setting),
                          students=list(setting.students), seeds=tuple(range(seeds)),
                          student_steps=setting.student_steps, attack_options=setting.attack_options,
