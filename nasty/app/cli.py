@@ -1,4 +1,5 @@
-"""The ``nasty`` command line: ``train``, ``import``, ``harden``, ``audit``, ``demo``, ``plot``, ``models``."""
+"""The ``nasty`` command line: ``train``, ``import``, ``harden``, ``audit``, ``defend``, ``choose``, ``compare``,
+``export``, ``demo``, ``plot``, ``models``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nasty import __version__
 from .cli_errors import fail_cleanly
 from .options import (arch_option, audit_options, bring_options, comma_list, data_options, data_root_option,
                       dataset_option, device_option, download_option, flip_option, released_options, report_quiet_option,
-                      run_options, thief_fraction_option, unsafe_pickle_option)
+                      parse_attack_options, run_options, seed_list, thief_fraction_option, unsafe_pickle_option)
 
 
 def _main_rank() -> bool:
@@ -213,6 +214,52 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
                       max_cost=max_cost, data_root=data_root, download=download, device=device)
     click.echo(f"{card.get('kind', 'model')} {card.get('arch')} served with {card['defence']}: test accuracy "
                f"{card['accuracy']:.2f}% served ({card['accuracy_unserved']:.2f}% unserved) -> {out}")
+
+
+@main.command()
+@click.option("--teacher", required=True, type=click.Path(), help="The run directory to serve (of train, import or harden).")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="The thief's share of the training set (what a thief is expected to hold).")
+@click.option("--attacks", default=None, callback=comma_list,
+              help="Comma-separated thieves of the outputs [kd,kd-sweep,recalibrate]; scratch and label-smoothing "
+                   "students are always trained.")
+@click.option("--candidates", default=None, callback=comma_list,
+              help="Comma-separated defences to measure, in order of preference [round-1,top-2,top-2+round-1]; "
+                   "top-1 (labels alone) is the fallback.")
+@click.option("--students", default=None, callback=comma_list,
+              help="Comma-separated student architectures [dataset recipe].")
+@click.option("--seeds", default="3", show_default=True, callback=seed_list,
+              help="Number of seeds (3 = 0,1,2) or a comma-separated list.")
+@click.option("--student-steps", type=click.IntRange(min=1), default=None,
+              help="Optimizer steps of every student [the recipe's epochs over the whole training set].")
+@click.option("--validation", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Fraction of the training set held out: every number of the choice is measured there.")
+@click.option("--max-value", type=float, default=0.0, show_default=True,
+              help="Points the served outputs may add beyond labels for a thief (mean over seeds).")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Points of served top-1 accuracy a defence may lose.")
+@click.option("--attack-option", "attack_options", multiple=True, callback=parse_attack_options,
+              metavar="ATTACK.KEY=VALUE", help="An attack's own setting, repeatable (kd-sweep.taus=...).")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/choice", show_default=True)
+@click.option("--force", is_flag=True, help="Redo the cells of another choice in --out.")
+@device_option
+@click.option("--devices", default=None, callback=lambda ctx, param, v: v and comma_list(ctx, param, v),
+              metavar="DEV[,DEV,...]", help="Spread the audits' cells over one worker process per device.")
+@data_root_option
+@download_option
+@report_quiet_option
+@fail_cleanly
+def choose(teacher, attacks, **kw):
+    """Choose a serving defence on validation data: the first of no defence, then --candidates in their order,
+    whose outputs add nothing beyond labels for the thieves, else labels alone (top-1); writes choice.json,
+    choice.md and the run to serve."""
+    from attacks.choose import CHOICE_ATTACKS, choose_defence, format_choice
+
+    choice = choose_defence(teacher=teacher, attacks=attacks or CHOICE_ATTACKS, echo=click.echo, **kw)
+    if not _main_rank():
+        return
+    click.echo(format_choice(choice))
+    click.echo(f"serve {choice['served']}" if choice["served"] else f"serve {teacher} as it is: no defence is needed")
 
 
 @main.command()
