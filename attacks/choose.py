@@ -39,7 +39,6 @@ audits, resumed like ``nasty compare``), ``choice.json`` and ``choice.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nasty import checkpoint as ckpt
 from nasty.errors import NastyError, one_line
@@ -47,11 +46,6 @@ from nasty.safety import md_text as md
 
 from . import scale
 from .summary import value_beyond_labels
-
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
-    from nasty.released import Brought
 
 __all__ = ["CANDIDATES", "CHOICE_ATTACKS", "LABELS_ONLY", "choose_defence", "format_choice", "pick"]
 
@@ -75,7 +69,9 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
                    force: bool = False, echo=None, data_root=None, download: bool = False) -> dict:
     """Measure the candidates on validation data and choose one (see the module doc); returns
     choice.json's dict: ``chosen`` (a name), ``transform`` (``None``: no defence), ``served`` (the run
-    directory to serve; ``None`` for no defence), and one row per candidate. ``teacher`` is a run directory (of ``nasty train``, ``import`` or ``harden``)."""
+    directory to serve; ``None`` for no defence), and one row per candidate. ``teacher`` is a run
+    directory (of ``nasty train``, ``import`` or ``harden``); ``candidates``: names of
+    :data:`CANDIDATES` or transforms by name, in order of preference (default: all of them)."""
     from nasty.defences import Defended, create_transform
     from nasty.recipes import recipe_for
     from nasty.released import open_models
@@ -86,19 +82,18 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     from .audit import student_schedule
     from .compare import compare
 
-    if candidates is None:
-        candidates = CANDIDATES
-    elif not isinstance(candidates, dict):  # names of CANDIDATES
-        unknown = [n for n in candidates if n not in CANDIDATES]
-        if unknown and unknown[0] != LABELS_ONLY[0]:
-            raise NastyError(f"`candidates`: no defence {one_line(str(unknown[0]))[:40]!r}; "
-                             f"choose from {', '.join(CANDIDATES)}")
-        candidates = {n: CANDIDATES.get(n, LABELS_ONLY[1]) for n in candidates}
-    candidates = dict(candidates)
+    candidates = CANDIDATES if candidates is None else candidates
     if not candidates:
         raise NastyError("`candidates`: give at least one serving defence to measure")
     if LABELS_ONLY[0] in candidates:
         raise NastyError(f"`candidates`: {LABELS_ONLY[0]} is the fallback (labels alone), not a candidate")
+    if not isinstance(candidates, dict):  # names of CANDIDATES
+        unknown = [n for n in candidates if n not in CANDIDATES]
+        if unknown:
+            raise NastyError(f"`candidates`: no defence {one_line(str(unknown[0]))[:40]!r}; "
+                             f"choose from {', '.join(CANDIDATES)}")
+        candidates = {n: CANDIDATES[n] for n in candidates}
+    candidates = dict(candidates)
     for transform in candidates.values():
         create_transform(transform)  # a malformed one fails before any training
     if not 0.0 < validation < 1.0:
