@@ -11,7 +11,9 @@
 # every step, so a run cut off by a time limit still leaves what it measured. Without a GPU it
 # says so, records it and exits 0. PYTHON picks the interpreter (default: python3).
 # Time limits per step (seconds): CUDA_TIER_S (default 120), BENCH_S (default 150), ZOO_S (default 260),
-# VARIANTS_S (default 150). BENCH_ARGS adds arguments to the quick bench (e.g. with ZOO=1, which times the
+# VARIANTS_S (default 150), KERNELS_S (default 150, each of its two runs). KERNELS=1 adds the student step's
+# kernels for issue 34: the captured whole step with fused SGD and in NCHW at batch 128, and at batch 512
+# (not yet run on a GPU: 4 archs x 3 ways, then x 2 at batch 512). BENCH_ARGS adds arguments to the quick bench (e.g. with ZOO=1, which times the
 # ensemble figures at a larger size: BENCH_ARGS="--ensemble-students cnn --ensemble-images 1024").
 set -u
 cd "$(dirname "$0")/.."
@@ -92,6 +94,14 @@ if [ "${VARIANTS:-0}" = 1 ]; then
     run step_variants "${VARIANTS_S:-150}" "$DIR/step_variants.json" -- \
         "$PY" bench/student_step_variants.py --device cuda --variants loop,graphed,wholestep,ensemble_wholestep --steps 20 \
         --teachers resnet18,resnetc20 --json "$DIR/step_variants.json" || ok=1
+fi
+if [ "${KERNELS:-0}" = 1 ]; then  # issue 34: fused SGD, the layout and a 4x batch inside the captured whole step
+    run kernels_b128 "${KERNELS_S:-150}" "$DIR/kernels_b128.json" -- \
+        "$PY" bench/student_step_variants.py --device cuda --variants wholestep,wholestep_fused,wholestep_nchw \
+        --steps 20 --json "$DIR/kernels_b128.json" || ok=1
+    run kernels_b512 "${KERNELS_S:-150}" "$DIR/kernels_b512.json" -- \
+        "$PY" bench/student_step_variants.py --device cuda --variants wholestep,wholestep_fused --batch-size 512 \
+        --steps 10 --json "$DIR/kernels_b512.json" || ok=1
 fi
 run bench_cuda_quick "${BENCH_S:-150}" "$DIR/bench_cuda_quick.json" -- \
     "$PY" bench/bench.py --device cuda --quick ${BENCH_ARGS:-} --json "$DIR/bench_cuda_quick.json" || ok=1

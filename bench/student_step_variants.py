@@ -20,7 +20,16 @@ seeds x two teachers) at batch 128 on CIFAR-shaped data with KD from fixed teach
   it, one launch for all M students. What ``run_cells(graphs="step")`` does (the audit's GPU
   default since an H100 run of 2026-11-27);
 - ``ensemble_wholestep``: the ensemble's whole step (one vmapped forward of all students, the
-  loss, the backward and the SGD step) captured the same way, in the default layout (NCHW).
+  loss, the backward and the SGD step) captured the same way, in the default layout (NCHW);
+- ``loop_fused``, ``wholestep_fused``: the loop and its captured whole step with the fused SGD
+  kernel (``torch.optim.SGD(fused=True)``: one kernel for every parameter's update, where the
+  default on CUDA is the ``foreach`` kernels);
+- ``wholestep_nchw``: the captured whole step in the default layout, against ``wholestep``'s
+  channels_last.
+
+A larger batch is ``--batch-size`` (512 against the recipe's 128): the figures stay per member-step,
+so what a student-epoch takes scales by 128 / batch times the ratio; the recipe's accuracy at that
+batch (with the learning rate scaled with it) is a separate question this does not answer.
 
 ``--teachers resnet18,resnetc20`` also times one frozen teacher forward of the seeds' batches
 joined (``members / 2`` x batch), eager and replayed as a CUDA graph (``teacher_ms``): what the
@@ -77,10 +86,10 @@ def _batches(m, batch_size, device, *, channels_last, count=4):
     return steps
 
 
-def loop_step(models, *, autocast, graphed=False):
+def loop_step(models, *, autocast, fused=False):
     kd = create_attack("kd")
     params = [p for model in models for p in model.parameters()]
-    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4, fused=True if fused else None)
 
     def step(xs, ts, ys):
         opt.zero_grad(set_to_none=True)
@@ -204,20 +213,22 @@ def main(argv=None):
     for arch in args.archs.split(","):
         rows = result["ms_per_member_step"].setdefault(arch, {})
         for variant in args.variants.split(","):
-            if variant in ("graphed", "wholestep", "ensemble_wholestep") and not gpu:
+            if variant in ("graphed", "wholestep", "ensemble_wholestep", "wholestep_fused", "wholestep_nchw") and not gpu:
                 continue
-            cl = variant not in ("ensemble_nchw", "ensemble_fp32", "ensemble_wholestep")  # NCHW: run 2's layout
+            # NCHW: run 2's layout
+            cl = variant not in ("ensemble_nchw", "ensemble_fp32", "ensemble_wholestep", "wholestep_nchw")
+            fused = variant.endswith("_fused")
             autocast = fp32 if variant == "ensemble_fp32" else bf16
             t0 = time.perf_counter()
             try:
                 models = _students(arch, args.members, device, channels_last=cl and gpu)
                 data = _batches(args.members, args.batch_size, device, channels_last=cl and gpu)
-                if variant == "loop":
-                    step = loop_step(models, autocast=autocast)
+                if variant in ("loop", "loop_fused"):
+                    step = loop_step(models, autocast=autocast, fused=fused)
                 elif variant == "graphed":
                     step, _ = graphed_loop(models, data[0], autocast=autocast)
-                elif variant == "wholestep":  # the loop's step, optimizer included, as one graph
-                    step = _captured(loop_step(models, autocast=autocast), data[0])
+                elif variant in ("wholestep", "wholestep_fused", "wholestep_nchw"):  # the loop's step as one graph
+                    step = _captured(loop_step(models, autocast=autocast, fused=fused), data[0])
                 elif variant == "ensemble_wholestep":
                     step = _captured(ensemble_step(models, autocast=autocast), data[0])
                 elif variant == "compiled":

@@ -106,9 +106,10 @@ def test_student_step_variants_time_each_way(tmp_path):
     out = tmp_path / "variants.json"
     bench_script("student_step_variants").main(
         ["--device", "cpu", "--archs", "cnn", "--members", "2", "--batch-size", "4", "--steps", "1", "--repeats", "1",
-         "--variants", "loop,graphed,wholestep,ensemble,ensemble_fp32", "--teachers", "cnn", "--json", str(out)])
+         "--variants", "loop,loop_fused,graphed,wholestep,wholestep_fused,ensemble,ensemble_fp32", "--teachers", "cnn",
+         "--json", str(out)])
     r = json.loads(out.read_text())
-    assert r["errors"] == {} and set(r["ms_per_member_step"]["cnn"]) == {"loop", "ensemble", "ensemble_fp32"}
+    assert r["errors"] == {} and set(r["ms_per_member_step"]["cnn"]) == {"loop", "loop_fused", "ensemble", "ensemble_fp32"}
     assert all(ms > 0 for ms in r["ms_per_member_step"]["cnn"].values())
     assert r["teacher_ms"]["cnn"]["batch"] == 4 and r["teacher_ms"]["cnn"]["eager"] > 0  # graphed: GPU only
 
