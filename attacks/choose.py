@@ -16,8 +16,8 @@ task, and labels alone cost an honest user most. So the choice is measured on th
    never on the test set;
 2. each candidate is served (:func:`nasty.runs.defend`) and audited against the undefended teacher
    (:func:`attacks.compare.compare`), the thief holding ``train_fraction`` of the rest, with
-   ``attacks`` (the thieves of the outputs; scratch and label-smoothing students are in every
-   audit) and the students, seeds and steps of an audit;
+   ``attacks`` (:data:`CHOICE_ATTACKS`; scratch and label-smoothing students are in every audit)
+   and the students, seeds and steps of an audit;
 3. a row *holds* where its outputs add at most ``max_value`` points beyond labels (the mean over
    seeds of the per-seed difference, :func:`attacks.summary.value_beyond_labels`, for every student)
    and its served top-1 accuracy on the validation split is at most ``max_cost`` points below the
@@ -47,7 +47,7 @@ from nasty.safety import md_text as md
 from . import scale
 from .summary import value_beyond_labels
 
-__all__ = ["CANDIDATES", "CHOICE_ATTACKS", "LABELS_ONLY", "choose_defence", "format_choice", "pick"]
+__all__ = ["CANDIDATES", "CHOICE_ATTACKS", "LABELS_ONLY", "choose_defence", "format_choice", "pick", "undecided"]
 
 # the serving defences tried, by name (transforms of :mod:`nasty.defences`), most served first; top-1 is the
 # fallback. Their served NLL on the test sets of bench/defences.py (round-1 / top-2 / top-2+round-1): digit
@@ -58,8 +58,9 @@ CANDIDATES: dict[str, dict] = {
     "top-2+round-1": {"name": "chain", "steps": [{"name": "topk", "k": 2}, {"name": "round", "decimals": 1}]},
 }
 LABELS_ONLY = ("top-1", {"name": "topk", "k": 1})
-# thieves of the outputs: KD, KD with its temperature and weight searched, and our breaker of defended answers
-CHOICE_ATTACKS = ("kd", "kd-sweep", "recalibrate")
+# the thieves: KD, KD with its temperature and weight searched and our breaker of defended answers read the
+# outputs; the labels-only thief with its own search is the strongest student from labels on digit pairs
+CHOICE_ATTACKS = ("kd", "kd-sweep", "recalibrate", "hard-label-sweep")
 
 
 def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str, dict] | list[str] | None = None,
@@ -186,4 +187,22 @@ def format_choice(choice: dict) -> str:
     rule = (f"outputs add at most {s['max_value']:+g} points beyond labels, at most {s['max_cost']:g} points of "
             f"accuracy lost on validation; the first of those in this order")
     lines += ["", f"Chosen: **{md(choice['chosen'])}** ({rule})."]
+    close = undecided(choice)
+    if close:
+        lines.append(f"Within one standard error of the target: {md(', '.join(close))}; more seeds may decide "
+                     f"otherwise (the choice takes the mean as it is).")
     return "\n".join(lines)
+
+
+def undecided(choice: dict) -> list[str]:
+    """The rows before the chosen one (those it would have preferred) whose value, for some student,
+    is within one standard error of the mean (std / sqrt(seeds)) above ``max_value``: more seeds may
+    let them hold."""
+    n, target = len(choice["settings"]["seeds"]), choice["settings"]["max_value"]
+    names = []
+    for r in choice["rows"]:
+        if r["name"] == choice["chosen"]:
+            break
+        if r["value"] and not r["holds"] and all(v["mean"] - v["std"] / n ** 0.5 <= target for v in r["value"].values()):
+            names.append(r["name"])
+    return names

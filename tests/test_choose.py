@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from attacks.choose import LABELS_ONLY, choose_defence, pick
+from attacks.choose import LABELS_ONLY, choose_defence, format_choice, pick, undecided
 
 
 def _row(name, value, *, cost=0.0):
     v = None if value is None else {s: {"mean": m, "std": 0.0} for s, m in value.items()}
-    return {"name": name, "value": v, "cost": cost}
+    return {"name": name, "value": v, "cost": cost, "accuracy": 99.0}
 
 
 def test_pick_serves_the_first_row_in_order_that_gives_nothing_beyond_labels():
@@ -26,6 +26,20 @@ def test_pick_serves_the_first_row_in_order_that_gives_nothing_beyond_labels():
     assert pick([_row("none", {"a": -0.2}), _row("top-2", {"a": -5}), _row("top-1", None)], max_value=0.0,
                 max_cost=1.0)["name"] == "none"  # nothing to protect: no defence
     assert pick([_row("x", {}), _row("top-1", None)], max_value=0.0, max_cost=1.0)["name"] == "top-1"  # no thief measured
+
+
+def test_rows_within_noise_of_the_target_are_named():
+    rows = [_row("none", {"a": 3.0}), _row("round-1", {"a": 0.9}), _row("top-2", {"a": 0.3}), _row("top-1", None)]
+    rows[1]["value"]["a"]["std"] = 1.8  # standard error 1.8 / sqrt(3) = 1.04 > 0.9: may hold with more seeds
+    rows[2]["value"]["a"]["std"] = 0.3  # 0.17 < 0.3: it does not
+    chosen = pick(rows, max_value=0.0, max_cost=1.0)
+    choice = {"chosen": chosen["name"], "rows": rows, "settings": {
+        "seeds": [0, 1, 2], "max_value": 0.0, "max_cost": 1.0, "students": ["a"], "attacks": ["kd"],
+        "train_fraction": 0.1, "validation": {"size": 270}}}
+    assert chosen["name"] == "top-1" and undecided(choice) == ["round-1"]
+    assert format_choice(choice).splitlines()[-1].startswith("Within one standard error of the target: round-1;")
+    choice["chosen"] = "round-1"  # only the rows before the chosen one count
+    assert undecided(choice) == []
 
 
 def test_choose_measures_on_validation_and_writes_what_to_serve(tmp_path):

@@ -221,8 +221,8 @@ def defend(teacher, topk, beta, gamma, decimals, temperature, out, force, unsafe
 @click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="The thief's share of the training set (what a thief is expected to hold).")
 @click.option("--attacks", default=None, callback=comma_list,
-              help="Comma-separated thieves of the outputs [kd,kd-sweep,recalibrate]; scratch and label-smoothing "
-                   "students are always trained.")
+              help="Comma-separated thieves [kd,kd-sweep,recalibrate,hard-label-sweep]; scratch and "
+                   "label-smoothing students are always trained.")
 @click.option("--candidates", default=None, callback=comma_list,
               help="Comma-separated defences to measure, in order of preference [round-1,top-2,top-2+round-1]; "
                    "top-1 (labels alone) is the fallback.")
