@@ -74,9 +74,9 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     directory (of ``nasty train``, ``import`` or ``harden``); ``candidates``: names of
     :data:`CANDIDATES` or transforms by name, in order of preference (default: all of them)."""
     from nasty.defences import Defended, create_transform
+    from nasty.distributed import world
     from nasty.recipes import recipe_for
     from nasty.released import open_models
-    from nasty.runs import defend
     from nasty.safety import read_json
     from nasty.trainer import evaluate, resolve_device
 
@@ -101,6 +101,8 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
         raise NastyError(f"`validation` must be a fraction in (0, 1), got {validation}")
     if not max_cost >= 0:
         raise NastyError(f"`max_cost` must be >= 0 points, got {max_cost}")
+    if world().active:  # its candidates are written before the audits: one process, whose cells `devices` spreads
+        raise NastyError("choosing a defence runs in one process, not under torchrun; spread its cells with `devices`")
     src = ckpt.require_run(teacher, command="choose")
     out = Path(out).expanduser()
     [released], data = open_models({"teacher": src}, data_root=data_root, download=download)
@@ -108,13 +110,8 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     if student_steps is None:  # the steps an audit of the whole training set gives its students
         recipe = recipe_for(data.name, data.num_classes)
         student_steps = student_schedule(data, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr).steps
-    served = {}
-    for name, transform in candidates.items():
-        served[name] = out / "candidates" / name
-        card = served[name] / ckpt.CARD
-        if force or not card.exists() or ckpt.read_card(served[name]).get("output_transform") != transform:
-            defend(teacher=src, transform=transform, out=served[name], force=True, data_root=data_root,
-                   download=download)
+    served = {name: _served(src, transform, out / "candidates" / name, force=force, data_root=data_root,
+                            download=download) for name, transform in candidates.items()}
     result = compare(reference=src, teachers=list(served.values()), attacks=list(attacks), students=students,
                      seeds=tuple(seeds), student_steps=student_steps, attack_options=attack_options,
                      out=out / "compare", device=device, devices=devices, quiet=quiet, force=force, echo=echo,
@@ -144,9 +141,8 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
                  "cost": round(undefended - top1_accuracy, 4) + 0.0, "value": None})
     chosen = pick(rows, max_value=max_value, max_cost=max_cost)
     if chosen["name"] == LABELS_ONLY[0]:  # labels alone: written as a run to serve like the others
-        chosen["served"] = str(out / "candidates" / LABELS_ONLY[0])
-        defend(teacher=src, transform=LABELS_ONLY[1], out=chosen["served"], force=True, data_root=data_root,
-               download=download)
+        chosen["served"] = str(_served(src, LABELS_ONLY[1], out / "candidates" / LABELS_ONLY[0], force=force,
+                                       data_root=data_root, download=download))
     choice = {"chosen": chosen["name"], "transform": chosen["transform"],
               "served": chosen["served"] if chosen["name"] != "none" else None,
               "teacher": str(src), "rows": rows,
@@ -157,6 +153,15 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     text = format_choice(choice)
     ckpt.atomic_write(out / "choice.md", lambda p: Path(p).write_text(text + "\n"))
     return choice
+
+
+def _served(src: Path, transform: dict, run: Path, *, force: bool, data_root, download: bool) -> Path:
+    """``run``: ``src`` served with ``transform`` (:func:`nasty.runs.defend`), made unless it is there already."""
+    from nasty.runs import defend
+
+    if force or not (run / ckpt.CARD).exists() or ckpt.read_card(run).get("output_transform") != transform:
+        defend(teacher=src, transform=transform, out=run, force=True, data_root=data_root, download=download)
+    return run
 
 
 def pick(rows: list[dict], *, max_value: float, max_cost: float) -> dict:

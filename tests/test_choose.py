@@ -108,3 +108,11 @@ def test_bad_choices_are_one_line_errors(tmp_path, kwargs, words):
     with pytest.raises(NastyError, match=words) as e:
         choose_defence(**{"teacher": tmp_path, "out": tmp_path / "c", **kwargs})
     assert "\n" not in str(e.value)
+
+
+def test_choose_refuses_torchrun_and_names_devices(tmp_path, monkeypatch):
+    from nasty.errors import NastyError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(NastyError, match="not under torchrun; spread its cells with `devices`"):
+        choose_defence(teacher=tmp_path, out=tmp_path / "c")
