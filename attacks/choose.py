@@ -74,7 +74,6 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     directory (of ``nasty train``, ``import`` or ``harden``); ``candidates``: names of
     :data:`CANDIDATES` or transforms by name, in order of preference (default: all of them)."""
     from nasty.defences import Defended, create_transform
-    from nasty.distributed import world
     from nasty.recipes import recipe_for
     from nasty.released import open_models
     from nasty.safety import read_json
@@ -83,26 +82,7 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
     from .audit import student_schedule
     from .compare import compare
 
-    candidates = CANDIDATES if candidates is None else candidates
-    if not candidates:
-        raise NastyError("`candidates`: give at least one serving defence to measure")
-    if LABELS_ONLY[0] in candidates:
-        raise NastyError(f"`candidates`: {LABELS_ONLY[0]} is the fallback (labels alone), not a candidate")
-    if not isinstance(candidates, dict):  # names of CANDIDATES
-        unknown = [n for n in candidates if n not in CANDIDATES]
-        if unknown:
-            raise NastyError(f"`candidates`: no defence {one_line(str(unknown[0]))[:40]!r}; "
-                             f"choose from {', '.join(CANDIDATES)}")
-        candidates = {n: CANDIDATES[n] for n in candidates}
-    candidates = dict(candidates)
-    for transform in candidates.values():
-        create_transform(transform)  # a malformed one fails before any training
-    if not 0.0 < validation < 1.0:
-        raise NastyError(f"`validation` must be a fraction in (0, 1), got {validation}")
-    if not max_cost >= 0:
-        raise NastyError(f"`max_cost` must be >= 0 points, got {max_cost}")
-    if world().active:  # its candidates are written before the audits: one process, whose cells `devices` spreads
-        raise NastyError("choosing a defence runs in one process, not under torchrun; spread its cells with `devices`")
+    candidates = _checked(candidates, validation=validation, max_cost=max_cost)
     src = ckpt.require_run(teacher, command="choose")
     out = Path(out).expanduser()
     [released], data = open_models({"teacher": src}, data_root=data_root, download=download)
@@ -120,25 +100,9 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
         return result
     reports = {name: read_json(out / "compare" / "audits" / row["name"] / "report.json")
                for name, row in zip(served, result["rows"])}
-    first = next(iter(reports.values()))
-    student_names = first["settings"]["students"]
-    undefended = first["teachers"]["normal"]["accuracy"]
-
-    def value(report, side):
-        per = {s: value_beyond_labels(report, s, side) for s in student_names}
-        return {s: v for s, v in per.items() if v is not None}
-
-    rows = [{"name": "none", "transform": None, "served": str(src), "accuracy": undefended, "cost": 0.0,
-             "value": value(first, "reference")}]
-    for (name, report), row in zip(reports.items(), result["rows"]):
-        rows.append({"name": name, "transform": candidates[name], "served": str(served[name]),
-                     "accuracy": row["accuracy"], "cost": row["cost"],
-                     "value": value(report, "teacher")})
     dev = resolve_device(device if devices is None else "cpu")
     top1 = Defended(released.model, create_transform(LABELS_ONLY[1])).to(dev).eval()
-    top1_accuracy = evaluate(top1, val, device=dev)["accuracy"]
-    rows.append({"name": LABELS_ONLY[0], "transform": LABELS_ONLY[1], "served": None, "accuracy": top1_accuracy,
-                 "cost": round(undefended - top1_accuracy, 4) + 0.0, "value": None})
+    rows = _rows(reports, result, candidates, served, src=src, top1_accuracy=evaluate(top1, val, device=dev)["accuracy"])
     chosen = pick(rows, max_value=max_value, max_cost=max_cost)
     if chosen["name"] == LABELS_ONLY[0]:  # labels alone: written as a run to serve like the others
         chosen["served"] = str(_served(src, LABELS_ONLY[1], out / "candidates" / LABELS_ONLY[0], force=force,
@@ -147,12 +111,61 @@ def choose_defence(*, teacher, train_fraction: float = 1.0, candidates: dict[str
               "served": chosen["served"] if chosen["name"] != "none" else None,
               "teacher": str(src), "rows": rows,
               "settings": {"train_fraction": train_fraction, "validation": val.validation, "seeds": list(seeds),
-                           "students": student_names, "attacks": list(attacks), "student_steps": student_steps,
+                           "students": next(iter(reports.values()))["settings"]["students"],
+                           "attacks": list(attacks), "student_steps": student_steps,
                            "max_value": max_value, "max_cost": max_cost}}
     ckpt.write_json(out / "choice.json", choice)
     text = format_choice(choice)
     ckpt.atomic_write(out / "choice.md", lambda p: Path(p).write_text(text + "\n"))
     return choice
+
+
+def _checked(candidates, *, validation: float, max_cost: float) -> dict[str, dict]:
+    """The candidates as transforms by name, once they and the settings are valid (before any work)."""
+    from nasty.defences import create_transform
+    from nasty.distributed import world
+
+    candidates = CANDIDATES if candidates is None else candidates
+    if not candidates:
+        raise NastyError("`candidates`: give at least one serving defence to measure")
+    if LABELS_ONLY[0] in candidates:
+        raise NastyError(f"`candidates`: {LABELS_ONLY[0]} is the fallback (labels alone), not a candidate")
+    if not isinstance(candidates, dict):  # names of CANDIDATES
+        unknown = [n for n in candidates if n not in CANDIDATES]
+        if unknown:
+            raise NastyError(f"`candidates`: no defence {one_line(str(unknown[0]))[:40]!r}; "
+                             f"choose from {', '.join(CANDIDATES)}")
+        candidates = {n: CANDIDATES[n] for n in candidates}
+    for transform in candidates.values():
+        create_transform(transform)  # a malformed one fails before any training
+    if not 0.0 < validation < 1.0:
+        raise NastyError(f"`validation` must be a fraction in (0, 1), got {validation}")
+    if not max_cost >= 0:
+        raise NastyError(f"`max_cost` must be >= 0 points, got {max_cost}")
+    if world().active:  # its candidates are written before the audits: one process, whose cells `devices` spreads
+        raise NastyError("choosing a defence runs in one process, not under torchrun; spread its cells with `devices`")
+    return dict(candidates)
+
+
+def _rows(reports: dict, result: dict, candidates: dict, served: dict, *, src: Path, top1_accuracy: float) -> list[dict]:
+    """choice.json's rows in order of preference: no defence (the audits' reference side), each
+    candidate (its audit's teacher side), then labels alone (not audited)."""
+    first = next(iter(reports.values()))
+    students = first["settings"]["students"]
+    undefended = first["teachers"]["normal"]["accuracy"]
+
+    def value(report, side):
+        per = {s: value_beyond_labels(report, s, side) for s in students}
+        return {s: v for s, v in per.items() if v is not None}
+
+    rows = [{"name": "none", "transform": None, "served": str(src), "accuracy": undefended, "cost": 0.0,
+             "value": value(first, "reference")}]
+    for (name, report), row in zip(reports.items(), result["rows"]):
+        rows.append({"name": name, "transform": candidates[name], "served": str(served[name]),
+                     "accuracy": row["accuracy"], "cost": row["cost"], "value": value(report, "teacher")})
+    rows.append({"name": LABELS_ONLY[0], "transform": LABELS_ONLY[1], "served": None, "accuracy": top1_accuracy,
+                 "cost": round(undefended - top1_accuracy, 4) + 0.0, "value": None})
+    return rows
 
 
 def _served(src: Path, transform: dict, run: Path, *, force: bool, data_root, download: bool) -> Path:
