@@ -98,7 +98,8 @@ def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, 
                     upto: int | None = None) -> dict:
     """Start the command, let it reach a random number of units of work (>= ``first`` and what is
     already saved, <= units - 2 and <= ``upto``), then SIGKILL it at a random moment of the next unit
-    (which may fall in a checkpoint write). With nothing to wait for, the moment may fall in the start-up."""
+    (which may fall in a checkpoint write), at the latest as its last unit starts. With nothing to wait
+    for, the moment may fall in the start-up."""
     now = _progress(kind, out)
     low, high = max(first, now), timing["units"] - 2 if upto is None else min(upto, timing["units"] - 2)
     target = rng.randint(low, max(low, high))
@@ -113,9 +114,12 @@ def _kill_at_random(kind, args, out: Path, *, rng: random.Random, timing: dict, 
     while target > now and _progress(kind, out) < target:
         assert p.poll() is None, f"{kind} ended early: {p.stderr.read()}"
         time.sleep(0.005)
-    try:
-        p.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
+    # the random moment, or the start of the last unit if that comes first: a run faster than the reference
+    # (warm caches, a less loaded machine) must not finish before its kill
+    deadline = time.perf_counter() + delay
+    while p.poll() is None and time.perf_counter() < deadline and _progress(kind, out) < timing["units"] - 1:
+        time.sleep(0.005)
+    if p.poll() is None:
         p.send_signal(signal.SIGKILL)
         p.wait()
     p.stderr.close()
