@@ -27,15 +27,16 @@ for p in (BENCH.parent, BENCH):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from defences import attacks_of  # noqa: E402
+from defences import SERVED, attacks_of  # noqa: E402
 from protection import SUITES  # noqa: E402
 
+from attacks.choose import CANDIDATES, LABELS_ONLY  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import NastyError, one_line  # noqa: E402
 
-# attacks.choose's names -> bench/defences.py's
-BENCH_NAMES = {"none": "none", "round-1": "round1", "top-2": "stingy-top2", "top-2+round-1": "top2+round1",
-               "top-1": "stingy-top1"}
+# attacks.choose's names -> bench/defences.py's: the serving defence of the same transform
+BENCH_NAMES = {"none": "none", **{name: bench for name, t in (*CANDIDATES.items(), LABELS_ONLY)
+                                  for bench, served in SERVED.items() if served == t}}
 
 
 def test_side(path: Path | None) -> dict:

@@ -40,6 +40,7 @@ for p in (BENCH.parent, BENCH):
 
 from protection import SUITES, Setting  # noqa: E402
 
+from attacks.choose import CANDIDATES, LABELS_ONLY  # noqa: E402
 from attacks.summary import value_beyond_labels  # noqa: E402
 from nasty import checkpoint as ckpt  # noqa: E402
 from nasty.errors import BudgetNotMet, NastyError, one_line  # noqa: E402
@@ -49,12 +50,12 @@ BREAKERS = ("recalibrate",)  # our breaker of hardened teachers (attacks/recalib
 # start (10) stops at its third trial, 40, still affordable, so CMIM's frontier is 4x and 16x that
 FIXED = (("nasty", 0.05, "nasty-omega0.05"), ("nasty", 0.1, "nasty-omega0.1"),
          ("cmim", 160.0, "cmim-weight160"), ("cmim", 640.0, "cmim-weight640"))
-SERVED = {  # name -> output transform of the normal (or nasty) teacher
-    "stingy-top1": {"name": "topk", "k": 1},
-    "stingy-top2": {"name": "topk", "k": 2},
+SERVED = {  # name -> output transform of the normal (or nasty) teacher; those nasty choose tries are its own
+    "stingy-top1": LABELS_ONLY[1],
+    "stingy-top2": CANDIDATES["top-2"],
     "reverse-sigmoid": {"name": "reverse-sigmoid", "beta": 1.0, "gamma": 0.1},
-    "round1": {"name": "round", "decimals": 1},
-    "top2+round1": {"name": "chain", "steps": [{"name": "topk", "k": 2}, {"name": "round", "decimals": 1}]},
+    "round1": CANDIDATES["round-1"],
+    "top2+round1": CANDIDATES["top-2+round-1"],
 }
 
 
