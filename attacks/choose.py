@@ -45,7 +45,7 @@ from nasty.errors import NastyError, one_line
 from nasty.safety import md_text as md
 
 from . import scale
-from .summary import value_beyond_labels
+from .summary import REFERENCE, value_beyond_labels
 
 __all__ = ["CANDIDATES", "CHOICE_ATTACKS", "LABELS_ONLY", "choose_defence", "format_choice", "pick", "undecided"]
 
@@ -152,7 +152,7 @@ def _rows(reports: dict, result: dict, candidates: dict, served: dict, *, src: P
     candidate (its audit's teacher side), then labels alone (not audited)."""
     first = next(iter(reports.values()))
     students = first["settings"]["students"]
-    undefended = first["teachers"]["normal"]["accuracy"]
+    undefended = first["teachers"][REFERENCE]["accuracy"]
 
     def value(report, side):
         per = {s: value_beyond_labels(report, s, side) for s in students}
